@@ -1,0 +1,47 @@
+// Differentiable operations over tensors. Activations are NHWC; conv weights keep PyTorch's
+// layout [c_out, c_in / groups, kh, kw] and linear weights [out, in]. Each op checks its inputs,
+// dispatches to the kernel for the tensors' device, and records one autograd node.
+#pragma once
+#include "engine/tensor.h"
+
+namespace dl {
+
+// --- in place, not recorded (optimizers, gradient accumulation) ---
+// dst += alpha * src
+void add_(Tensor& dst, const Tensor& src, float alpha = 1.0f);
+// dst *= factor
+void scale_(Tensor& dst, float factor);
+// Sum of squares of all elements, in double.
+double squared_norm(const Tensor& x);
+
+// --- elementwise ---
+Tensor add(const Tensor& a, const Tensor& b);  // same shapes
+Tensor mul(const Tensor& a, const Tensor& b);  // same shapes
+Tensor scale(const Tensor& x, float factor);
+Tensor gelu(const Tensor& x);  // exact erf form
+Tensor relu(const Tensor& x);
+
+// --- reductions (to a 0-d tensor) ---
+Tensor sum(const Tensor& x);
+Tensor mean(const Tensor& x);
+
+// --- layers ---
+// x [N, H, W, C_in], weight [C_out, C_in / groups, kh, kw], bias [C_out] or undefined.
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t stride = 1,
+              int64_t padding = 0, int64_t groups = 1);
+// Over the last (channel) axis of x. Training: batch statistics, running statistics updated in
+// place with `momentum` (PyTorch's convention: new = (1 - m) * old + m * batch).
+// Evaluation: running statistics. weight/bias may be undefined (no affine).
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, float momentum = 0.1f,
+                  float eps = 1e-5f);
+// [N, H, W, C] -> [N, C]
+Tensor global_avg_pool(const Tensor& x);
+// [N, H, W, C] -> [N, Ho, Wo, C], square windows.
+Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding = 0);
+// x [N, in], weight [out, in], bias [out] or undefined.
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// logits [N, classes], labels [N] (i64): mean softmax cross-entropy, optional label smoothing.
+Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+
+}  // namespace dl

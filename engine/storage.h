@@ -1,0 +1,46 @@
+// Raw memory behind tensors, and the per-device backend that provides it. The CPU backend is
+// built in; the CUDA path registers its own (caching allocator, async copies) with
+// set_device_backend, so tensors, ops and modules move to the GPU without changes above this file.
+#pragma once
+#include <cstddef>
+#include <memory>
+
+#include "engine/dtype.h"
+
+namespace dl {
+
+class DeviceBackend {
+ public:
+  virtual ~DeviceBackend() = default;
+  virtual void* allocate(size_t bytes) = 0;
+  virtual void deallocate(void* ptr, size_t bytes) = 0;
+  // Copies between this device and the host or within the device: `to` and `from` say where the
+  // destination and source live.
+  virtual void copy(void* dst, Device to, const void* src, Device from, size_t bytes) = 0;
+  virtual void memset_zero(void* dst, size_t bytes) = 0;
+};
+
+void set_device_backend(DeviceKind kind, DeviceBackend* backend);
+// Throws dl::Error when no backend is registered for the device (e.g. CUDA in a CPU-only build).
+DeviceBackend& device_backend(Device device);
+// Copies bytes between two devices; the non-CPU side's backend performs it.
+void copy_bytes(void* dst, Device to, const void* src, Device from, size_t bytes);
+
+class Storage {
+ public:
+  Storage(size_t bytes, Device device);
+  ~Storage();
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  Device device() const { return device_; }
+
+ private:
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  Device device_;
+};
+
+}  // namespace dl

@@ -1,0 +1,26 @@
+// BatchNorm over the channel axis of a [rows, c] matrix (rows = N*H*W of an NHWC activation),
+// with PyTorch's semantics: training normalises with the biased batch variance and moves the
+// running variance toward the unbiased one; evaluation uses the running statistics.
+// Gradient rule: outputs are overwritten (=).
+#pragma once
+#include <cstdint>
+
+namespace dl::cpu {
+
+// y = (x - mean) * invstd * gamma + beta with batch statistics. Writes save_mean/save_invstd [c]
+// for the backward and updates running_mean/running_var (if non-null) with `momentum`.
+void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, float* y, float* save_mean, float* save_invstd);
+// y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
+void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            float eps, float* y);
+// Backward of the training forward: dbeta = sum dy, dgamma = sum dy * xhat,
+// dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
+// With batch_stats false (evaluation mode), mean/invstd are constants: dx = gamma * invstd * dy.
+void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
+                        const float* gamma, const float* mean, const float* invstd,
+                        bool batch_stats, float* dx, float* dgamma, float* dbeta);
+
+}  // namespace dl::cpu

@@ -1,0 +1,234 @@
+#include "kernels/cpu/conv2d.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/elementwise.h"
+#include "kernels/cpu/gemm.h"
+
+namespace dl::cpu {
+
+namespace {
+
+// [c, 1, kh, kw] -> [kh * kw, c]: a tap's weights become a contiguous channel vector.
+std::vector<float> taps_by_channel(const Conv2dShape& s, const float* weight) {
+  const int64_t taps = s.kh * s.kw;
+  std::vector<float> out(static_cast<size_t>(taps * s.c_in));
+  for (int64_t c = 0; c < s.c_in; ++c)
+    for (int64_t t = 0; t < taps; ++t) out[t * s.c_in + c] = weight[c * taps + t];
+  return out;
+}
+
+// Depthwise forward: for each output pixel, y[:] = bias + sum over taps x[tap pixel, :] * w[tap, :].
+void depthwise_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,
+                       float* y) {
+  const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out();
+  const std::vector<float> w = taps_by_channel(s, weight);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t oh = 0; oh < ho; ++oh)
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        float* out = y + ((n * ho + oh) * wo + ow) * c;
+        if (bias)
+          std::copy(bias, bias + c, out);
+        else
+          std::fill(out, out + c, 0.0f);
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t ih = oh * s.stride - s.pad + i;
+          if (ih < 0 || ih >= s.h) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t iw = ow * s.stride - s.pad + j;
+            if (iw < 0 || iw >= s.w) continue;
+            const float* in = x + ((n * s.h + ih) * s.w + iw) * c;
+            const float* wt = w.data() + (i * s.kw + j) * c;
+            for (int64_t k = 0; k < c; ++k) out[k] += in[k] * wt[k];
+          }
+        }
+      }
+}
+
+// Depthwise backward-data: dx[pixel, :] = sum over the output pixels that read it of dy * w[tap].
+void depthwise_backward_data(const Conv2dShape& s, const float* dy, const float* weight,
+                             float* dx) {
+  const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out();
+  const std::vector<float> w = taps_by_channel(s, weight);
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t ih = 0; ih < s.h; ++ih)
+      for (int64_t iw = 0; iw < s.w; ++iw) {
+        float* out = dx + ((n * s.h + ih) * s.w + iw) * c;
+        std::fill(out, out + c, 0.0f);
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t oh_s = ih + s.pad - i;
+          if (oh_s < 0 || oh_s % s.stride != 0 || oh_s / s.stride >= ho) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t ow_s = iw + s.pad - j;
+            if (ow_s < 0 || ow_s % s.stride != 0 || ow_s / s.stride >= wo) continue;
+            const float* g = dy + ((n * ho + oh_s / s.stride) * wo + ow_s / s.stride) * c;
+            const float* wt = w.data() + (i * s.kw + j) * c;
+            for (int64_t k = 0; k < c; ++k) out[k] += g[k] * wt[k];
+          }
+        }
+      }
+}
+
+// Depthwise backward-weight: one partial [taps, c] (+ bias [c]) per image, summed in image order,
+// so the result does not depend on the thread count.
+void depthwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x,
+                               float* dweight, float* dbias) {
+  const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out(), taps = s.kh * s.kw;
+  const int64_t per_image = (taps + 1) * c;
+  std::vector<float> partial(static_cast<size_t>(s.n * per_image), 0.0f);
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.n; ++n) {
+    float* acc_w = partial.data() + n * per_image;
+    float* acc_b = acc_w + taps * c;
+    for (int64_t oh = 0; oh < ho; ++oh)
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        const float* g = dy + ((n * ho + oh) * wo + ow) * c;
+        for (int64_t k = 0; k < c; ++k) acc_b[k] += g[k];
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const int64_t ih = oh * s.stride - s.pad + i;
+          if (ih < 0 || ih >= s.h) continue;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t iw = ow * s.stride - s.pad + j;
+            if (iw < 0 || iw >= s.w) continue;
+            const float* in = x + ((n * s.h + ih) * s.w + iw) * c;
+            float* a = acc_w + (i * s.kw + j) * c;
+            for (int64_t k = 0; k < c; ++k) a[k] += g[k] * in[k];
+          }
+        }
+      }
+  }
+  std::vector<float> total(static_cast<size_t>(per_image));
+  sum_rows(partial.data(), s.n, per_image, total.data());
+  for (int64_t ch = 0; ch < c; ++ch)
+    for (int64_t t = 0; t < taps; ++t) dweight[ch * taps + t] = total[t * c + ch];
+  if (dbias) std::copy(total.begin() + taps * c, total.end(), dbias);
+}
+
+bool is_pointwise(const Conv2dShape& s) {
+  return s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0 && s.groups == 1;
+}
+
+// Rows of the im2col matrix are output pixels; columns of group g are (i, j, ci) for ci in the
+// group, so a row is a contiguous copy of channel vectors. Padding reads as zero.
+void im2col(const Conv2dShape& s, const float* x, int64_t g, float* col) {
+  const int64_t cg = s.c_in / s.groups, ho = s.h_out(), wo = s.w_out(), cols = s.kh * s.kw * cg;
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t oh = 0; oh < ho; ++oh)
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        float* row = col + ((n * ho + oh) * wo + ow) * cols;
+        for (int64_t i = 0; i < s.kh; ++i)
+          for (int64_t j = 0; j < s.kw; ++j) {
+            float* dst = row + (i * s.kw + j) * cg;
+            const int64_t ih = oh * s.stride - s.pad + i, iw = ow * s.stride - s.pad + j;
+            if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
+              std::fill(dst, dst + cg, 0.0f);
+            } else {
+              const float* src = x + ((n * s.h + ih) * s.w + iw) * s.c_in + g * cg;
+              std::copy(src, src + cg, dst);
+            }
+          }
+      }
+}
+
+// Adds the im2col-shaped gradient back into dx (which the caller zeroed). Parallel over images:
+// the scatter of one image never touches another's pixels.
+void col2im_add(const Conv2dShape& s, const float* col, int64_t g, float* dx) {
+  const int64_t cg = s.c_in / s.groups, ho = s.h_out(), wo = s.w_out(), cols = s.kh * s.kw * cg;
+#pragma omp parallel for schedule(static)
+  for (int64_t n = 0; n < s.n; ++n)
+    for (int64_t oh = 0; oh < ho; ++oh)
+      for (int64_t ow = 0; ow < wo; ++ow) {
+        const float* row = col + ((n * ho + oh) * wo + ow) * cols;
+        for (int64_t i = 0; i < s.kh; ++i)
+          for (int64_t j = 0; j < s.kw; ++j) {
+            const int64_t ih = oh * s.stride - s.pad + i, iw = ow * s.stride - s.pad + j;
+            if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) continue;
+            float* dst = dx + ((n * s.h + ih) * s.w + iw) * s.c_in + g * cg;
+            const float* src = row + (i * s.kw + j) * cg;
+            for (int64_t k = 0; k < cg; ++k) dst[k] += src[k];
+          }
+      }
+}
+
+// PyTorch weight [c_out, cg, kh, kw] of group g -> [og, kh * kw * cg] matching the im2col columns.
+std::vector<float> weight_as_rows(const Conv2dShape& s, const float* weight, int64_t g) {
+  const int64_t cg = s.c_in / s.groups, og = s.c_out / s.groups, taps = s.kh * s.kw;
+  std::vector<float> out(static_cast<size_t>(og * taps * cg));
+  for (int64_t o = 0; o < og; ++o)
+    for (int64_t ci = 0; ci < cg; ++ci)
+      for (int64_t t = 0; t < taps; ++t)
+        out[(o * taps + t) * cg + ci] = weight[((g * og + o) * cg + ci) * taps + t];
+  return out;
+}
+
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,
+                    float* y) {
+  if (s.depthwise()) return depthwise_forward(s, x, weight, bias, y);
+  const int64_t rows = s.n * s.h_out() * s.w_out(), og = s.c_out / s.groups;
+  const int64_t cols = s.kh * s.kw * (s.c_in / s.groups);
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + s.c_out, y + r * s.c_out);
+  }
+  const float beta = bias ? 1.0f : 0.0f;
+  if (is_pointwise(s)) {
+    gemm(false, true, rows, s.c_out, s.c_in, 1.0f, x, s.c_in, weight, s.c_in, beta, y, s.c_out);
+    return;
+  }
+  std::vector<float> col(static_cast<size_t>(rows * cols));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    im2col(s, x, g, col.data());
+    const std::vector<float> w = weight_as_rows(s, weight, g);
+    gemm(false, true, rows, og, cols, 1.0f, col.data(), cols, w.data(), cols, beta, y + g * og,
+         s.c_out);
+  }
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* weight, float* dx) {
+  if (s.depthwise()) return depthwise_backward_data(s, dy, weight, dx);
+  const int64_t rows = s.n * s.h_out() * s.w_out(), og = s.c_out / s.groups;
+  const int64_t cols = s.kh * s.kw * (s.c_in / s.groups);
+  if (is_pointwise(s)) {
+    gemm(false, false, rows, s.c_in, s.c_out, 1.0f, dy, s.c_out, weight, s.c_in, 0.0f, dx, s.c_in);
+    return;
+  }
+  std::fill(dx, dx + s.n * s.h * s.w * s.c_in, 0.0f);
+  std::vector<float> col(static_cast<size_t>(rows * cols));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    const std::vector<float> w = weight_as_rows(s, weight, g);
+    gemm(false, false, rows, cols, og, 1.0f, dy + g * og, s.c_out, w.data(), cols, 0.0f,
+         col.data(), cols);
+    col2im_add(s, col.data(), g, dx);
+  }
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dweight,
+                            float* dbias) {
+  if (s.depthwise()) return depthwise_backward_weight(s, dy, x, dweight, dbias);
+  const int64_t rows = s.n * s.h_out() * s.w_out(), og = s.c_out / s.groups;
+  const int64_t cg = s.c_in / s.groups, taps = s.kh * s.kw, cols = taps * cg;
+  if (dbias) sum_rows(dy, rows, s.c_out, dbias);
+  if (is_pointwise(s)) {
+    gemm(true, false, s.c_out, s.c_in, rows, 1.0f, dy, s.c_out, x, s.c_in, 0.0f, dweight, s.c_in);
+    return;
+  }
+  std::vector<float> col(static_cast<size_t>(rows * cols));
+  std::vector<float> w(static_cast<size_t>(og * cols));
+  for (int64_t g = 0; g < s.groups; ++g) {
+    im2col(s, x, g, col.data());
+    gemm(true, false, og, cols, rows, 1.0f, dy + g * og, s.c_out, col.data(), cols, 0.0f, w.data(),
+         cols);
+    for (int64_t o = 0; o < og; ++o)
+      for (int64_t ci = 0; ci < cg; ++ci)
+        for (int64_t t = 0; t < taps; ++t)
+          dweight[((g * og + o) * cg + ci) * taps + t] = w[(o * taps + t) * cg + ci];
+  }
+}
+
+}  // namespace dl::cpu

@@ -1,0 +1,28 @@
+// 2-D convolution on the CPU. Activations are NHWC; weights keep PyTorch's layout
+// [c_out, c_in / groups, kh, kw] so that a state dict moves to and from PyTorch unchanged.
+// Depthwise convolutions (groups == c_in == c_out) take a direct kernel vectorised over channels;
+// every other convolution is im2col + GEMM per group (a 1x1, stride-1 convolution is a plain GEMM).
+// Gradient rule: outputs are overwritten (=).
+#pragma once
+#include <cstdint>
+
+namespace dl::cpu {
+
+struct Conv2dShape {
+  int64_t n = 1, h = 1, w = 1, c_in = 1, c_out = 1;
+  int64_t kh = 1, kw = 1, stride = 1, pad = 0, groups = 1;
+  int64_t h_out() const { return (h + 2 * pad - kh) / stride + 1; }
+  int64_t w_out() const { return (w + 2 * pad - kw) / stride + 1; }
+  bool depthwise() const { return groups == c_in && c_out == c_in; }
+};
+
+// y[n, ho, wo, c_out] = bias + sum x * weight.  bias may be null.
+void conv2d_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,
+                    float* y);
+// dx[n, h, w, c_in] from dy[n, ho, wo, c_out].
+void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* weight, float* dx);
+// dweight[c_out, c_in/groups, kh, kw] and dbias[c_out] (dbias may be null).
+void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* x, float* dweight,
+                            float* dbias);
+
+}  // namespace dl::cpu

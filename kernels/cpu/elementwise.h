@@ -1,0 +1,25 @@
+// Elementwise CPU kernels over contiguous float arrays of n elements.
+// Gradient rule: every kernel overwrites its output (=); autograd does the accumulation.
+#pragma once
+#include <cstdint>
+
+namespace dl::cpu {
+
+// y = 0.5 x (1 + erf(x / sqrt 2)), the exact GELU (PyTorch's default).
+void gelu_forward(const float* x, float* y, int64_t n);
+// dx = dy * (Phi(x) + x phi(x)).
+void gelu_backward(const float* x, const float* dy, float* dx, int64_t n);
+void relu_forward(const float* x, float* y, int64_t n);
+// dx = dy where x > 0, else 0.
+void relu_backward(const float* x, const float* dy, float* dx, int64_t n);
+void add(const float* a, const float* b, float* out, int64_t n);
+void mul(const float* a, const float* b, float* out, int64_t n);
+void scale(const float* x, float alpha, float* out, int64_t n);
+// y += alpha * x
+void axpy(float alpha, const float* x, float* y, int64_t n);
+// Sum in double, returned as double (deterministic: fixed chunking).
+double sum(const float* x, int64_t n);
+// Sum over rows of a [rows, cols] matrix into out[cols] (overwrites), accumulated in double.
+void sum_rows(const float* x, int64_t rows, int64_t cols, float* out);
+
+}  // namespace dl::cpu
