@@ -176,6 +176,7 @@ Tensor Tensor::reshape(const Shape& new_shape) const {
       DL_CHECK(infer < 0, "reshape: more than one -1 in ", shape_str(new_shape));
       infer = static_cast<int64_t>(i);
     } else {
+      DL_CHECK(shape[i] >= 0, "reshape: negative dimension in ", shape_str(new_shape));
       known *= shape[i];
     }
   }

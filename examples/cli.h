@@ -1,0 +1,34 @@
+// A small command-line flag parser for the example binaries: --name value or --name=value,
+// defaults shown by --help, one clear error for an unknown flag or a bad value.
+#pragma once
+#include <map>
+#include <string>
+#include <vector>
+
+namespace dl::cli {
+
+class Flags {
+ public:
+  explicit Flags(std::string program, std::string summary)
+      : program_(std::move(program)), summary_(std::move(summary)) {}
+  // Declares a flag with its default (as text) and help line.
+  void add(const std::string& name, const std::string& default_value, const std::string& help);
+  // Parses argv. Returns false when --help was given (usage already printed); throws dl::Error
+  // naming the flag on an unknown flag or a missing value.
+  bool parse(int argc, char** argv);
+  std::string str(const std::string& name) const;
+  int64_t integer(const std::string& name) const;  // throws naming the flag on a bad number
+  double real(const std::string& name) const;
+  bool boolean(const std::string& name) const;  // true/false/1/0/yes/no/on/off
+  std::string usage() const;
+
+ private:
+  struct Flag {
+    std::string value, default_value, help;
+  };
+  std::string program_, summary_;
+  std::vector<std::string> order_;
+  std::map<std::string, Flag> flags_;
+};
+
+}  // namespace dl::cli
