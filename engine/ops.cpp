@@ -158,8 +158,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   DL_CHECK(s.c_in % groups == 0 && s.c_out % groups == 0 && weight.size(1) == s.c_in / groups,
            "conv2d: weight ", shape_str(weight.shape()), " does not fit input ",
            shape_str(x.shape()), " with groups=", groups);
-  DL_CHECK(s.h_out() > 0 && s.w_out() > 0, "conv2d: kernel ", s.kh, "x", s.kw,
-           " is larger than the padded input ", shape_str(x.shape()));
+  DL_CHECK(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw, "conv2d: kernel ", s.kh, "x",
+           s.kw, " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
   if (bias.defined()) {
     check_float_cpu("conv2d", bias, "bias");
     DL_CHECK(bias.dim() == 1 && bias.size(0) == s.c_out, "conv2d: bias ",
@@ -207,7 +207,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   check_vec(running_var, "running_var");
   check_vec(weight, "weight");
   check_vec(bias, "bias");
-  DL_CHECK(training || (running_mean.defined() && running_var.defined()),
+  DL_CHECK(running_mean.defined() == running_var.defined(),
+           "batch_norm: give both running_mean and running_var, or neither");
+  DL_CHECK(training || running_mean.defined(),
            "batch_norm: evaluation mode needs running statistics");
   DL_CHECK(!training || rows > 1, "batch_norm: training needs more than one value per channel, "
            "got input ", shape_str(x.shape()));
@@ -272,8 +274,8 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   cpu::Pool2dShape s;
   s.n = x.size(0), s.h = x.size(1), s.w = x.size(2), s.c = x.size(3);
   s.k = kernel, s.stride = stride, s.pad = padding;
-  DL_CHECK(s.h_out() > 0 && s.w_out() > 0, "max_pool2d: window larger than input ",
-           shape_str(x.shape()));
+  DL_CHECK(s.h + 2 * s.pad >= s.k && s.w + 2 * s.pad >= s.k, "max_pool2d: window ", s.k,
+           " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::empty({s.n, s.h_out(), s.w_out(), s.c});
   Tensor argmax = Tensor::empty(out.shape(), DType::i32);

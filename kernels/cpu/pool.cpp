@@ -1,6 +1,7 @@
 #include "kernels/cpu/pool.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -42,7 +43,7 @@ void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t*
               if (iw < 0 || iw >= s.w) continue;
               const int64_t pixel = (n * s.h + ih) * s.w + iw;
               const float v = x[pixel * s.c + ch];
-              if (v > best || best_at < 0) {
+              if (v > best || std::isnan(v) || best_at < 0) {  // NaN propagates, as in PyTorch
                 best = v;
                 best_at = static_cast<int32_t>(pixel);
               }
