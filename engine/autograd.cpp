@@ -28,7 +28,8 @@ bool any_requires_grad(std::initializer_list<Tensor> tensors) {
 
 std::vector<bool> needs_grad(std::initializer_list<Tensor> inputs) {
   std::vector<bool> out;
-  for (const Tensor& t : inputs) out.push_back(grad_mode_enabled() && t.defined() && t.requires_grad());
+  for (const Tensor& t : inputs)
+    out.push_back(grad_mode_enabled() && t.defined() && t.requires_grad());
   return out;
 }
 

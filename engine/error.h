@@ -24,7 +24,7 @@ std::string concat(const Parts&... parts) {
 }  // namespace dl
 
 // DL_CHECK(cond, "message parts", value, ...): throws dl::Error with the parts concatenated.
-#define DL_CHECK(cond, ...) \
-  do {                      \
+#define DL_CHECK(cond, ...)                                            \
+  do {                                                                 \
     if (!(cond)) throw ::dl::Error(::dl::detail::concat(__VA_ARGS__)); \
   } while (0)

@@ -129,8 +129,8 @@ Conv2d::Conv2d(const Conv2dOptions& o, Generator& gen) : options_(o) {
            "Conv2d: invalid options (in ", o.in, ", out ", o.out, ", kernel ", o.kernel,
            ", groups ", o.groups_, ")");
   const int64_t fan_in = o.in / o.groups_ * o.kernel * o.kernel;
-  weight = register_parameter("weight",
-                              fan_in_uniform({o.out, o.in / o.groups_, o.kernel, o.kernel}, fan_in, gen));
+  weight = register_parameter(
+      "weight", fan_in_uniform({o.out, o.in / o.groups_, o.kernel, o.kernel}, fan_in, gen));
   if (o.bias_) bias = register_parameter("bias", fan_in_uniform({o.out}, fan_in, gen));
 }
 
@@ -163,13 +163,21 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen) {
   if (with_bias) bias = register_parameter("bias", fan_in_uniform({out}, in, gen));
 }
 
-Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+Tensor Linear::forward(const Tensor& x) {
+  return linear(x, weight, bias);
+}
 
-Tensor GELU::forward(const Tensor& x) { return gelu(x); }
+Tensor GELU::forward(const Tensor& x) {
+  return gelu(x);
+}
 
-Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+Tensor ReLU::forward(const Tensor& x) {
+  return relu(x);
+}
 
-Tensor MaxPool2d::forward(const Tensor& x) { return max_pool2d(x, kernel_, stride_, padding_); }
+Tensor MaxPool2d::forward(const Tensor& x) {
+  return max_pool2d(x, kernel_, stride_, padding_);
+}
 
 AdaptiveAvgPool2d::AdaptiveAvgPool2d(int64_t output_size) {
   DL_CHECK(output_size == 1, "AdaptiveAvgPool2d: only output size 1 is supported, got ",
@@ -181,7 +189,9 @@ Tensor AdaptiveAvgPool2d::forward(const Tensor& x) {
   return pooled.reshape({x.size(0), 1, 1, x.size(3)});
 }
 
-Tensor Flatten::forward(const Tensor& x) { return x.reshape({x.size(0), -1}); }
+Tensor Flatten::forward(const Tensor& x) {
+  return x.reshape({x.size(0), -1});
+}
 
 Sequential::Sequential(std::vector<std::shared_ptr<Module>> modules) {
   for (auto& m : modules) push_back(std::move(m));
@@ -200,6 +210,8 @@ Tensor Sequential::forward(const Tensor& x) {
 
 Residual::Residual(std::shared_ptr<Module> fn) : fn_(register_module("fn", std::move(fn))) {}
 
-Tensor Residual::forward(const Tensor& x) { return add(fn_->forward(x), x); }
+Tensor Residual::forward(const Tensor& x) {
+  return add(fn_->forward(x), x);
+}
 
 }  // namespace dl::nn

@@ -57,10 +57,22 @@ class Module {
 
 struct Conv2dOptions {
   Conv2dOptions(int64_t in, int64_t out, int64_t kernel) : in(in), out(out), kernel(kernel) {}
-  Conv2dOptions& stride(int64_t v) { stride_ = v; return *this; }
-  Conv2dOptions& padding(int64_t v) { padding_ = v; return *this; }
-  Conv2dOptions& groups(int64_t v) { groups_ = v; return *this; }
-  Conv2dOptions& bias(bool v) { bias_ = v; return *this; }
+  Conv2dOptions& stride(int64_t v) {
+    stride_ = v;
+    return *this;
+  }
+  Conv2dOptions& padding(int64_t v) {
+    padding_ = v;
+    return *this;
+  }
+  Conv2dOptions& groups(int64_t v) {
+    groups_ = v;
+    return *this;
+  }
+  Conv2dOptions& bias(bool v) {
+    bias_ = v;
+    return *this;
+  }
   int64_t in, out, kernel, stride_ = 1, padding_ = 0, groups_ = 1;
   bool bias_ = true;
 };

@@ -29,9 +29,13 @@ void check_same_shape(const char* op, const Tensor& a, const Tensor& b) {
            shape_str(b.shape()), " differ");
 }
 
-const float* cptr(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
+const float* cptr(const Tensor& t) {
+  return t.defined() ? t.data<float>() : nullptr;
+}
 
-Tensor empty_like(const Tensor& t) { return Tensor::empty(t.shape(), t.dtype(), t.device()); }
+Tensor empty_like(const Tensor& t) {
+  return Tensor::empty(t.shape(), t.dtype(), t.device());
+}
 
 }  // namespace
 
@@ -93,9 +97,8 @@ Tensor scale(const Tensor& x, float factor) {
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);
   cpu::scale(xc.data<float>(), factor, out.data<float>(), out.numel());
-  record(out, "scale", {x}, [factor](const Tensor& g) {
-    return std::vector<Tensor>{scale(g, factor)};
-  });
+  record(out, "scale", {x},
+         [factor](const Tensor& g) { return std::vector<Tensor>{scale(g, factor)}; });
   return out;
 }
 
@@ -132,9 +135,8 @@ Tensor sum(const Tensor& x) {
   const Tensor xc = x.contiguous();
   Tensor out = Tensor::full({}, cpu::sum(xc.data<float>(), xc.numel()));
   const Shape shape = x.shape();
-  record(out, "sum", {x}, [shape](const Tensor& g) {
-    return std::vector<Tensor>{Tensor::full(shape, g.item())};
-  });
+  record(out, "sum", {x},
+         [shape](const Tensor& g) { return std::vector<Tensor>{Tensor::full(shape, g.item())}; });
   return out;
 }
 
@@ -158,36 +160,35 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   DL_CHECK(s.c_in % groups == 0 && s.c_out % groups == 0 && weight.size(1) == s.c_in / groups,
            "conv2d: weight ", shape_str(weight.shape()), " does not fit input ",
            shape_str(x.shape()), " with groups=", groups);
-  DL_CHECK(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw, "conv2d: kernel ", s.kh, "x",
-           s.kw, " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
+  DL_CHECK(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw, "conv2d: kernel ", s.kh, "x", s.kw,
+           " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
   if (bias.defined()) {
     check_float_cpu("conv2d", bias, "bias");
-    DL_CHECK(bias.dim() == 1 && bias.size(0) == s.c_out, "conv2d: bias ",
-             shape_str(bias.shape()), " for ", s.c_out, " output channels");
+    DL_CHECK(bias.dim() == 1 && bias.size(0) == s.c_out, "conv2d: bias ", shape_str(bias.shape()),
+             " for ", s.c_out, " output channels");
   }
   const Tensor xc = x.contiguous(), wc = weight.contiguous();
   Tensor out = Tensor::empty({s.n, s.h_out(), s.w_out(), s.c_out});
   cpu::conv2d_forward(s, xc.data<float>(), wc.data<float>(), cptr(bias), out.data<float>());
   const auto needs = needs_grad({x, weight, bias});
-  record(out, "conv2d", {x, weight, bias},
-         [s, needs, xc = xc.detach(), wc = wc.detach()](const Tensor& g) {
-           const Tensor gc = g.contiguous();
-           std::vector<Tensor> grads(3);
-           if (needs[0]) {
-             grads[0] = empty_like(xc);
-             cpu::conv2d_backward_data(s, gc.data<float>(), wc.data<float>(),
-                                       grads[0].data<float>());
-           }
-           if (needs[1] || needs[2]) {
-             grads[1] = empty_like(wc);
-             if (needs[2]) grads[2] = Tensor::empty({s.c_out});
-             cpu::conv2d_backward_weight(s, gc.data<float>(), xc.data<float>(),
-                                         grads[1].data<float>(),
-                                         needs[2] ? grads[2].data<float>() : nullptr);
-             if (!needs[1]) grads[1] = Tensor();
-           }
-           return grads;
-         });
+  record(
+      out, "conv2d", {x, weight, bias},
+      [s, needs, xc = xc.detach(), wc = wc.detach()](const Tensor& g) {
+        const Tensor gc = g.contiguous();
+        std::vector<Tensor> grads(3);
+        if (needs[0]) {
+          grads[0] = empty_like(xc);
+          cpu::conv2d_backward_data(s, gc.data<float>(), wc.data<float>(), grads[0].data<float>());
+        }
+        if (needs[1] || needs[2]) {
+          grads[1] = empty_like(wc);
+          if (needs[2]) grads[2] = Tensor::empty({s.c_out});
+          cpu::conv2d_backward_weight(s, gc.data<float>(), xc.data<float>(), grads[1].data<float>(),
+                                      needs[2] ? grads[2].data<float>() : nullptr);
+          if (!needs[1]) grads[1] = Tensor();
+        }
+        return grads;
+      });
   return out;
 }
 
@@ -211,8 +212,10 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
            "batch_norm: give both running_mean and running_var, or neither");
   DL_CHECK(training || running_mean.defined(),
            "batch_norm: evaluation mode needs running statistics");
-  DL_CHECK(!training || rows > 1, "batch_norm: training needs more than one value per channel, "
-           "got input ", shape_str(x.shape()));
+  DL_CHECK(!training || rows > 1,
+           "batch_norm: training needs more than one value per channel, "
+           "got input ",
+           shape_str(x.shape()));
   const Tensor gamma = weight.defined() ? weight.contiguous() : Tensor::ones({c});
   const Tensor beta = bias.defined() ? bias.contiguous() : Tensor::zeros({c});
   const Tensor xc = x.contiguous();
@@ -220,9 +223,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor mean = Tensor::empty({c}), invstd = Tensor::empty({c});
   if (training) {
     const bool track = running_mean.defined() && running_var.defined();
-    cpu::batchnorm_forward_train(xc.data<float>(), rows, c, gamma.data<float>(),
-                                 beta.data<float>(), eps, momentum,
-                                 track ? running_mean.data<float>() : nullptr,
+    cpu::batchnorm_forward_train(xc.data<float>(), rows, c, gamma.data<float>(), beta.data<float>(),
+                                 eps, momentum, track ? running_mean.data<float>() : nullptr,
                                  track ? running_var.data<float>() : nullptr, out.data<float>(),
                                  mean.data<float>(), invstd.data<float>());
   } else {
@@ -232,17 +234,17 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
     mean = running_mean.detach().clone();
     const float* rv = running_var.data<float>();
     float* is = invstd.data<float>();
-    for (int64_t j = 0; j < c; ++j) is[j] = static_cast<float>(1.0 / std::sqrt(double(rv[j]) + eps));
+    for (int64_t j = 0; j < c; ++j)
+      is[j] = static_cast<float>(1.0 / std::sqrt(double(rv[j]) + eps));
   }
   const auto needs = needs_grad({x, weight, bias});
   record(out, "batch_norm", {x, weight, bias},
          [=, xc = xc.detach(), gamma = gamma.detach()](const Tensor& g) {
            const Tensor gc = g.contiguous();
            Tensor dx = empty_like(xc), dgamma = Tensor::empty({c}), dbeta = Tensor::empty({c});
-           cpu::batchnorm_backward(gc.data<float>(), xc.data<float>(), rows, c,
-                                   gamma.data<float>(), mean.data<float>(), invstd.data<float>(),
-                                   training, dx.data<float>(), dgamma.data<float>(),
-                                   dbeta.data<float>());
+           cpu::batchnorm_backward(gc.data<float>(), xc.data<float>(), rows, c, gamma.data<float>(),
+                                   mean.data<float>(), invstd.data<float>(), training,
+                                   dx.data<float>(), dgamma.data<float>(), dbeta.data<float>());
            return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor()};
          });
@@ -317,13 +319,13 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
            std::vector<Tensor> grads(3);
            if (needs[0]) {
              grads[0] = Tensor::empty({n, in});
-             cpu::gemm(false, false, n, in, out_f, 1.0f, gc.data<float>(), out_f,
-                       wc.data<float>(), in, 0.0f, grads[0].data<float>(), in);
+             cpu::gemm(false, false, n, in, out_f, 1.0f, gc.data<float>(), out_f, wc.data<float>(),
+                       in, 0.0f, grads[0].data<float>(), in);
            }
            if (needs[1]) {
              grads[1] = Tensor::empty({out_f, in});
-             cpu::gemm(true, false, out_f, in, n, 1.0f, gc.data<float>(), out_f,
-                       xc.data<float>(), in, 0.0f, grads[1].data<float>(), in);
+             cpu::gemm(true, false, out_f, in, n, 1.0f, gc.data<float>(), out_f, xc.data<float>(),
+                       in, 0.0f, grads[1].data<float>(), in);
            }
            if (needs[2]) {
              grads[2] = Tensor::empty({out_f});
@@ -353,13 +355,12 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
   const double loss = cpu::cross_entropy_forward(lc.data<float>(), y, n, classes, label_smoothing,
                                                  probs.data<float>());
   Tensor out = Tensor::full({}, loss);
-  record(out, "cross_entropy", {logits},
-         [=, yc = yc.detach()](const Tensor& g) {
-           Tensor dlogits = Tensor::empty({n, classes});
-           cpu::cross_entropy_backward(probs.data<float>(), yc.data<int64_t>(), n, classes,
-                                       label_smoothing, g.item(), dlogits.data<float>());
-           return std::vector<Tensor>{dlogits};
-         });
+  record(out, "cross_entropy", {logits}, [=, yc = yc.detach()](const Tensor& g) {
+    Tensor dlogits = Tensor::empty({n, classes});
+    cpu::cross_entropy_backward(probs.data<float>(), yc.data<int64_t>(), n, classes,
+                                label_smoothing, g.item(), dlogits.data<float>());
+    return std::vector<Tensor>{dlogits};
+  });
   return out;
 }
 

@@ -11,7 +11,9 @@ uint64_t splitmix64(uint64_t& x) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+uint64_t rotl(uint64_t x, int k) {
+  return (x << k) | (x >> (64 - k));
+}
 }  // namespace
 
 void Generator::reseed(uint64_t seed) {
@@ -30,7 +32,9 @@ uint64_t Generator::next_u64() {
   return result;
 }
 
-float Generator::uniform() { return static_cast<float>(next_u64() >> 40) * 0x1.0p-24f; }
+float Generator::uniform() {
+  return static_cast<float>(next_u64() >> 40) * 0x1.0p-24f;
+}
 
 uint64_t Generator::below(uint64_t bound) {
   // Lemire's multiply-shift with rejection: unbiased.
@@ -52,6 +56,8 @@ Generator& default_generator() {
   return gen;
 }
 
-void manual_seed(uint64_t seed) { default_generator().reseed(seed); }
+void manual_seed(uint64_t seed) {
+  default_generator().reseed(seed);
+}
 
 }  // namespace dl

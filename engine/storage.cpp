@@ -36,7 +36,9 @@ DeviceBackend*& backend_slot(DeviceKind kind) {
 
 }  // namespace
 
-void set_device_backend(DeviceKind kind, DeviceBackend* backend) { backend_slot(kind) = backend; }
+void set_device_backend(DeviceKind kind, DeviceBackend* backend) {
+  backend_slot(kind) = backend;
+}
 
 DeviceBackend& device_backend(Device device) {
   DeviceBackend* b = backend_slot(device.kind);
@@ -54,6 +56,8 @@ void copy_bytes(void* dst, Device to, const void* src, Device from, size_t bytes
 Storage::Storage(size_t bytes, Device device)
     : data_(device_backend(device).allocate(bytes)), bytes_(bytes), device_(device) {}
 
-Storage::~Storage() { device_backend(device_).deallocate(data_, bytes_); }
+Storage::~Storage() {
+  device_backend(device_).deallocate(data_, bytes_);
+}
 
 }  // namespace dl

@@ -52,10 +52,14 @@ void fill_host(void* p, int64_t n, double value) {
 
 void fill_host_any(void* p, DType dtype, int64_t n, double value) {
   switch (dtype) {
-    case DType::f32: return fill_host<float>(p, n, value);
-    case DType::i32: return fill_host<int32_t>(p, n, value);
-    case DType::i64: return fill_host<int64_t>(p, n, value);
-    case DType::u8: return fill_host<uint8_t>(p, n, value);
+    case DType::f32:
+      return fill_host<float>(p, n, value);
+    case DType::i32:
+      return fill_host<int32_t>(p, n, value);
+    case DType::i64:
+      return fill_host<int64_t>(p, n, value);
+    case DType::u8:
+      return fill_host<uint8_t>(p, n, value);
     case DType::bf16: {
       const bf16 b = bf16::from_float(static_cast<float>(value));
       auto* d = static_cast<bf16*>(p);
@@ -67,11 +71,16 @@ void fill_host_any(void* p, DType dtype, int64_t n, double value) {
 
 double load_as_double(const void* p, DType dtype, int64_t i) {
   switch (dtype) {
-    case DType::f32: return static_cast<const float*>(p)[i];
-    case DType::bf16: return static_cast<const bf16*>(p)[i].to_float();
-    case DType::i32: return static_cast<const int32_t*>(p)[i];
-    case DType::i64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
-    case DType::u8: return static_cast<const uint8_t*>(p)[i];
+    case DType::f32:
+      return static_cast<const float*>(p)[i];
+    case DType::bf16:
+      return static_cast<const bf16*>(p)[i].to_float();
+    case DType::i32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::i64:
+      return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case DType::u8:
+      return static_cast<const uint8_t*>(p)[i];
   }
   return 0.0;
 }
@@ -83,8 +92,8 @@ thread_local bool t_grad_mode = true;
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   for (int64_t d : shape) DL_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage =
-      std::make_shared<Storage>(static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(
+      static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -122,16 +131,16 @@ Tensor Tensor::uniform(const Shape& shape, float low, float high, Generator& gen
 }
 
 Tensor Tensor::from_vector(const std::vector<float>& values, const Shape& shape, Device device) {
-  DL_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ",
-           values.size(), " values do not fill shape ", shape_str(shape));
+  DL_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
+           "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
   Tensor host = empty(shape);
   std::memcpy(host.raw_data(), values.data(), values.size() * sizeof(float));
   return host.to(device);
 }
 
 Tensor Tensor::from_vector(const std::vector<int64_t>& values, const Shape& shape, Device device) {
-  DL_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape), "from_vector: ",
-           values.size(), " values do not fill shape ", shape_str(shape));
+  DL_CHECK(static_cast<int64_t>(values.size()) == shape_numel(shape),
+           "from_vector: ", values.size(), " values do not fill shape ", shape_str(shape));
   Tensor host = empty(shape, DType::i64);
   std::memcpy(host.raw_data(), values.data(), values.size() * sizeof(int64_t));
   return host.to(device);
@@ -190,8 +199,9 @@ Tensor Tensor::reshape(const Shape& new_shape) const {
   const Tensor base = is_contiguous() ? *this : contiguous();
   Tensor out = view_of(base, shape, contiguous_strides(shape), base.impl().offset);
   const Shape in_shape = this->shape();
-  record(out, "reshape", {*this},
-         [in_shape](const Tensor& g) { return std::vector<Tensor>{g.contiguous().reshape(in_shape)}; });
+  record(out, "reshape", {*this}, [in_shape](const Tensor& g) {
+    return std::vector<Tensor>{g.contiguous().reshape(in_shape)};
+  });
   return out;
 }
 
@@ -203,7 +213,8 @@ Tensor Tensor::slice(int64_t d, int64_t start, int64_t end) const {
            ") out of range for dimension ", d, " of size ", len);
   Shape shape = this->shape();
   shape[static_cast<size_t>(d)] = end - start;
-  Tensor out = view_of(*this, shape, strides(), impl().offset + start * strides()[static_cast<size_t>(d)]);
+  Tensor out =
+      view_of(*this, shape, strides(), impl().offset + start * strides()[static_cast<size_t>(d)]);
   const Shape full_shape = this->shape();
   record(out, "slice", {*this}, [full_shape, d, start, end](const Tensor& g) {
     Tensor dx = Tensor::zeros(full_shape, g.dtype(), g.device());
@@ -327,7 +338,9 @@ std::vector<float> Tensor::to_vector() const {
   return out;
 }
 
-bool Tensor::requires_grad() const { return impl().autograd && impl().autograd->requires_grad; }
+bool Tensor::requires_grad() const {
+  return impl().autograd && impl().autograd->requires_grad;
+}
 
 Tensor& Tensor::requires_grad_(bool value) {
   DL_CHECK(!value || dtype() == DType::f32 || dtype() == DType::bf16,
@@ -355,9 +368,15 @@ const std::shared_ptr<Node>& Tensor::grad_fn() const {
   return impl().autograd ? impl().autograd->grad_fn : none;
 }
 
-bool grad_mode_enabled() { return t_grad_mode; }
+bool grad_mode_enabled() {
+  return t_grad_mode;
+}
 
-NoGradGuard::NoGradGuard() : previous_(t_grad_mode) { t_grad_mode = false; }
-NoGradGuard::~NoGradGuard() { t_grad_mode = previous_; }
+NoGradGuard::NoGradGuard() : previous_(t_grad_mode) {
+  t_grad_mode = false;
+}
+NoGradGuard::~NoGradGuard() {
+  t_grad_mode = previous_;
+}
 
 }  // namespace dl

@@ -59,11 +59,12 @@ int run(int argc, char** argv) {
   for (int64_t i = 0; i < steps; ++i) last_loss = step().item();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("convmixer-%lld/%lld k%lld p%lld batch %lld on %s, %d threads: step_ms=%.1f loss=%.4f\n",
-              static_cast<long long>(config.dim), static_cast<long long>(config.depth),
-              static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
-              static_cast<long long>(batch), device.str().c_str(), cpu::num_threads(),
-              1000.0 * seconds / steps, last_loss);
+  std::printf(
+      "convmixer-%lld/%lld k%lld p%lld batch %lld on %s, %d threads: step_ms=%.1f loss=%.4f\n",
+      static_cast<long long>(config.dim), static_cast<long long>(config.depth),
+      static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
+      static_cast<long long>(batch), device.str().c_str(), cpu::num_threads(),
+      1000.0 * seconds / steps, last_loss);
   std::printf("train_img_per_s=%.1f\n", batch * steps / seconds);
   return 0;
 }

@@ -5,15 +5,16 @@
 
 namespace dl::models {
 
-PatchEmbeddings::PatchEmbeddings(int64_t dim, int64_t patch, int64_t in_channels,
-                                 Generator& gen) {
+PatchEmbeddings::PatchEmbeddings(int64_t dim, int64_t patch, int64_t in_channels, Generator& gen) {
   conv_ = register_module(
-      "conv", std::make_shared<nn::Conv2d>(
-                  nn::Conv2dOptions(in_channels, dim, patch).stride(patch), gen));
+      "conv",
+      std::make_shared<nn::Conv2d>(nn::Conv2dOptions(in_channels, dim, patch).stride(patch), gen));
   norm_ = register_module("norm", std::make_shared<nn::BatchNorm2d>(dim));
 }
 
-Tensor PatchEmbeddings::forward(const Tensor& x) { return norm_->forward(gelu(conv_->forward(x))); }
+Tensor PatchEmbeddings::forward(const Tensor& x) {
+  return norm_->forward(gelu(conv_->forward(x)));
+}
 
 ConvMixerLayer::ConvMixerLayer(int64_t dim, int64_t kernel, Generator& gen) {
   depth_wise_conv_ = register_module(
@@ -49,15 +50,16 @@ ConvMixer::ConvMixer(const ConvMixerConfig& c, Generator& gen) : config_(c) {
   layers_ = register_module("conv_mixer_layers", std::make_shared<nn::Sequential>());
   for (int64_t i = 0; i < c.depth; ++i)
     layers_->push_back(std::make_shared<ConvMixerLayer>(c.dim, c.kernel, gen));
-  patch_emb_ = register_module("patch_emb",
-                               std::make_shared<PatchEmbeddings>(c.dim, c.patch, c.in_channels, gen));
-  classification_ =
-      register_module("classification", std::make_shared<ClassificationHead>(c.dim, c.classes, gen));
+  patch_emb_ = register_module(
+      "patch_emb", std::make_shared<PatchEmbeddings>(c.dim, c.patch, c.in_channels, gen));
+  classification_ = register_module("classification",
+                                    std::make_shared<ClassificationHead>(c.dim, c.classes, gen));
 }
 
 Tensor ConvMixer::forward(const Tensor& x) {
-  DL_CHECK(x.dim() == 4 && x.size(3) == config_.in_channels, "ConvMixer: input must be NHWC [N, H, W, ",
-           config_.in_channels, "], got ", shape_str(x.shape()));
+  DL_CHECK(x.dim() == 4 && x.size(3) == config_.in_channels,
+           "ConvMixer: input must be NHWC [N, H, W, ", config_.in_channels, "], got ",
+           shape_str(x.shape()));
   DL_CHECK(x.size(1) % config_.patch == 0 && x.size(2) % config_.patch == 0,
            "ConvMixer: image size ", x.size(1), "x", x.size(2), " is not a multiple of the patch ",
            config_.patch);

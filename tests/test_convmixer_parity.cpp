@@ -2,8 +2,8 @@
 // `scripts/pytorch_reference.py fixture` (ConvMixer-32/2, k 5, p 2, batch 4, label smoothing 0.1).
 // The engine loads the same weights and input and must reproduce the logits, the loss, every
 // parameter gradient, the running statistics, evaluation-mode logits and two AdamW steps.
-#include <catch2/catch.hpp>
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
 
 #include "engine/io/safetensors.h"
@@ -47,7 +47,9 @@ std::unique_ptr<models::ConvMixer> reference_model() {
   return model;
 }
 
-float label_smoothing() { return std::stof(fixture().metadata.at("label_smoothing")); }
+float label_smoothing() {
+  return std::stof(fixture().metadata.at("label_smoothing"));
+}
 
 // float32 against float32 computed in another order: a relative band plus an absolute floor
 // scaled to the tensor's largest magnitude (gradients span many orders of magnitude).
@@ -92,12 +94,13 @@ TEST_CASE("Two AdamW steps on ConvMixer match PyTorch") {
   model->train();
   const double lr = std::stod(fixture().metadata.at("adamw_lr"));
   INFO("lr " << lr);
-  optim::AdamW opt(model->parameters(),
-                   {.lr = lr, .weight_decay = std::stod(fixture().metadata.at("adamw_weight_decay"))});
+  optim::AdamW opt(
+      model->parameters(),
+      {.lr = lr, .weight_decay = std::stod(fixture().metadata.at("adamw_weight_decay"))});
   for (int step = 1; step <= 2; ++step) {
     INFO("AdamW step " << step);
-    const Tensor loss =
-        cross_entropy(model->forward(fixture_tensor("input")), fixture_tensor("labels"), label_smoothing());
+    const Tensor loss = cross_entropy(model->forward(fixture_tensor("input")),
+                                      fixture_tensor("labels"), label_smoothing());
     require_matches(loss, "adamw" + std::to_string(step) + ".loss", 1e-5, 0.0);
     opt.zero_grad();
     loss.backward();

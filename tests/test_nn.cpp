@@ -16,12 +16,20 @@ TEST_CASE("ConvMixer parameter and buffer names match the reference PyTorch modu
   std::vector<std::string> names;
   for (auto& [name, t] : model.state_dict()) names.push_back(name);
   // PyTorch's state_dict order for the reference module (parameters, buffers, then children).
-  const std::vector<std::string> layer = {
-      "depth_wise_conv.weight", "depth_wise_conv.bias",   "norm1.weight",
-      "norm1.bias",             "norm1.running_mean",     "norm1.running_var",
-      "norm1.num_batches_tracked", "point_wise_conv.weight", "point_wise_conv.bias",
-      "norm2.weight",           "norm2.bias",             "norm2.running_mean",
-      "norm2.running_var",      "norm2.num_batches_tracked"};
+  const std::vector<std::string> layer = {"depth_wise_conv.weight",
+                                          "depth_wise_conv.bias",
+                                          "norm1.weight",
+                                          "norm1.bias",
+                                          "norm1.running_mean",
+                                          "norm1.running_var",
+                                          "norm1.num_batches_tracked",
+                                          "point_wise_conv.weight",
+                                          "point_wise_conv.bias",
+                                          "norm2.weight",
+                                          "norm2.bias",
+                                          "norm2.running_mean",
+                                          "norm2.running_var",
+                                          "norm2.num_batches_tracked"};
   std::vector<std::string> expected;
   for (int i = 0; i < 2; ++i)
     for (auto& n : layer) expected.push_back("conv_mixer_layers." + std::to_string(i) + "." + n);
@@ -106,7 +114,8 @@ TEST_CASE("load_state_dict copies values and rejects another model's state") {
   models::ConvMixer b({.dim = 8, .depth = 1, .kernel = 3, .patch = 2, .classes = 10}, gen_b);
   b.load_state_dict(a.state_dict());
   const auto sa = a.state_dict(), sb = b.state_dict();
-  for (size_t i = 0; i < sa.size(); ++i) REQUIRE(sa[i].second.to_vector() == sb[i].second.to_vector());
+  for (size_t i = 0; i < sa.size(); ++i)
+    REQUIRE(sa[i].second.to_vector() == sb[i].second.to_vector());
 
   models::ConvMixer wider({.dim = 16, .depth = 1, .kernel = 3, .patch = 2, .classes = 10}, gen_a);
   REQUIRE_THROWS_WITH(b.load_state_dict(wider.state_dict(), "ckpt.safetensors"),

@@ -19,7 +19,8 @@ std::vector<float> taps_by_channel(const Conv2dShape& s, const float* weight) {
   return out;
 }
 
-// Depthwise forward: for each output pixel, y[:] = bias + sum over taps x[tap pixel, :] * w[tap, :].
+// Depthwise forward: for each output pixel, y[:] = bias + sum over taps x[tap pixel, :] * w[tap,
+// :].
 void depthwise_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,
                        float* y) {
   const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out();
@@ -202,8 +203,8 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* we
   std::vector<float> col(static_cast<size_t>(rows * cols));
   for (int64_t g = 0; g < s.groups; ++g) {
     const std::vector<float> w = weight_as_rows(s, weight, g);
-    gemm(false, false, rows, cols, og, 1.0f, dy + g * og, s.c_out, w.data(), cols, 0.0f,
-         col.data(), cols);
+    gemm(false, false, rows, cols, og, 1.0f, dy + g * og, s.c_out, w.data(), cols, 0.0f, col.data(),
+         cols);
     col2im_add(s, col.data(), g, dx);
   }
 }

@@ -5,8 +5,8 @@
 
 namespace dl::cpu {
 
-double cross_entropy_forward(const float* logits, const int64_t* labels, int64_t n,
-                             int64_t classes, float label_smoothing, float* probs) {
+double cross_entropy_forward(const float* logits, const int64_t* labels, int64_t n, int64_t classes,
+                             float label_smoothing, float* probs) {
   double total = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const float* z = logits + i * classes;

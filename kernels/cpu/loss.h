@@ -6,8 +6,8 @@
 namespace dl::cpu {
 
 // Returns the mean loss; writes the softmax probabilities [n, classes] for the backward.
-double cross_entropy_forward(const float* logits, const int64_t* labels, int64_t n,
-                             int64_t classes, float label_smoothing, float* probs);
+double cross_entropy_forward(const float* logits, const int64_t* labels, int64_t n, int64_t classes,
+                             float label_smoothing, float* probs);
 // dlogits = dloss * (probs - target) / n.
 void cross_entropy_backward(const float* probs, const int64_t* labels, int64_t n, int64_t classes,
                             float label_smoothing, float dloss, float* dlogits);

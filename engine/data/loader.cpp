@@ -1,0 +1,136 @@
+#include "engine/data/loader.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "engine/error.h"
+
+namespace dl::data {
+
+uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t index) {
+  uint64_t h = seed ^ 0x9e3779b97f4a7c15ull;
+  for (uint64_t v : {static_cast<uint64_t>(epoch), static_cast<uint64_t>(index)}) {
+    h ^= v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+  }
+  return h;
+}
+
+DataLoader::DataLoader(const ImageDataset& data, LoaderOptions options)
+    : data_(data), options_(std::move(options)) {
+  DL_CHECK(options_.batch_size > 0, "batch size must be positive, got ", options_.batch_size);
+  DL_CHECK(options_.workers >= 1, "need at least one loader worker, got ", options_.workers);
+  DL_CHECK(options_.prefetch >= 1, "prefetch must be at least 1, got ", options_.prefetch);
+  DL_CHECK(data_.size() > 0, "the data set is empty");
+  DL_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size,
+           " with drop_last leaves no "
+           "batch of a data set of ",
+           data_.size(), " images");
+}
+
+DataLoader::~DataLoader() {
+  stop_workers();
+}
+
+int64_t DataLoader::batches_per_epoch() const {
+  const int64_t n = data_.size(), b = options_.batch_size;
+  return options_.drop_last ? n / b : (n + b - 1) / b;
+}
+
+void DataLoader::stop_workers() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+  workers_.clear();
+}
+
+void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
+  DL_CHECK(first_batch >= 0 && first_batch <= batches_per_epoch(), "batch ", first_batch,
+           " is outside the epoch's ", batches_per_epoch(), " batches");
+  stop_workers();
+  order_.resize(static_cast<size_t>(data_.size()));
+  std::iota(order_.begin(), order_.end(), 0);
+  if (options_.shuffle) {
+    Generator gen(sample_seed(options_.seed, epoch, -1));
+    for (int64_t i = data_.size() - 1; i > 0; --i)
+      std::swap(order_[i], order_[gen.below(static_cast<uint64_t>(i + 1))]);
+  }
+  epoch_ = epoch;
+  next_to_make_ = next_to_return_ = first_batch;
+  end_ = batches_per_epoch();
+  ready_.clear();
+  worker_error_.clear();
+  stopping_ = false;
+  for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+}
+
+void DataLoader::worker_loop() {
+  const int64_t ahead = static_cast<int64_t>(options_.workers) * options_.prefetch;
+  while (true) {
+    int64_t batch = 0;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] {
+        return stopping_ || next_to_make_ >= end_ || next_to_make_ < next_to_return_ + ahead;
+      });
+      if (stopping_ || next_to_make_ >= end_) return;
+      batch = next_to_make_++;
+    }
+    Batch made;
+    std::string error;
+    try {
+      made = make_batch(epoch_, batch);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error.empty() && worker_error_.empty()) worker_error_ = error;
+      ready_[batch] = std::move(made);
+    }
+    cv_.notify_all();
+  }
+}
+
+bool DataLoader::next(Batch& out) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  DL_CHECK(!workers_.empty() || next_to_return_ >= end_, "DataLoader: call start_epoch first");
+  if (next_to_return_ >= end_) return false;
+  cv_.wait(lock, [&] { return ready_.count(next_to_return_) > 0; });
+  DL_CHECK(worker_error_.empty(), "data loader: ", worker_error_);
+  out = std::move(ready_[next_to_return_]);
+  ready_.erase(next_to_return_++);
+  lock.unlock();
+  cv_.notify_all();
+  return true;
+}
+
+Batch DataLoader::make_batch(int64_t epoch, int64_t batch) const {
+  const int64_t begin = batch * options_.batch_size;
+  const int64_t count = std::min(options_.batch_size, data_.size() - begin);
+  const int h = static_cast<int>(data_.height), w = static_cast<int>(data_.width),
+            c = static_cast<int>(data_.channels);
+  Batch out;
+  out.images = Tensor::empty({count, data_.height, data_.width, data_.channels});
+  out.labels = Tensor::empty({count}, DType::i64);
+  float* images = out.images.data<float>();
+  int64_t* labels = out.labels.data<int64_t>();
+  const int64_t pixels = data_.image_bytes();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t index = order_[static_cast<size_t>(begin + i)];
+    labels[i] = data_.labels[static_cast<size_t>(index)];
+    if (options_.augment) {
+      Generator gen(sample_seed(options_.seed, epoch, index));
+      augment(options_.augmentation, data_.image(index), h, w, c, images + i * pixels, gen);
+    } else {
+      normalize(options_.augmentation, data_.image(index), h, w, c, images + i * pixels);
+    }
+  }
+  return out;
+}
+
+}  // namespace dl::data

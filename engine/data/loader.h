@@ -1,0 +1,69 @@
+// Batches of an in-memory image set for training and evaluation: per-epoch shuffling from the
+// seed, augmentation in worker threads, a bounded prefetch queue. Every random choice derives
+// from (seed, epoch, sample index), so a run is the same for any number of workers and can resume
+// at any batch of any epoch.
+#pragma once
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "engine/data/augment.h"
+#include "engine/data/dataset.h"
+#include "engine/tensor.h"
+
+namespace dl::data {
+
+struct Batch {
+  Tensor images;  // [B, H, W, C] f32, normalised (and augmented when training)
+  Tensor labels;  // [B] i64
+};
+
+struct LoaderOptions {
+  int64_t batch_size = 128;
+  bool shuffle = true;
+  bool drop_last = false;  // drop the last partial batch
+  bool augment = true;     // training transforms; false: normalisation only
+  AugmentConfig augmentation;
+  uint64_t seed = 0;
+  int workers = 2;   // threads preparing batches
+  int prefetch = 2;  // batches prepared ahead of the consumer, per worker
+};
+
+class DataLoader {
+ public:
+  // `data` must outlive the loader.
+  DataLoader(const ImageDataset& data, LoaderOptions options);
+  ~DataLoader();
+  DataLoader(const DataLoader&) = delete;
+  DataLoader& operator=(const DataLoader&) = delete;
+
+  int64_t batches_per_epoch() const;
+  // Starts an epoch at batch `first_batch` (non-zero when resuming mid-epoch).
+  void start_epoch(int64_t epoch, int64_t first_batch = 0);
+  // The next batch of the epoch; false once the epoch is exhausted.
+  bool next(Batch& out);
+
+ private:
+  void stop_workers();
+  void worker_loop();
+  Batch make_batch(int64_t epoch, int64_t batch) const;
+
+  const ImageDataset& data_;
+  LoaderOptions options_;
+  std::vector<int64_t> order_;
+  int64_t epoch_ = 0, next_to_make_ = 0, next_to_return_ = 0, end_ = 0;
+  std::map<int64_t, Batch> ready_;
+  bool stopping_ = false;
+  std::string worker_error_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<std::thread> workers_;
+};
+
+// Seed for sample `index` of `epoch`: a different, reproducible stream per sample.
+uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t index);
+
+}  // namespace dl::data

@@ -1,0 +1,78 @@
+#include "engine/io/checkpoint.h"
+
+#include <cstring>
+
+#include "engine/error.h"
+#include "engine/io/safetensors.h"
+
+namespace dl::io {
+
+namespace {
+
+void check_format(const std::map<std::string, std::string>& metadata, const std::string& path) {
+  auto format = metadata.find("format");
+  DL_CHECK(format != metadata.end() && format->second == kCheckpointFormat, path,
+           ": not a checkpoint of this engine (no \"format\": \"", kCheckpointFormat,
+           "\" in its metadata)");
+  auto version = metadata.find("format_version");
+  DL_CHECK(version != metadata.end() && version->second == std::to_string(kCheckpointVersion), path,
+           ": checkpoint format version ",
+           version == metadata.end() ? std::string("(none)") : version->second,
+           " is not supported (this build reads version ", kCheckpointVersion, ")");
+}
+
+}  // namespace
+
+void save_checkpoint(const std::string& path, const nn::Module& model,
+                     const optim::Optimizer* optimizer, const TrainingPosition& position,
+                     std::map<std::string, std::string> metadata) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
+  if (optimizer)
+    for (auto& entry : optimizer->state_tensors()) tensors.push_back(entry);
+  std::vector<int64_t> pos = {position.epoch, position.batch, position.step};
+  for (uint64_t word : position.generator) {
+    int64_t v;
+    std::memcpy(&v, &word, sizeof v);
+    pos.push_back(v);
+  }
+  tensors.emplace_back("trainer.position", Tensor::from_vector(pos, {7}));
+  metadata["format"] = kCheckpointFormat;
+  metadata["format_version"] = std::to_string(kCheckpointVersion);
+  save_safetensors(path, tensors, metadata);
+}
+
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  auto file = load_safetensors(path);
+  check_format(file.metadata, path);
+  return file.metadata;
+}
+
+TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
+                                 optim::Optimizer* optimizer) {
+  const SafetensorsFile file = load_safetensors(path);
+  check_format(file.metadata, path);
+  nn::NamedTensors state, optim_state;
+  for (const auto& [name, t] : file.tensors) {
+    if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
+    if (name.rfind("optim.", 0) == 0) optim_state.emplace_back(name, t);
+  }
+  model.load_state_dict(state, path);
+  if (optimizer) {
+    try {
+      optimizer->load_state_tensors(optim_state);
+    } catch (const Error& e) {
+      throw Error(path + ": optimizer state does not fit (" + e.what() + ")");
+    }
+  }
+  const Tensor* pos = file.find("trainer.position");
+  DL_CHECK(pos && pos->dtype() == DType::i64 && pos->numel() == 7, path,
+           ": no valid 'trainer.position' entry (I64[7])");
+  const int64_t* p = pos->data<int64_t>();
+  TrainingPosition out{.epoch = p[0], .batch = p[1], .step = p[2]};
+  for (int i = 0; i < 4; ++i) std::memcpy(&out.generator[i], &p[3 + i], sizeof(uint64_t));
+  DL_CHECK(out.epoch >= 0 && out.batch >= 0 && out.step >= 0, path, ": negative training position");
+  return out;
+}
+
+}  // namespace dl::io

@@ -1,0 +1,37 @@
+// Training checkpoints: one safetensors file holding the model's state dict under "model."
+// (PyTorch names and layouts), the optimizer's state under "optim.", the trainer's position and
+// generator state under "trainer.", and string metadata (format, version, the run's
+// configuration). Written atomically: a crash mid-write leaves the previous checkpoint intact.
+#pragma once
+#include <array>
+#include <map>
+#include <string>
+
+#include "engine/nn.h"
+#include "engine/optim.h"
+
+namespace dl::io {
+
+inline constexpr const char* kCheckpointFormat = "convmixer-engine checkpoint";
+inline constexpr int kCheckpointVersion = 1;
+
+struct TrainingPosition {
+  int64_t epoch = 0;  // the epoch in progress
+  int64_t batch = 0;  // batches of that epoch already trained
+  int64_t step = 0;   // optimizer steps so far
+  std::array<uint64_t, 4> generator{};
+};
+
+void save_checkpoint(const std::string& path, const nn::Module& model,
+                     const optim::Optimizer* optimizer, const TrainingPosition& position,
+                     std::map<std::string, std::string> metadata);
+
+// Metadata only, after checking the file is a checkpoint of this engine at a known version.
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
+
+// Loads the model (and the optimizer, when given) and returns the position. A checkpoint of
+// another model, a damaged file or a missing entry is one dl::Error naming the file.
+TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
+                                 optim::Optimizer* optimizer);
+
+}  // namespace dl::io

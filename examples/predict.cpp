@@ -1,0 +1,162 @@
+// predict: classifies PNG/JPEG files with a trained checkpoint. Each image is decoded with
+// stb_image, resized to the model's input size (stb_image_resize), normalised as in training
+// (the checkpoint records mean and std) and classified; prints the top-K classes, or with --json
+// one object per image with the logits and probabilities. An unreadable image is reported by
+// name, the others are still classified, and the exit status is non-zero at the end.
+#include <stb_image.h>
+#include <stb_image_resize.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "engine/error.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/json.h"
+#include "engine/ops.h"
+#include "models/registry.h"
+
+using namespace dl;
+
+namespace {
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::stringstream in(text);
+  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
+  return out;
+}
+
+const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
+                        const std::string& path) {
+  auto it = m.find(key);
+  DL_CHECK(it != m.end(), path, ": checkpoint metadata has no '", key, "'");
+  return it->second;
+}
+
+constexpr const char* kUsage =
+    "usage: predict --checkpoint CKPT [--top K] [--json] IMAGE...\n"
+    "Classifies PNG/JPEG images (any size: resized to the model's input) with a checkpoint\n"
+    "written by train.\n";
+
+int run(int argc, char** argv) {
+  std::string checkpoint;
+  int64_t top = 3;
+  bool json = false;
+  std::vector<std::string> images;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      return 0;
+    } else if (arg == "--checkpoint" || arg == "--top") {
+      DL_CHECK(i + 1 < argc, "flag ", arg, " needs a value");
+      const std::string value = argv[++i];
+      if (arg == "--checkpoint") {
+        checkpoint = value;
+      } else {
+        DL_CHECK(!value.empty() && value.find_first_not_of("0123456789") == std::string::npos &&
+                     std::stoll(value) > 0,
+                 "--top: '", value, "' is not a positive integer");
+        top = std::stoll(value);
+      }
+    } else if (arg == "--json") {
+      json = true;
+    } else {
+      DL_CHECK(arg.rfind("--", 0) != 0, "unknown flag ", arg, " (see --help)");
+      images.push_back(arg);
+    }
+  }
+  DL_CHECK(!checkpoint.empty(), "--checkpoint is required (see --help)");
+  DL_CHECK(!images.empty(), "no images given (see --help)");
+
+  const auto metadata = io::read_checkpoint_metadata(checkpoint);
+  const models::ModelSpec spec = models::ModelSpec::from_metadata(metadata, checkpoint);
+  const int height = std::stoi(meta(metadata, "data.height", checkpoint));
+  const int width = std::stoi(meta(metadata, "data.width", checkpoint));
+  const std::vector<std::string> classes = split(meta(metadata, "data.classes", checkpoint));
+  std::vector<float> mean, std_dev;
+  for (auto& v : split(meta(metadata, "data.mean", checkpoint))) mean.push_back(std::stof(v));
+  for (auto& v : split(meta(metadata, "data.std", checkpoint))) std_dev.push_back(std::stof(v));
+  const int channels = static_cast<int>(spec.in_channels);
+  DL_CHECK(static_cast<int64_t>(classes.size()) == spec.classes &&
+               static_cast<int>(mean.size()) == channels &&
+               static_cast<int>(std_dev.size()) == channels,
+           checkpoint, ": inconsistent metadata (classes, mean or std)");
+
+  Generator gen(0);
+  auto model = models::make_model(spec, gen);
+  io::load_checkpoint(checkpoint, *model, nullptr);
+  model->eval();
+  NoGradGuard no_grad;
+  top = std::min<int64_t>(top, spec.classes);
+
+  int failures = 0;
+  for (const std::string& path : images) {
+    int w = 0, h = 0, c = 0;
+    unsigned char* pixels = stbi_load(path.c_str(), &w, &h, &c, channels);
+    if (!pixels) {
+      std::cerr << "predict: cannot read " << path << ": " << stbi_failure_reason() << "\n";
+      ++failures;
+      continue;
+    }
+    std::vector<unsigned char> resized(static_cast<size_t>(height) * width * channels);
+    if (w == width && h == height) {
+      std::copy(pixels, pixels + resized.size(), resized.begin());
+    } else {
+      stbir_resize_uint8(pixels, w, h, 0, resized.data(), width, height, 0, channels);
+    }
+    stbi_image_free(pixels);
+    Tensor input = Tensor::empty({1, height, width, channels});
+    float* x = input.data<float>();
+    for (size_t i = 0; i < resized.size(); ++i)
+      x[i] = (resized[i] / 255.0f - mean[i % channels]) / std_dev[i % channels];
+    const std::vector<float> logits = model->forward(input).to_vector();
+    const float zmax = *std::max_element(logits.begin(), logits.end());
+    double denom = 0.0;
+    for (float z : logits) denom += std::exp(static_cast<double>(z - zmax));
+    std::vector<double> probs;
+    for (float z : logits) probs.push_back(std::exp(static_cast<double>(z - zmax)) / denom);
+    std::vector<int64_t> order(probs.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(i);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t a, int64_t b) { return probs[a] > probs[b]; });
+    if (json) {
+      io::JsonValue::Array z, p, best;
+      for (float v : logits) z.emplace_back(static_cast<double>(v));
+      for (double v : probs) p.emplace_back(v);
+      for (int64_t k = 0; k < top; ++k)
+        best.emplace_back(io::JsonValue::Object{{"class", io::JsonValue(classes[order[k]])},
+                                                {"index", io::JsonValue(order[k])},
+                                                {"prob", io::JsonValue(probs[order[k]])}});
+      std::cout << io::to_json(io::JsonValue(io::JsonValue::Object{{"image", io::JsonValue(path)},
+                                                                   {"logits", io::JsonValue(z)},
+                                                                   {"probs", io::JsonValue(p)},
+                                                                   {"top", io::JsonValue(best)}}))
+                << "\n";
+    } else {
+      std::cout << path << ":";
+      for (int64_t k = 0; k < top; ++k)
+        std::printf(" %s %.4f", classes[order[k]].c_str(), probs[order[k]]);
+      std::cout << "\n";
+    }
+    std::fflush(stdout);
+  }
+  if (failures)
+    std::cerr << "predict: " << failures << " of " << images.size()
+              << " images could not be read\n";
+  return failures ? 1 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "predict: error: " << e.what() << "\n";
+    return 2;
+  }
+}

@@ -1,0 +1,344 @@
+#include "examples/trainer.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <sstream>
+
+#include "engine/data/loader.h"
+#include "engine/error.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/json.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "kernels/cpu/parallel.h"
+
+namespace dl::examples {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+
+Device resolve_device(const std::string& name) {
+  if (name != "auto") return Device::parse(name);
+  try {
+    device_backend(Device::cuda());
+    return Device::cuda();
+  } catch (const Error&) {
+    return Device::cpu();
+  }
+}
+
+struct EpochStats {
+  double loss_sum = 0.0;
+  int64_t correct = 0, seen = 0;
+  void add(const Tensor& logits, const Tensor& labels, float loss) {
+    const std::vector<float> z = logits.to_vector();
+    const Tensor y = labels.to(Device::cpu());
+    const int64_t n = logits.size(0), classes = logits.size(1);
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < classes; ++c)
+        if (z[i * classes + c] > z[i * classes + best]) best = c;
+      correct += best == y.data<int64_t>()[i];
+    }
+    loss_sum += static_cast<double>(loss) * n;
+    seen += n;
+  }
+  double loss() const { return seen ? loss_sum / seen : 0.0; }
+  double accuracy() const { return seen ? static_cast<double>(correct) / seen : 0.0; }
+};
+
+EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device) {
+  NoGradGuard no_grad;
+  model.eval();
+  EpochStats stats;
+  data::Batch batch;
+  loader.start_epoch(0);
+  while (loader.next(batch)) {
+    const Tensor labels = batch.labels.to(device);
+    const Tensor logits = model.forward(batch.images.to(device));
+    stats.add(logits, labels, cross_entropy(logits, labels).item());
+  }
+  model.train();
+  return stats;
+}
+
+std::string format_duration(double seconds) {
+  const int s = static_cast<int>(seconds + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
+  return buf;
+}
+
+class Progress {
+ public:
+  Progress(bool live, int64_t epoch, int64_t epochs, int64_t total)
+      : live_(live),
+        epoch_(epoch),
+        epochs_(epochs),
+        total_(total),
+        start_(std::chrono::steady_clock::now()) {}
+  void update(int64_t done, int64_t first, int64_t images, double loss) {
+    const double elapsed = seconds();
+    const double rate = images / std::max(elapsed, 1e-9);
+    const double eta = (total_ - done) * elapsed / std::max<int64_t>(done - first, 1);
+    const int64_t every = std::max<int64_t>(1, total_ / 10);
+    if (live_) {
+      const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
+      std::fprintf(stderr, "\repoch %lld/%lld [%s%s] %lld/%lld  %.0f img/s  loss %.4f  ETA %s ",
+                   (long long)epoch_ + 1, (long long)epochs_, std::string(filled, '#').c_str(),
+                   std::string(width - filled, '.').c_str(), (long long)done, (long long)total_,
+                   rate, loss, format_duration(eta).c_str());
+    } else if (done % every == 0 || done == total_) {
+      std::fprintf(stderr, "epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s\n",
+                   (long long)epoch_ + 1, (long long)epochs_, (long long)done, (long long)total_,
+                   rate, loss, format_duration(eta).c_str());
+    }
+  }
+  void finish() {
+    if (live_) std::fprintf(stderr, "\r\033[K");
+  }
+  double seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  bool live_;
+  int64_t epoch_, epochs_, total_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// Mean and standard deviation per channel of a uint8 image set, on the [0, 1] scale.
+void dataset_statistics(const data::ImageDataset& d, std::vector<float>& mean,
+                        std::vector<float>& std_dev) {
+  const int64_t c = d.channels, values = static_cast<int64_t>(d.pixels.size()) / c;
+  std::vector<double> sum(c, 0.0), sq(c, 0.0);
+  for (int64_t i = 0; i < values; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const double v = d.pixels[i * c + j] / 255.0;
+      sum[j] += v;
+      sq[j] += v * v;
+    }
+  mean.assign(c, 0.0f);
+  std_dev.assign(c, 0.0f);
+  for (int64_t j = 0; j < c; ++j) {
+    const double m = sum[j] / values;
+    mean[j] = static_cast<float>(m);
+    std_dev[j] = static_cast<float>(std::sqrt(std::max(sq[j] / values - m * m, 1e-12)));
+  }
+}
+
+// Comma-separated; floats with enough digits to read back exactly.
+template <class T>
+std::string join(const std::vector<T>& items) {
+  std::ostringstream out;
+  out << std::setprecision(9);
+  for (size_t i = 0; i < items.size(); ++i) out << (i ? "," : "") << items[i];
+  return out.str();
+}
+
+}  // namespace
+
+void request_stop() {
+  g_stop_requested = true;
+}
+
+int train(const TrainConfig& cfg) {
+  g_stop_requested = false;
+  const Device device = resolve_device(cfg.device);
+  DL_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
+           "--precision must be fp32 or bf16, got '", cfg.precision, "'");
+  DL_CHECK(cfg.precision == "fp32" || device.is_cuda(),
+           "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
+  DL_CHECK(!cfg.tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
+  cpu::set_num_threads(cfg.threads);
+  DL_CHECK(cfg.epochs > 0, "--epochs must be positive, got ", cfg.epochs);
+  DL_CHECK(cfg.eval_every > 0, "--eval-every must be positive, got ", cfg.eval_every);
+  DL_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing <= 1,
+           "--label-smoothing must be in [0, 1], got ", cfg.label_smoothing);
+
+  // --- data ---
+  std::cerr << "loading " << cfg.data << " ...\n";
+  const data::ImageDataset train_set = data::subset(
+      data::load_dataset_cached(cfg.data, data::Split::train, cfg.cache_dir), cfg.subset);
+  const data::ImageDataset test_set = data::subset(
+      data::load_dataset_cached(cfg.data, data::Split::test, cfg.cache_dir), cfg.test_subset);
+  DL_CHECK(test_set.height == train_set.height && test_set.width == train_set.width &&
+               test_set.channels == train_set.channels,
+           cfg.data, ": train and test images differ in size");
+  data::AugmentConfig aug = cfg.augmentation;
+  if (train_set.channels == 3) {
+    aug.mean = data::cifar10_mean();
+    aug.std = data::cifar10_std();
+  } else {
+    dataset_statistics(train_set, aug.mean, aug.std);
+  }
+
+  // --- model; a resumed checkpoint must describe the same model ---
+  models::ModelSpec spec = cfg.model;
+  spec.classes = static_cast<int64_t>(train_set.classes.size());
+  spec.in_channels = train_set.channels;
+  std::string resume = cfg.resume;
+  if (!resume.empty() && fs::is_directory(resume)) resume = fs::path(resume) / "last.safetensors";
+  if (!resume.empty()) {
+    const models::ModelSpec saved =
+        models::ModelSpec::from_metadata(io::read_checkpoint_metadata(resume), resume);
+    DL_CHECK(saved.describe() == spec.describe(), resume, " is a checkpoint of '", saved.describe(),
+             "', but these flags and data build '", spec.describe(),
+             "': pass the same model flags and data set to resume");
+  }
+  const fs::path dir = cfg.checkpoint_dir;
+  const fs::path last = dir / "last.safetensors";
+  DL_CHECK(!resume.empty() || !fs::exists(last), last.string(), " already exists: pass --resume ",
+           dir.string(), " to continue that run, or choose another --checkpoint-dir");
+  fs::create_directories(dir);
+
+  Generator gen(cfg.seed);
+  std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
+  model->to(device);
+  std::unique_ptr<optim::Optimizer> opt;
+  if (cfg.optimizer == "adamw") {
+    opt = std::make_unique<optim::AdamW>(
+        model->parameters(), optim::AdamWOptions{.lr = cfg.lr, .weight_decay = cfg.weight_decay});
+  } else if (cfg.optimizer == "sgd") {
+    opt = std::make_unique<optim::SGD>(model->parameters(),
+                                       optim::SGDOptions{.lr = cfg.lr,
+                                                         .momentum = cfg.momentum,
+                                                         .weight_decay = cfg.weight_decay,
+                                                         .nesterov = cfg.nesterov});
+  } else {
+    throw Error("--optimizer must be adamw or sgd, got '" + cfg.optimizer + "'");
+  }
+
+  data::LoaderOptions train_options{.batch_size = cfg.batch,
+                                    .shuffle = true,
+                                    .drop_last = cfg.drop_last,
+                                    .augment = true,
+                                    .augmentation = aug,
+                                    .seed = cfg.seed,
+                                    .workers = cfg.workers};
+  data::DataLoader train_loader(train_set, train_options);
+  data::LoaderOptions test_options = train_options;
+  test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;
+  data::DataLoader test_loader(test_set, test_options);
+
+  const int64_t steps_per_epoch = train_loader.batches_per_epoch();
+  const auto schedule = optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch,
+                                             cfg.warmup_epochs * steps_per_epoch);
+
+  io::TrainingPosition pos;
+  if (!resume.empty()) {
+    pos = io::load_checkpoint(resume, *model, opt.get());
+    gen.set_state(pos.generator);
+    std::cerr << "resumed " << resume << " at epoch " << pos.epoch + 1 << ", batch " << pos.batch
+              << ", step " << pos.step << "\n";
+  }
+
+  std::map<std::string, std::string> metadata = spec.to_metadata();
+  metadata["data.height"] = std::to_string(train_set.height);
+  metadata["data.width"] = std::to_string(train_set.width);
+  metadata["data.classes"] = join(train_set.classes);
+  metadata["data.mean"] = join(aug.mean);
+  metadata["data.std"] = join(aug.std);
+  metadata["seed"] = std::to_string(cfg.seed);
+  metadata["command"] = cfg.command;
+  auto save = [&](const io::TrainingPosition& p) {
+    io::TrainingPosition at = p;
+    at.generator = gen.state();
+    io::save_checkpoint(last.string(), *model, opt.get(), at, metadata);
+  };
+
+  const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
+  const fs::path metrics_path = dir / "metrics.jsonl";
+  std::ofstream metrics(metrics_path, std::ios::app);
+  DL_CHECK(metrics, "cannot open ", metrics_path.string(), " for writing");
+
+  std::cerr << "training " << spec.describe() << " on " << device.str() << " (" << cfg.precision
+            << "), " << train_set.size() << " train / " << test_set.size() << " test images, "
+            << steps_per_epoch << " steps per epoch\n";
+  const std::vector<Tensor> params = model->parameters();
+  int64_t steps_this_run = 0;
+  for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
+    const int64_t first = epoch == pos.epoch ? pos.batch : 0;
+    train_loader.start_epoch(epoch, first);
+    model->train();
+    Progress progress(live, epoch, cfg.epochs, steps_per_epoch);
+    EpochStats stats;
+    data::Batch batch;
+    int64_t done = first;
+    double lr = 0.0;
+    while (train_loader.next(batch)) {
+      lr = schedule->lr(pos.step);
+      opt->set_lr(lr);
+      const Tensor labels = batch.labels.to(device);
+      const Tensor logits = model->forward(batch.images.to(device));
+      const Tensor loss = cross_entropy(logits, labels, cfg.label_smoothing);
+      opt->zero_grad();
+      loss.backward();
+      if (cfg.clip_grad > 0) optim::clip_grad_norm(params, cfg.clip_grad);
+      opt->step();
+      ++pos.step, ++done, ++steps_this_run;
+      stats.add(logits, labels, loss.item());
+      DL_CHECK(std::isfinite(stats.loss_sum), "training diverged: the loss is not finite at step ",
+               pos.step, " (try a lower --lr or --clip-grad 1)");
+      progress.update(done, first, stats.seen, stats.loss());
+      const bool stop =
+          g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
+      if (stop && done < steps_per_epoch) {
+        progress.finish();
+        save({.epoch = epoch, .batch = done, .step = pos.step});
+        std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
+                  << last.string() << "; continue with --resume " << dir.string() << "\n";
+        return 130;
+      }
+    }
+    progress.finish();
+    const double epoch_seconds = progress.seconds();
+    const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;
+    EpochStats test;
+    if (evaluate_now) test = evaluate(*model, test_loader, device);
+    const double img_per_s = stats.seen / std::max(epoch_seconds, 1e-9);
+    std::printf(
+        "epoch %3lld | train loss %.4f acc %.4f | test loss %s acc %s | lr %.6f | %.1f s | "
+        "%.0f img/s\n",
+        static_cast<long long>(epoch + 1), stats.loss(), stats.accuracy(),
+        evaluate_now ? std::to_string(test.loss()).c_str() : "-",
+        evaluate_now ? std::to_string(test.accuracy()).c_str() : "-", lr, epoch_seconds, img_per_s);
+    std::fflush(stdout);
+    io::JsonValue::Object line = {{"epoch", io::JsonValue(epoch + 1)},
+                                  {"step", io::JsonValue(pos.step)},
+                                  {"train_loss", io::JsonValue(stats.loss())},
+                                  {"train_acc", io::JsonValue(stats.accuracy())},
+                                  {"lr", io::JsonValue(lr)},
+                                  {"epoch_seconds", io::JsonValue(epoch_seconds)},
+                                  {"img_per_s", io::JsonValue(img_per_s)}};
+    if (evaluate_now) {
+      line.emplace_back("test_loss", io::JsonValue(test.loss()));
+      line.emplace_back("test_acc", io::JsonValue(test.accuracy()));
+    }
+    metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
+    save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
+    const bool stop =
+        g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
+    if (stop && epoch + 1 < cfg.epochs) {
+      std::cerr << "stopped after epoch " << epoch + 1 << ": checkpoint " << last.string()
+                << "; continue with --resume " << dir.string() << "\n";
+      return 130;
+    }
+  }
+  std::cerr << "done: checkpoint " << last.string() << ", metrics " << metrics_path.string()
+            << "\n";
+  return 0;
+}
+
+}  // namespace dl::examples

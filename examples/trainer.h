@@ -1,0 +1,47 @@
+// The training loop behind the `train` binary, as a library so tests can run, interrupt and
+// resume it: per-epoch progress, evaluation, a metrics line (JSON) and an atomic checkpoint.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/data/augment.h"
+#include "models/registry.h"
+
+namespace dl::examples {
+
+struct TrainConfig {
+  std::string data;         // data set root (CIFAR-10 binary, image folders, IDX)
+  models::ModelSpec model;  // classes and in_channels are taken from the data
+  int64_t epochs = 25, batch = 512;
+  bool drop_last = false;
+  std::string optimizer = "adamw";  // adamw or sgd
+  double lr = 0.05, weight_decay = 0.005, momentum = 0.9;
+  bool nesterov = false;
+  std::string schedule = "onecycle";  // onecycle, cosine or constant
+  int64_t warmup_epochs = 0;
+  float label_smoothing = 0.0f;
+  double clip_grad = 0.0;          // 0: off
+  std::string precision = "fp32";  // fp32 or bf16
+  bool tf32 = false;
+  std::string device = "auto";  // auto, cuda or cpu
+  int threads = 0, workers = 2;
+  uint64_t seed = 0;
+  int64_t subset = 0, test_subset = 0, eval_every = 1;
+  data::AugmentConfig augmentation;  // mean/std are filled in from the data
+  std::string cache_dir;
+  std::string checkpoint_dir = "runs/convmixer";
+  std::string resume;             // a checkpoint file or directory; empty: a new run
+  std::string progress = "auto";  // auto (bar on a terminal), on or off
+  int64_t stop_after_steps = 0;   // stop with a checkpoint after this many steps of this run
+  std::string command;            // recorded in the checkpoint's metadata
+};
+
+// Runs (or resumes) training. Returns 0 when all epochs are done, 130 when stopped early by
+// request_stop() or stop_after_steps (a checkpoint of the exact position is written first).
+// Bad configuration or data is a dl::Error.
+int train(const TrainConfig& config);
+
+// Asks a running train() to stop after the current step; safe to call from a signal handler.
+void request_stop();
+
+}  // namespace dl::examples

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Downloads the official CIFAR-10 binary release, checks its MD5 and extracts it into data/
+# (data/cifar-10-batches-bin/). Offline, it says how to place the files by hand.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+url=https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
+md5=c32a1d4ab5d03f1284b67883e8d87530
+archive=data/cifar-10-binary.tar.gz
+mkdir -p data
+if [[ -f data/cifar-10-batches-bin/test_batch.bin ]]; then
+  echo "data/cifar-10-batches-bin already present"
+  exit 0
+fi
+if [[ ! -f $archive ]]; then
+  fetch=(curl -fL --retry 2 -o "$archive.part" "$url")
+  command -v curl >/dev/null || fetch=(wget -O "$archive.part" "$url")
+  if ! "${fetch[@]}"; then
+    rm -f "$archive.part"
+    cat >&2 <<MSG
+could not download $url (offline?).
+Place the files by hand: download cifar-10-binary.tar.gz on a connected machine, copy it to
+$archive and run this script again; or extract it so that data/cifar-10-batches-bin/ holds
+data_batch_1.bin ... data_batch_5.bin and test_batch.bin.
+MSG
+    exit 1
+  fi
+  mv "$archive.part" "$archive"
+fi
+echo "$md5  $archive" | md5sum -c - || {
+  echo "$archive is damaged (MD5 mismatch): delete it and run again" >&2
+  exit 1
+}
+tar xzf "$archive" -C data
+echo "CIFAR-10 ready in data/cifar-10-batches-bin"

@@ -1,0 +1,146 @@
+// The trainer end to end on a tiny CIFAR-format data set written here: an interrupted and
+// resumed run ends bit-identical to an uninterrupted one (model, optimizer state, position), and
+// the ways a user can misuse checkpoints are each one clear error.
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "engine/error.h"
+#include "engine/io/safetensors.h"
+#include "examples/trainer.h"
+#include "test_util.h"
+
+using namespace dl;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    path = fs::temp_directory_path() / ("dl_test_trainer_" + std::to_string(test::fresh_seed()));
+    fs::create_directories(path);
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+// CIFAR-10 binary batches with `per_file` random 32x32 images each.
+void write_cifar(const fs::path& dir, int per_file, Generator& gen) {
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name) {
+    std::ofstream out(dir / name, std::ios::binary);
+    for (int r = 0; r < per_file; ++r) {
+      out.put(static_cast<char>(gen.below(10)));
+      for (int i = 0; i < 3072; ++i) out.put(static_cast<char>(gen.below(256)));
+    }
+  };
+  for (int b = 1; b <= 5; ++b) write("data_batch_" + std::to_string(b) + ".bin");
+  write("test_batch.bin");
+}
+
+examples::TrainConfig tiny_config(const fs::path& data, const fs::path& run) {
+  examples::TrainConfig c;
+  c.data = data.string();
+  c.model = {.name = "convmixer", .dim = 8, .depth = 1, .kernel = 3, .patch = 4};
+  c.epochs = 2;
+  c.batch = 16;  // 80 images: 5 steps per epoch
+  c.lr = 0.01;
+  c.augmentation.randaugment_n = 2;
+  c.augmentation.crop = "random";
+  c.augmentation.erasing_p = 0.5f;
+  c.threads = 2;
+  c.workers = 2;
+  c.seed = 7;
+  c.progress = "off";
+  c.checkpoint_dir = run.string();
+  return c;
+}
+
+io::SafetensorsFile last_checkpoint(const fs::path& run) {
+  return io::load_safetensors((run / "last.safetensors").string());
+}
+
+void require_identical(const io::SafetensorsFile& a, const io::SafetensorsFile& b) {
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  for (size_t i = 0; i < a.tensors.size(); ++i) {
+    INFO("tensor " << a.tensors[i].first);
+    REQUIRE(a.tensors[i].first == b.tensors[i].first);
+    const Tensor& x = a.tensors[i].second;
+    const Tensor& y = b.tensors[i].second;
+    REQUIRE(x.shape() == y.shape());
+    REQUIRE(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted one") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  TempDir tmp;
+  Generator gen(seed);
+  write_cifar(tmp.path / "cifar", 16, gen);
+
+  const fs::path straight = tmp.path / "straight";
+  REQUIRE(examples::train(tiny_config(tmp.path / "cifar", straight)) == 0);
+  const auto reference = last_checkpoint(straight);
+
+  // Stopped mid-epoch (step 7 = epoch 2, batch 2) and at an epoch boundary (step 5).
+  for (int64_t stop_at : {7, 5}) {
+    INFO("stopped after " << stop_at << " steps");
+    const fs::path run = tmp.path / ("resumed" + std::to_string(stop_at));
+    auto first = tiny_config(tmp.path / "cifar", run);
+    first.stop_after_steps = stop_at;
+    REQUIRE(examples::train(first) == 130);
+    auto second = tiny_config(tmp.path / "cifar", run);
+    second.resume = run.string();
+    REQUIRE(examples::train(second) == 0);
+    require_identical(last_checkpoint(run), reference);
+  }
+}
+
+TEST_CASE("Checkpoint misuse gives one clear error") {
+  TempDir tmp;
+  Generator gen(1);
+  write_cifar(tmp.path / "cifar", 4, gen);
+  const fs::path run = tmp.path / "run";
+  auto config = tiny_config(tmp.path / "cifar", run);
+  config.epochs = 1;
+  REQUIRE(examples::train(config) == 0);
+
+  SECTION("a new run never overwrites a saved one") {
+    REQUIRE_THROWS_WITH(
+        examples::train(config),
+        Catch::Contains("last.safetensors already exists") && Catch::Contains("--resume"));
+  }
+  SECTION("a checkpoint of another model") {
+    auto other = config;
+    other.model.dim = 16;
+    other.resume = run.string();
+    REQUIRE_THROWS_WITH(examples::train(other),
+                        Catch::Contains("is a checkpoint of 'convmixer dim=8") &&
+                            Catch::Contains("'convmixer dim=16"));
+  }
+  SECTION("a damaged checkpoint") {
+    const fs::path file = run / "last.safetensors";
+    fs::resize_file(file, fs::file_size(file) / 2);
+    auto resume = config;
+    resume.resume = file.string();
+    REQUIRE_THROWS_WITH(examples::train(resume), Catch::Contains(file.string()));
+  }
+  SECTION("a safetensors file that is not a checkpoint") {
+    auto resume = config;
+    resume.resume = DL_FIXTURE_DIR "/convmixer_reference.safetensors";
+    REQUIRE_THROWS_WITH(examples::train(resume),
+                        Catch::Contains("not a checkpoint of this engine"));
+  }
+  SECTION("bf16 on the CPU") {
+    auto bf16 = config;
+    bf16.checkpoint_dir = (tmp.path / "bf16").string();
+    bf16.device = "cpu";
+    bf16.precision = "bf16";
+    REQUIRE_THROWS_WITH(examples::train(bf16), Catch::Contains("needs the CUDA path"));
+  }
+}
