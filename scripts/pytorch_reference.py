@@ -4,7 +4,9 @@
   fixture   write tests/fixtures/convmixer_reference.safetensors: a ConvMixer-32/2, its weights,
             an input batch, logits, loss and every parameter gradient in training mode,
             evaluation-mode logits, and the parameters after two AdamW steps;
-  bench     time PyTorch training steps on synthetic data (compare with examples/bench_model).
+  bench     time PyTorch training steps on synthetic data (compare with examples/bench_model);
+  predict   load an engine checkpoint (train's last.safetensors) into the PyTorch module and
+            print, per image, the same JSON line as `predict --json`, to compare number for number.
 
 Tensors are stored in PyTorch's layouts except activations, which the engine takes as NHWC.
 Needs PyTorch (Debian: python3-torch). Safetensors files are written by hand (format: 8-byte
@@ -71,6 +73,42 @@ class ConvMixer(nn.Module):
         return self.classification(x)
 
 
+class Residual(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x) + x
+
+
+class SmallResNet(nn.Module):
+    """models/resnet.cpp's SmallResNet, with the same module tree (names body.<i>...)."""
+
+    def __init__(self, width, blocks, classes, in_channels):
+        super().__init__()
+        self.body = nn.Sequential(*small_resnet_layers(width, blocks, classes, in_channels))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def small_resnet_layers(width, blocks, classes, in_channels):
+    def conv_bn_relu(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+
+    def block(w):
+        branch = nn.Sequential(*conv_bn_relu(w, w), nn.Conv2d(w, w, 3, padding=1, bias=False),
+                               nn.BatchNorm2d(w))
+        return nn.Sequential(Residual(branch), nn.ReLU())
+
+    layers = conv_bn_relu(in_channels, width) + [block(width) for _ in range(blocks)]
+    layers += [nn.MaxPool2d(2, 2)] + conv_bn_relu(width, 2 * width)
+    layers += [block(2 * width) for _ in range(blocks)] + [nn.MaxPool2d(2, 2)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, classes)]
+    return layers
+
+
 _DTYPES = {torch.float32: "F32", torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8",
            torch.bfloat16: "BF16"}
 
@@ -93,6 +131,64 @@ def save_safetensors(path, tensors, metadata):
         f.write(text)
         for c in chunks:
             f.write(c)
+
+
+def load_safetensors(path):
+    """Returns ({name: tensor}, metadata) from a safetensors file."""
+    import numpy as np
+    names = {v: k for k, v in _DTYPES.items()}
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    metadata = header.pop("__metadata__", {})
+    tensors = {}
+    for name, entry in header.items():
+        begin, end = entry["data_offsets"]
+        raw = data[8 + n + begin:8 + n + end]
+        dtype = names[entry["dtype"]]
+        if dtype == torch.bfloat16:
+            t = torch.from_numpy(np.frombuffer(raw, dtype=np.int16).copy()).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(np.frombuffer(raw, dtype=torch.empty(0, dtype=dtype).numpy().dtype).copy())
+        tensors[name] = t.reshape(entry["shape"])
+    return tensors, metadata
+
+
+def predict(args):
+    import numpy as np
+    from PIL import Image
+    tensors, meta = load_safetensors(args.checkpoint)
+    if meta.get("format") != "convmixer-engine checkpoint":
+        sys.exit(f"{args.checkpoint}: not a checkpoint of the engine")
+    dims = {k: int(meta["model." + k]) for k in
+            ("dim", "depth", "kernel", "patch", "classes", "in_channels")}
+    if meta["model"] == "convmixer":
+        model = ConvMixer(dims["dim"], dims["depth"], dims["kernel"], dims["patch"],
+                          dims["classes"], dims["in_channels"])
+    else:
+        model = SmallResNet(dims["dim"], dims["depth"], dims["classes"], dims["in_channels"])
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.eval()
+    height, width = int(meta["data.height"]), int(meta["data.width"])
+    classes = meta["data.classes"].split(",")
+    mean = torch.tensor([float(v) for v in meta["data.mean"].split(",")])
+    std = torch.tensor([float(v) for v in meta["data.std"].split(",")])
+    mode = "RGB" if dims["in_channels"] == 3 else "L"
+    for path in args.images:
+        image = Image.open(path).convert(mode)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).float() / 255.0
+        x = x.reshape(height, width, -1)
+        x = ((x - mean) / std).permute(2, 0, 1).unsqueeze(0)
+        with torch.no_grad():
+            logits = model(x)[0].double()
+        probs = torch.softmax(logits, 0)
+        order = torch.argsort(probs, descending=True, stable=True)[:args.top]
+        print(json.dumps({"image": path, "logits": logits.tolist(), "probs": probs.tolist(),
+                          "top": [{"class": classes[i], "index": int(i), "prob": float(probs[i])}
+                                  for i in order.tolist()]}, separators=(",", ":")))
 
 
 def nhwc(x):
@@ -192,8 +288,12 @@ def main():
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
         b.add_argument(f"--{flag}", type=int, default=default)
     b.add_argument("--device", default="cpu")
+    p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--top", type=int, default=3)
+    p.add_argument("images", nargs="+")
     args = parser.parse_args()
-    {"fixture": fixture, "bench": bench}[args.command](args)
+    {"fixture": fixture, "bench": bench, "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":
