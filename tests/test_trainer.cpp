@@ -1,6 +1,9 @@
 // The trainer end to end on a tiny CIFAR-format data set written here: an interrupted and
 // resumed run ends bit-identical to an uninterrupted one (model, optimizer state, position), and
 // the ways a user can misuse checkpoints are each one clear error.
+#include <stb_image_write.h>
+#include <sys/wait.h>
+
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <cstring>
@@ -8,7 +11,10 @@
 #include <fstream>
 
 #include "engine/error.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/json.h"
 #include "engine/io/safetensors.h"
+#include "engine/ops.h"
 #include "examples/trainer.h"
 #include "test_util.h"
 
@@ -143,4 +149,56 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     bf16.precision = "bf16";
     REQUIRE_THROWS_WITH(examples::train(bf16), Catch::Contains("needs the CUDA path"));
   }
+}
+
+TEST_CASE("predict classifies images like the model in process, and names unreadable files") {
+  TempDir tmp;
+  Generator gen(test::fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);
+  const fs::path run = tmp.path / "run";
+  auto config = tiny_config(tmp.path / "cifar", run);
+  config.epochs = 1;
+  REQUIRE(examples::train(config) == 0);
+
+  // A 32x32 RGB PNG (the model's size, so no resizing), and a file that is not an image.
+  std::vector<uint8_t> pixels(32 * 32 * 3);
+  for (auto& p : pixels) p = static_cast<uint8_t>(gen.below(256));
+  const fs::path png = tmp.path / "img.png", bad = tmp.path / "notes.txt";
+  REQUIRE(stbi_write_png(png.c_str(), 32, 32, 3, pixels.data(), 32 * 3) != 0);
+  std::ofstream(bad) << "not an image";
+  const fs::path out = tmp.path / "out.jsonl", err = tmp.path / "err.txt";
+  const fs::path ckpt = run / "last.safetensors";
+  const std::string cmd = std::string(DL_PREDICT_BIN) + " --json --checkpoint " + ckpt.string() +
+                          " " + png.string() + " " + bad.string() + " " + png.string() + " > " +
+                          out.string() + " 2> " + err.string();
+  const int status = std::system(cmd.c_str());
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 1);  // one unreadable image
+  std::ifstream err_in(err);
+  const std::string err_text((std::istreambuf_iterator<char>(err_in)), {});
+  REQUIRE_THAT(err_text, Catch::Contains(bad.string()));
+
+  // The model in process: the checkpoint's weights, CIFAR-10 normalisation, eval mode.
+  auto model = models::make_model(config.model, gen);  // 10 classes, 3 channels, as the data
+  io::load_checkpoint(ckpt.string(), *model, nullptr);
+  model->eval();
+  NoGradGuard no_grad;
+  const auto mean = data::cifar10_mean(), std_dev = data::cifar10_std();
+  Tensor x = Tensor::empty({1, 32, 32, 3});
+  for (size_t i = 0; i < pixels.size(); ++i)
+    x.data<float>()[i] = (pixels[i] / 255.0f - mean[i % 3]) / std_dev[i % 3];
+  const std::vector<float> expected = model->forward(x).to_vector();
+
+  std::ifstream lines(out);
+  int count = 0;
+  for (std::string line; std::getline(lines, line); ++count) {
+    const io::JsonValue v = io::parse_json(line);
+    REQUIRE(v.find("image")->as_string() == png.string());
+    const auto& logits = v.find("logits")->as_array();
+    REQUIRE(logits.size() == expected.size());
+    for (size_t c = 0; c < expected.size(); ++c)
+      REQUIRE(std::abs(logits[c].as_double() - expected[c]) <= 1e-6 + 1e-6 * std::abs(expected[c]));
+    REQUIRE(v.find("top")->as_array().size() == 3);
+  }
+  REQUIRE(count == 2);
 }
