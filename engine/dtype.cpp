@@ -47,7 +47,8 @@ Device Device::parse(const std::string& text) {
   if (text == "cuda") return cuda(0);
   if (text.rfind("cuda:", 0) == 0) {
     const std::string idx = text.substr(5);
-    DL_CHECK(!idx.empty() && idx.find_first_not_of("0123456789") == std::string::npos,
+    DL_CHECK(!idx.empty() && idx.size() <= 4 &&
+                 idx.find_first_not_of("0123456789") == std::string::npos,
              "bad device '", text, "' (expected cpu, cuda or cuda:N)");
     return cuda(std::stoi(idx));
   }

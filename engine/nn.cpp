@@ -149,12 +149,13 @@ BatchNorm2d::BatchNorm2d(int64_t channels, float eps, float momentum)
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
-  if (is_training()) {
+  Tensor y = batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_);
+  if (is_training()) {  // counted once the batch was accepted
     Tensor host_count = num_batches_tracked.to(Device::cpu());
     ++*host_count.data<int64_t>();
     num_batches_tracked.copy_(host_count);
   }
-  return batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_);
+  return y;
 }
 
 Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen) {

@@ -197,7 +197,9 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
                   float eps) {
   check_float_cpu("batch_norm", x, "input");
   DL_CHECK(x.dim() >= 2, "batch_norm: input needs a channel axis, got ", shape_str(x.shape()));
-  const int64_t c = x.size(-1), rows = x.numel() / c;
+  const int64_t c = x.size(-1);
+  DL_CHECK(c > 0, "batch_norm: input has no channels, shape ", shape_str(x.shape()));
+  const int64_t rows = x.numel() / c;
   auto check_vec = [&](const Tensor& t, const char* what) {
     if (!t.defined()) return;
     check_float_cpu("batch_norm", t, what);
@@ -346,6 +348,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
   DL_CHECK(label_smoothing >= 0.0f && label_smoothing <= 1.0f,
            "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
   const int64_t n = logits.size(0), classes = logits.size(1);
+  DL_CHECK(n > 0 && classes > 0, "cross_entropy: empty logits ", shape_str(logits.shape()));
   const Tensor lc = logits.contiguous(), yc = labels.to(Device::cpu()).contiguous();
   const int64_t* y = yc.data<int64_t>();
   for (int64_t i = 0; i < n; ++i)

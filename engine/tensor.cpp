@@ -87,6 +87,25 @@ double load_as_double(const void* p, DType dtype, int64_t i) {
 
 thread_local bool t_grad_mode = true;
 
+int64_t element_size(const Tensor& t) { return static_cast<int64_t>(dtype_size(t.dtype())); }
+
+// Calls f(i, offset) for each element in logical order: i counts elements, offset is the element's
+// position in storage (in elements, from the tensor's first element).
+template <class F>
+void for_each_strided_offset(const Tensor& t, F&& f) {
+  const int64_t n = t.numel(), nd = t.dim();
+  std::vector<int64_t> index(static_cast<size_t>(nd), 0);
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t offset = 0;
+    for (int64_t k = 0; k < nd; ++k) offset += index[k] * t.strides()[k];
+    f(i, offset);
+    for (int64_t k = nd - 1; k >= 0; --k) {
+      if (++index[k] < t.shape()[k]) break;
+      index[k] = 0;
+    }
+  }
+}
+
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
@@ -228,20 +247,12 @@ Tensor Tensor::contiguous() const {
   if (is_contiguous()) return *this;
   DL_CHECK(device().is_cpu(), "contiguous() of a strided view is implemented on the CPU only");
   Tensor out = empty(shape(), dtype(), device());
-  const size_t es = dtype_size(dtype());
-  const char* src = static_cast<const char*>(raw_data());
-  char* dst = static_cast<char*>(out.raw_data());
-  const int64_t n = numel(), nd = dim();
-  std::vector<int64_t> index(static_cast<size_t>(nd), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t off = 0;
-    for (int64_t k = 0; k < nd; ++k) off += index[k] * strides()[k];
-    std::memcpy(dst + i * es, src + off * static_cast<int64_t>(es), es);
-    for (int64_t k = nd - 1; k >= 0; --k) {
-      if (++index[k] < shape()[k]) break;
-      index[k] = 0;
-    }
-  }
+  for_each_strided_offset(*this, [&](int64_t i, int64_t offset) {
+    std::memcpy(static_cast<char*>(out.raw_data()) + i * element_size(*this),
+                static_cast<const char*>(raw_data()) + offset * element_size(*this),
+                element_size(*this));
+  });
+  record(out, "contiguous", {*this}, [](const Tensor& g) { return std::vector<Tensor>{g}; });
   return out;
 }
 
@@ -296,19 +307,11 @@ void Tensor::copy_(const Tensor& src) {
   }
   DL_CHECK(device().is_cpu() && s.device().is_cpu(),
            "copy_ into a strided view is implemented on the CPU only");
-  const size_t es = dtype_size(dtype());
-  const int64_t n = numel(), nd = dim();
-  std::vector<int64_t> index(static_cast<size_t>(nd), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t off = 0;
-    for (int64_t k = 0; k < nd; ++k) off += index[k] * strides()[k];
-    std::memcpy(static_cast<char*>(raw_data()) + off * static_cast<int64_t>(es),
-                static_cast<const char*>(s.raw_data()) + i * static_cast<int64_t>(es), es);
-    for (int64_t k = nd - 1; k >= 0; --k) {
-      if (++index[k] < shape()[k]) break;
-      index[k] = 0;
-    }
-  }
+  for_each_strided_offset(*this, [&](int64_t i, int64_t offset) {
+    std::memcpy(static_cast<char*>(raw_data()) + offset * element_size(*this),
+                static_cast<const char*>(s.raw_data()) + i * element_size(*this),
+                element_size(*this));
+  });
 }
 
 void Tensor::fill_(double value) {

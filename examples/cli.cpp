@@ -29,11 +29,17 @@ bool Flags::parse(int argc, char** argv) {
     }
     auto it = flags_.find(name);
     DL_CHECK(it != flags_.end(), "unknown flag --", name, " (see --help)");
+    const bool is_bool = it->second.default_value == "true" || it->second.default_value == "false";
     if (eq == std::string::npos) {
-      DL_CHECK(i + 1 < argc, "flag --", name, " needs a value");
-      value = argv[++i];
+      if (is_bool && (i + 1 == argc || std::string(argv[i + 1]).rfind("--", 0) == 0)) {
+        value = "true";
+      } else {
+        DL_CHECK(i + 1 < argc, "flag --", name, " needs a value");
+        value = argv[++i];
+      }
     }
     it->second.value = value;
+    it->second.given = true;
   }
   return true;
 }
@@ -42,6 +48,25 @@ std::string Flags::str(const std::string& name) const {
   auto it = flags_.find(name);
   DL_CHECK(it != flags_.end(), "internal: undeclared flag --", name);
   return it->second.value;
+}
+
+bool Flags::given(const std::string& name) const {
+  auto it = flags_.find(name);
+  DL_CHECK(it != flags_.end(), "internal: undeclared flag --", name);
+  return it->second.given;
+}
+
+void Flags::set(const std::string& name, const std::string& value) {
+  auto it = flags_.find(name);
+  DL_CHECK(it != flags_.end(), "unknown flag --", name);
+  it->second.value = value;
+  it->second.given = true;
+}
+
+std::vector<std::pair<std::string, std::string>> Flags::values() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& name : order_) out.emplace_back(name, flags_.at(name).value);
+  return out;
 }
 
 int64_t Flags::integer(const std::string& name) const {

@@ -1,8 +1,11 @@
-// A small command-line flag parser for the example binaries: --name value or --name=value,
-// defaults shown by --help, one clear error for an unknown flag or a bad value.
+// A small command-line flag parser for the example binaries: --name value or --name=value
+// (a boolean flag alone means true), defaults shown by --help, one clear error for an unknown
+// flag or a bad value.
 #pragma once
+#include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace dl::cli {
@@ -17,6 +20,12 @@ class Flags {
   // naming the flag on an unknown flag or a missing value.
   bool parse(int argc, char** argv);
   std::string str(const std::string& name) const;
+  // True when the command line gave the flag (not just its default).
+  bool given(const std::string& name) const;
+  // Replaces a flag's value as if it had been given (e.g. from a checkpoint's recorded flags).
+  void set(const std::string& name, const std::string& value);
+  // Every flag and its value, in declaration order.
+  std::vector<std::pair<std::string, std::string>> values() const;
   int64_t integer(const std::string& name) const;  // throws naming the flag on a bad number
   double real(const std::string& name) const;
   bool boolean(const std::string& name) const;  // true/false/1/0/yes/no/on/off
@@ -25,6 +34,7 @@ class Flags {
  private:
   struct Flag {
     std::string value, default_value, help;
+    bool given = false;
   };
   std::string program_, summary_;
   std::vector<std::string> order_;

@@ -5,9 +5,13 @@
 // appended to the metrics file, and an atomic checkpoint; Ctrl-C writes a checkpoint at the
 // current batch and exits, and --resume continues from it (bit-identical on the CPU).
 #include <csignal>
+#include <filesystem>
 #include <iostream>
+#include <set>
 
 #include "engine/error.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/json.h"
 #include "examples/cli.h"
 #include "examples/trainer.h"
 
@@ -15,8 +19,50 @@ using namespace dl;
 
 namespace {
 
-void on_signal(int) {
+// The first Ctrl-C stops at the next step with a checkpoint; a second one ends the process.
+void on_signal(int signal) {
   examples::request_stop();
+  std::signal(signal, SIG_DFL);
+}
+
+// Flags that only apply to some settings: giving them elsewhere is a mistake worth reporting.
+void reject_inapplicable(const cli::Flags& f) {
+  auto check = [&](const char* flag, bool applies, const char* when) {
+    DL_CHECK(!f.given(flag) || applies, "--", flag, " only applies ", when);
+  };
+  check("warmup-epochs", f.str("schedule") == "cosine", "with --schedule cosine");
+  check("momentum", f.str("optimizer") == "sgd", "with --optimizer sgd");
+  check("nesterov", f.str("optimizer") == "sgd", "with --optimizer sgd");
+  check("scale", f.str("crop") == "resized", "with --crop resized");
+  check("ra-m", f.integer("ra-n") > 0, "when --ra-n is above 0");
+}
+
+// On resume, these may differ from the run's (they do not change what it computes); the last
+// three are never taken from the checkpoint.
+const std::set<std::string> kFreeOnResume = {
+    "data", "device", "threads", "workers", "cache-dir", "progress", "resume", "stop-after-steps"};
+const std::set<std::string> kNotRestored = {"progress", "resume", "stop-after-steps"};
+
+// On --resume, flags not given take the values the run was started with; given ones must agree.
+void restore_run_flags(cli::Flags& f) {
+  std::string path = f.str("resume");
+  if (std::filesystem::is_directory(path))
+    path = (std::filesystem::path(path) / "last.safetensors").string();
+  const auto metadata = io::read_checkpoint_metadata(path);
+  auto recorded = metadata.find("flags");
+  DL_CHECK(recorded != metadata.end(), path, ": the checkpoint does not record its run's flags");
+  std::string conflicts;
+  const io::JsonValue run_flags = io::parse_json(recorded->second);
+  for (const auto& [name, value] : run_flags.as_object()) {
+    const std::string& saved = value.as_string();
+    if (!f.given(name)) {
+      if (!kNotRestored.count(name)) f.set(name, saved);
+    } else if (f.str(name) != saved && !kFreeOnResume.count(name)) {
+      conflicts += "\n  --" + name + " " + f.str(name) + " (the run used " + saved + ")";
+    }
+  }
+  DL_CHECK(conflicts.empty(), "these flags differ from the run in ", path, ":", conflicts,
+           "\nleave them out to continue the run as it was started");
 }
 
 void declare_flags(cli::Flags& f) {
@@ -101,6 +147,7 @@ examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
     if (i) c.command += ' ';
     c.command += argv[i];
   }
+  c.flags = f.values();
   return c;
 }
 
@@ -112,6 +159,8 @@ int main(int argc, char** argv) {
                      "Trains ConvMixer (or another registered model) on an image data set.");
     declare_flags(flags);
     if (!flags.parse(argc, argv)) return 0;
+    reject_inapplicable(flags);
+    if (!flags.str("resume").empty()) restore_run_flags(flags);
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -28,6 +28,9 @@ namespace {
 
 std::atomic<bool> g_stop_requested{false};
 
+const std::vector<std::string> kCifar10Classes = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
 Device resolve_device(const std::string& name) {
   if (name != "auto") return Device::parse(name);
   try {
@@ -80,18 +83,20 @@ std::string format_duration(double seconds) {
   return buf;
 }
 
+// Progress of one epoch; `prior_seconds` is the time the epoch had run before a resume.
 class Progress {
  public:
-  Progress(bool live, int64_t epoch, int64_t epochs, int64_t total)
+  Progress(bool live, int64_t epoch, int64_t epochs, int64_t total, double prior_seconds)
       : live_(live),
         epoch_(epoch),
         epochs_(epochs),
         total_(total),
+        prior_seconds_(prior_seconds),
         start_(std::chrono::steady_clock::now()) {}
+  // `done` batches of the epoch, `first` of them before this run; `images` and `loss` so far.
   void update(int64_t done, int64_t first, int64_t images, double loss) {
-    const double elapsed = seconds();
-    const double rate = images / std::max(elapsed, 1e-9);
-    const double eta = (total_ - done) * elapsed / std::max<int64_t>(done - first, 1);
+    const double rate = images / std::max(seconds(), 1e-9);
+    const double eta = (total_ - done) * this_run() / std::max<int64_t>(done - first, 1);
     const int64_t every = std::max<int64_t>(1, total_ / 10);
     if (live_) {
       const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
@@ -108,13 +113,15 @@ class Progress {
   void finish() {
     if (live_) std::fprintf(stderr, "\r\033[K");
   }
-  double seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  }
+  double seconds() const { return prior_seconds_ + this_run(); }
 
  private:
+  double this_run() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
   bool live_;
   int64_t epoch_, epochs_, total_;
+  double prior_seconds_;
   std::chrono::steady_clock::time_point start_;
 };
 
@@ -154,7 +161,6 @@ void request_stop() {
 }
 
 int train(const TrainConfig& cfg) {
-  g_stop_requested = false;
   const Device device = resolve_device(cfg.device);
   DL_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
            "--precision must be fp32 or bf16, got '", cfg.precision, "'");
@@ -176,13 +182,18 @@ int train(const TrainConfig& cfg) {
   DL_CHECK(test_set.height == train_set.height && test_set.width == train_set.width &&
                test_set.channels == train_set.channels,
            cfg.data, ": train and test images differ in size");
+  DL_CHECK(test_set.classes == train_set.classes, cfg.data,
+           ": the train and test splits have different classes (train: ", join(train_set.classes),
+           "; test: ", join(test_set.classes), ")");
   data::AugmentConfig aug = cfg.augmentation;
-  if (train_set.channels == 3) {
+  // CIFAR-10 itself uses the recipe's published statistics; any other data set its own.
+  if (train_set.classes == kCifar10Classes && train_set.channels == 3) {
     aug.mean = data::cifar10_mean();
     aug.std = data::cifar10_std();
   } else {
     dataset_statistics(train_set, aug.mean, aug.std);
   }
+  data::validate(aug, static_cast<int>(train_set.channels));
 
   // --- model; a resumed checkpoint must describe the same model ---
   models::ModelSpec spec = cfg.model;
@@ -197,11 +208,16 @@ int train(const TrainConfig& cfg) {
              "', but these flags and data build '", spec.describe(),
              "': pass the same model flags and data set to resume");
   }
-  const fs::path dir = cfg.checkpoint_dir;
+  if (spec.name == "convmixer")
+    DL_CHECK(train_set.height % spec.patch == 0 && train_set.width % spec.patch == 0, "--patch ",
+             spec.patch, " does not divide the ", train_set.height, "x", train_set.width,
+             " images of ", cfg.data);
+  // A resumed run keeps writing where it was; a new run never overwrites a saved one.
+  const fs::path dir =
+      resume.empty() ? fs::path(cfg.checkpoint_dir) : fs::path(resume).parent_path();
   const fs::path last = dir / "last.safetensors";
   DL_CHECK(!resume.empty() || !fs::exists(last), last.string(), " already exists: pass --resume ",
            dir.string(), " to continue that run, or choose another --checkpoint-dir");
-  fs::create_directories(dir);
 
   Generator gen(cfg.seed);
   std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
@@ -239,7 +255,6 @@ int train(const TrainConfig& cfg) {
   io::TrainingPosition pos;
   if (!resume.empty()) {
     pos = io::load_checkpoint(resume, *model, opt.get());
-    gen.set_state(pos.generator);
     std::cerr << "resumed " << resume << " at epoch " << pos.epoch + 1 << ", batch " << pos.batch
               << ", step " << pos.step << "\n";
   }
@@ -252,11 +267,15 @@ int train(const TrainConfig& cfg) {
   metadata["data.std"] = join(aug.std);
   metadata["seed"] = std::to_string(cfg.seed);
   metadata["command"] = cfg.command;
+  io::JsonValue::Object flags;
+  for (const auto& [name, value] : cfg.flags) flags.emplace_back(name, io::JsonValue(value));
+  metadata["flags"] = io::to_json(io::JsonValue(flags));
   auto save = [&](const io::TrainingPosition& p) {
-    io::TrainingPosition at = p;
-    at.generator = gen.state();
-    io::save_checkpoint(last.string(), *model, opt.get(), at, metadata);
+    io::save_checkpoint(last.string(), *model, opt.get(), p, metadata);
   };
+  if (g_stop_requested) return 130;  // interrupted while loading: nothing trained, nothing saved
+
+  fs::create_directories(dir);
 
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";
@@ -272,8 +291,10 @@ int train(const TrainConfig& cfg) {
     const int64_t first = epoch == pos.epoch ? pos.batch : 0;
     train_loader.start_epoch(epoch, first);
     model->train();
-    Progress progress(live, epoch, cfg.epochs, steps_per_epoch);
+    const bool resumed_epoch = epoch == pos.epoch && first > 0;
+    Progress progress(live, epoch, cfg.epochs, steps_per_epoch, resumed_epoch ? pos.seconds : 0.0);
     EpochStats stats;
+    if (resumed_epoch) stats = {pos.loss_sum, pos.correct, pos.seen};
     data::Batch batch;
     int64_t done = first;
     double lr = 0.0;
@@ -296,7 +317,13 @@ int train(const TrainConfig& cfg) {
           g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
       if (stop && done < steps_per_epoch) {
         progress.finish();
-        save({.epoch = epoch, .batch = done, .step = pos.step});
+        save({.epoch = epoch,
+              .batch = done,
+              .step = pos.step,
+              .loss_sum = stats.loss_sum,
+              .seconds = progress.seconds(),
+              .correct = stats.correct,
+              .seen = stats.seen});
         std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
                   << last.string() << "; continue with --resume " << dir.string() << "\n";
         return 130;

@@ -3,6 +3,8 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/data/augment.h"
 #include "models/registry.h"
@@ -34,11 +36,14 @@ struct TrainConfig {
   std::string progress = "auto";  // auto (bar on a terminal), on or off
   int64_t stop_after_steps = 0;   // stop with a checkpoint after this many steps of this run
   std::string command;            // recorded in the checkpoint's metadata
+  // The run's flags (name, value), recorded in the checkpoint so a resume can restore them.
+  std::vector<std::pair<std::string, std::string>> flags;
 };
 
 // Runs (or resumes) training. Returns 0 when all epochs are done, 130 when stopped early by
-// request_stop() or stop_after_steps (a checkpoint of the exact position is written first).
-// Bad configuration or data is a dl::Error.
+// request_stop() or stop_after_steps (a checkpoint of the exact position is written first; a stop
+// requested before the first step writes nothing). Everything is validated before the checkpoint
+// directory is touched; bad configuration or data is a dl::Error.
 int train(const TrainConfig& config);
 
 // Asks a running train() to stop after the current step; safe to call from a signal handler.

@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch reference for the engine: the same ConvMixer module (same parameter names), used to
+"""PyTorch reference for the engine: the same ConvMixer and SmallResNet modules (same parameter
+names), used to
 
   fixture   write tests/fixtures/convmixer_reference.safetensors: a ConvMixer-32/2, its weights,
             an input batch, logits, loss and every parameter gradient in training mode,
             evaluation-mode logits, and the parameters after two AdamW steps;
+  fixture-resnet
+            write tests/fixtures/resnet_reference.safetensors: the same record, without the AdamW
+            steps, for a SmallResNet (width 4, 1 block per stage) on 1x12x12 images;
   bench     time PyTorch training steps on synthetic data (compare with examples/bench_model);
   predict   load an engine checkpoint (train's last.safetensors) into the PyTorch module and
             print, per image, the same JSON line as `predict --json`, to compare number for number.
@@ -195,19 +199,17 @@ def nhwc(x):
     return x.permute(0, 2, 3, 1).contiguous()
 
 
-def fixture(args):
-    torch.manual_seed(1234)
-    cfg = dict(dim=32, depth=2, kernel=5, patch=2, classes=10)
-    model = ConvMixer(**cfg)
-    x = torch.randn(4, 3, 32, 32)
-    labels = torch.tensor([3, 0, 9, 3], dtype=torch.int64)
+def record_step(model, x, labels, label_smoothing):
+    """The input (NHWC), labels and initial state of `model`, then one training-mode forward and
+    backward (logits, loss, every parameter's gradient, the updated buffers) and evaluation-mode
+    logits. Leaves the gradients in the model and the model in evaluation mode."""
     out = {"input": nhwc(x), "labels": labels}
     for name, t in model.state_dict().items():
         out["init." + name] = t.clone()
 
     model.train()
     logits = model(x)
-    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=args.label_smoothing)
+    loss = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
     loss.backward()
     out["train.logits"] = logits.detach()
     out["train.loss"] = loss.detach().reshape(())
@@ -219,6 +221,16 @@ def fixture(args):
     model.eval()
     with torch.no_grad():
         out["eval.logits"] = model(x)
+    return out, loss
+
+
+def fixture(args):
+    torch.manual_seed(1234)
+    cfg = dict(dim=32, depth=2, kernel=5, patch=2, classes=10)
+    model = ConvMixer(**cfg)
+    x = torch.randn(4, 3, 32, 32)
+    labels = torch.tensor([3, 0, 9, 3], dtype=torch.int64)
+    out, loss = record_step(model, x, labels, args.label_smoothing)
 
     # Two AdamW steps from the initial weights (the gradients above are step 1's). Each step's
     # gradients are saved so the engine's update rule is compared on identical inputs.
@@ -239,6 +251,19 @@ def fixture(args):
 
     meta = dict(cfg, label_smoothing=args.label_smoothing, adamw_lr=0.01, adamw_weight_decay=0.05,
                 torch_version=torch.__version__, generator="scripts/pytorch_reference.py fixture")
+    save_safetensors(args.out, out, meta)
+    print(f"wrote {args.out}: {len(out)} tensors, loss {out['train.loss'].item():.6f}")
+
+
+def fixture_resnet(args):
+    torch.manual_seed(1234)
+    cfg = dict(width=4, blocks=1, classes=10, in_channels=1)
+    model = SmallResNet(**cfg)
+    x = torch.randn(3, 1, 12, 12)
+    labels = torch.tensor([3, 0, 9], dtype=torch.int64)
+    out, _ = record_step(model, x, labels, args.label_smoothing)
+    meta = dict(cfg, label_smoothing=args.label_smoothing, torch_version=torch.__version__,
+                generator="scripts/pytorch_reference.py fixture-resnet")
     save_safetensors(args.out, out, meta)
     print(f"wrote {args.out}: {len(out)} tensors, loss {out['train.loss'].item():.6f}")
 
@@ -283,6 +308,9 @@ def main():
     f = sub.add_parser("fixture", help="write the parity fixture")
     f.add_argument("--out", default="tests/fixtures/convmixer_reference.safetensors")
     f.add_argument("--label-smoothing", type=float, default=0.1)
+    r = sub.add_parser("fixture-resnet", help="write the SmallResNet parity fixture")
+    r.add_argument("--out", default="tests/fixtures/resnet_reference.safetensors")
+    r.add_argument("--label-smoothing", type=float, default=0.0)
     b = sub.add_parser("bench", help="time PyTorch training steps on synthetic data")
     for flag, default in (("dim", 256), ("depth", 8), ("kernel", 5), ("patch", 2), ("batch", 64),
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
@@ -293,7 +321,8 @@ def main():
     p.add_argument("--top", type=int, default=3)
     p.add_argument("images", nargs="+")
     args = parser.parse_args()
-    {"fixture": fixture, "bench": bench, "predict": predict}[args.command](args)
+    {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench,
+     "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":

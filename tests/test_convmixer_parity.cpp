@@ -2,101 +2,59 @@
 // `scripts/pytorch_reference.py fixture` (ConvMixer-32/2, k 5, p 2, batch 4, label smoothing 0.1).
 // The engine loads the same weights and input and must reproduce the logits, the loss, every
 // parameter gradient, the running statistics, evaluation-mode logits and two AdamW steps.
-#include <algorithm>
 #include <catch2/catch.hpp>
-#include <cmath>
 
-#include "engine/io/safetensors.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "models/convmixer.h"
-#include "test_util.h"
+#include "parity_util.h"
 
 using namespace dl;
 
 namespace {
 
-const io::SafetensorsFile& fixture() {
-  static const io::SafetensorsFile file =
-      io::load_safetensors(DL_FIXTURE_DIR "/convmixer_reference.safetensors");
+const test::ParityFixture& fixture() {
+  static const test::ParityFixture file(DL_FIXTURE_DIR "/convmixer_reference.safetensors");
   return file;
 }
 
 const Tensor& fixture_tensor(const std::string& name) {
-  const Tensor* t = fixture().find(name);
-  if (!t) FAIL("fixture has no tensor " << name);
-  return *t;
-}
-
-// Entries "<prefix><name>" as a state dict keyed by <name>.
-nn::NamedTensors with_prefix(const std::string& prefix) {
-  nn::NamedTensors out;
-  for (const auto& [name, t] : fixture().tensors)
-    if (name.rfind(prefix, 0) == 0) out.emplace_back(name.substr(prefix.size()), t);
-  return out;
+  return fixture().tensor(name);
 }
 
 std::unique_ptr<models::ConvMixer> reference_model() {
-  const auto& m = fixture().metadata;
+  const auto& f = fixture();
   models::ConvMixerConfig c;
-  c.dim = std::stoll(m.at("dim")), c.depth = std::stoll(m.at("depth"));
-  c.kernel = std::stoll(m.at("kernel")), c.patch = std::stoll(m.at("patch"));
-  c.classes = std::stoll(m.at("classes"));
+  c.dim = std::stoll(f.meta("dim")), c.depth = std::stoll(f.meta("depth"));
+  c.kernel = std::stoll(f.meta("kernel")), c.patch = std::stoll(f.meta("patch"));
+  c.classes = std::stoll(f.meta("classes"));
   auto model = std::make_unique<models::ConvMixer>(c);
-  model->load_state_dict(with_prefix("init."), "fixture");
+  model->load_state_dict(f.with_prefix("init."), "fixture");
   return model;
 }
 
 float label_smoothing() {
-  return std::stof(fixture().metadata.at("label_smoothing"));
+  return std::stof(fixture().meta("label_smoothing"));
 }
 
-// float32 against float32 computed in another order: a relative band plus an absolute floor
-// scaled to the tensor's largest magnitude (gradients span many orders of magnitude).
 void require_matches(const Tensor& actual, const std::string& name, double rtol, double floor) {
-  const Tensor& expected = fixture_tensor(name);
-  const auto e = expected.to_vector();
-  double max_abs = 0.0;
-  for (float v : e) max_abs = std::max(max_abs, std::abs(double(v)));
-  test::require_close(actual.to(expected.dtype()), expected, rtol, floor * max_abs, name);
+  fixture().require_matches(actual, name, rtol, floor);
 }
 
 }  // namespace
 
 TEST_CASE("ConvMixer forward and backward match PyTorch in training mode") {
   auto model = reference_model();
-  model->train();
-  const Tensor logits = model->forward(fixture_tensor("input"));
-  const Tensor loss = cross_entropy(logits, fixture_tensor("labels"), label_smoothing());
-  loss.backward();
-  require_matches(logits, "train.logits", 1e-4, 1e-5);
-  require_matches(loss, "train.loss", 1e-5, 0.0);
-  for (const auto& [name, p] : model->named_parameters()) {
-    INFO("gradient of " << name);
-    REQUIRE(p.grad().defined());
-    require_matches(p.grad(), "grad." + name, 1e-3, 1e-4);
-  }
-  for (const auto& [name, b] : model->named_buffers()) {
-    if (b.dtype() == DType::i64) {
-      REQUIRE(b.to_vector() == fixture_tensor("train_buffers." + name).to_vector());
-    } else {
-      require_matches(b, "train_buffers." + name, 1e-4, 1e-6);
-    }
-  }
-
-  model->eval();
-  NoGradGuard no_grad;
-  require_matches(model->forward(fixture_tensor("input")), "eval.logits", 1e-4, 1e-5);
+  fixture().require_training_step_matches(*model);
 }
 
 TEST_CASE("Two AdamW steps on ConvMixer match PyTorch") {
   auto model = reference_model();
   model->train();
-  const double lr = std::stod(fixture().metadata.at("adamw_lr"));
+  const double lr = std::stod(fixture().meta("adamw_lr"));
   INFO("lr " << lr);
-  optim::AdamW opt(
-      model->parameters(),
-      {.lr = lr, .weight_decay = std::stod(fixture().metadata.at("adamw_weight_decay"))});
+  optim::AdamW opt(model->parameters(),
+                   {.lr = lr, .weight_decay = std::stod(fixture().meta("adamw_weight_decay"))});
   for (int step = 1; step <= 2; ++step) {
     INFO("AdamW step " << step);
     const Tensor loss = cross_entropy(model->forward(fixture_tensor("input")),

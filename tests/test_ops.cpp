@@ -888,7 +888,7 @@ Vec max_pool_ref(const cpu::Pool2dShape& s, const Vec& x, std::vector<int32_t>* 
               const int64_t pixel = (n * s.h + ih) * s.w + iw;
               if (x[pixel * s.c + c] > best) {
                 best = x[pixel * s.c + c];
-                best_at = pixel;
+                best_at = ih * s.w + iw;  // within the image
               }
             }
           const size_t o = ((n * ho + oh) * wo + ow) * s.c + c;

@@ -425,3 +425,14 @@ TEST_CASE("graph is released after backward", "[autograd]") {
 
 }  // namespace
 }  // namespace dl
+
+TEST_CASE("contiguous() of a strided view keeps the gradient path") {
+  dl::Tensor x = dl::Tensor::randn({3, 5});
+  x.requires_grad_();
+  const dl::Tensor view = x.slice(1, 1, 4);
+  REQUIRE(!view.is_contiguous());
+  dl::sum(view.contiguous()).backward();
+  const auto g = x.grad().to_vector();
+  for (int r = 0; r < 3; ++r)
+    for (int c = 0; c < 5; ++c) REQUIRE(g[r * 5 + c] == (c >= 1 && c < 4 ? 1.0f : 0.0f));
+}

@@ -5,6 +5,7 @@
 
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "kernels/cpu/parallel.h"
 #include "models/convmixer.h"
 #include "test_util.h"
 
@@ -46,4 +47,27 @@ TEST_CASE("A tiny ConvMixer overfits 64 random images") {
   INFO("first loss " << first_loss << ", last loss " << last_loss);
   REQUIRE(steps_to_memorise >= 0);
   REQUIRE(last_loss < 0.5f * first_loss);
+}
+
+TEST_CASE("A training step gives the same bits for any thread count") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  // Big enough (GEMMs of 320 x 64 x 64) that a multi-threaded BLAS would split them.
+  auto step = [&](int threads) {
+    cpu::set_num_threads(threads);
+    Generator gen(seed);
+    models::ConvMixer model({.dim = 64, .depth = 1, .kernel = 5, .patch = 2, .classes = 10}, gen);
+    const Tensor images = Tensor::randn({5, 16, 16, 3}, gen);  // 5 * 8 * 8 = 320 pixels
+    const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 2, 3, 4, 5}, {5});
+    cross_entropy(model.forward(images), labels, 0.1f).backward();
+    std::vector<std::vector<float>> out;
+    for (auto& [name, p] : model.named_parameters()) out.push_back(p.grad().to_vector());
+    for (auto& [name, b] : model.named_buffers()) out.push_back(b.to_vector());
+    return out;
+  };
+  const int before = cpu::num_threads();
+  const auto one = step(1), three = step(3);
+  cpu::set_num_threads(before);
+  REQUIRE(one.size() == three.size());
+  for (size_t i = 0; i < one.size(); ++i) REQUIRE(one[i] == three[i]);
 }

@@ -80,6 +80,20 @@ void require_identical(const io::SafetensorsFile& a, const io::SafetensorsFile& 
   }
 }
 
+// metrics.jsonl without the wall-clock fields.
+std::vector<std::string> metrics_without_timing(const fs::path& run) {
+  std::vector<std::string> out;
+  std::ifstream in(run / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    io::JsonValue::Object kept;
+    const io::JsonValue entry = io::parse_json(line);
+    for (const auto& [key, value] : entry.as_object())
+      if (key != "epoch_seconds" && key != "img_per_s") kept.emplace_back(key, value);
+    out.push_back(io::to_json(io::JsonValue(kept)));
+  }
+  return out;
+}
+
 }  // namespace
 
 TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted one") {
@@ -102,8 +116,12 @@ TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted
     REQUIRE(examples::train(first) == 130);
     auto second = tiny_config(tmp.path / "cifar", run);
     second.resume = run.string();
+    second.threads = 1;  // another machine: results do not depend on the thread count
+    second.workers = 3;
     REQUIRE(examples::train(second) == 0);
     require_identical(last_checkpoint(run), reference);
+    // The resumed epoch's summary covers the whole epoch, as the uninterrupted run's does.
+    REQUIRE(metrics_without_timing(run) == metrics_without_timing(straight));
   }
 }
 
@@ -141,6 +159,31 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     resume.resume = DL_FIXTURE_DIR "/convmixer_reference.safetensors";
     REQUIRE_THROWS_WITH(examples::train(resume),
                         Catch::Contains("not a checkpoint of this engine"));
+  }
+  SECTION("a bad setting fails before the checkpoint directory is touched") {
+    auto bad = config;
+    bad.checkpoint_dir = (tmp.path / "bad").string();
+    bad.augmentation.crop = "sideways";
+    REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains("crop"));
+    bad.augmentation.crop = "none";
+    bad.model.patch = 3;
+    REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains("--patch 3 does not divide"));
+    REQUIRE(!fs::exists(tmp.path / "bad"));
+  }
+  SECTION("train and test splits with different classes") {
+    const fs::path folder = tmp.path / "folder";
+    std::vector<uint8_t> px(8 * 8 * 3, 7);
+    for (auto [split, cls] :
+         {std::pair{"train", "cat"}, {"train", "dog"}, {"test", "cat"}, {"test", "emu"}}) {
+      fs::create_directories(folder / split / cls);
+      const fs::path file = folder / split / cls / "a.png";
+      REQUIRE(stbi_write_png(file.c_str(), 8, 8, 3, px.data(), 24) != 0);
+    }
+    auto mismatch = config;
+    mismatch.data = folder.string();
+    mismatch.checkpoint_dir = (tmp.path / "mismatch").string();
+    REQUIRE_THROWS_WITH(examples::train(mismatch),
+                        Catch::Contains("different classes") && Catch::Contains("emu"));
   }
   SECTION("bf16 on the CPU") {
     auto bf16 = config;
@@ -201,4 +244,38 @@ TEST_CASE("predict classifies images like the model in process, and names unread
     REQUIRE(v.find("top")->as_array().size() == 3);
   }
   REQUIRE(count == 2);
+}
+
+TEST_CASE("train --resume restores the run's flags and rejects conflicting ones") {
+  TempDir tmp;
+  Generator gen(3);
+  write_cifar(tmp.path / "cifar", 16, gen);
+  const fs::path run = tmp.path / "run", log = tmp.path / "log.txt";
+  auto train = [&](const std::string& args) {
+    const std::string cmd =
+        std::string(DL_TRAIN_BIN) + " --progress off " + args + " > " + log.string() + " 2>&1";
+    const int status = std::system(cmd.c_str());
+    REQUIRE(WIFEXITED(status));
+    std::ifstream in(log);
+    return std::pair{WEXITSTATUS(status), std::string((std::istreambuf_iterator<char>(in)), {})};
+  };
+  const std::string data = " --data " + (tmp.path / "cifar").string();
+  const auto [started, out1] =
+      train(data +
+            " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 2 --batch 16 --ra-n 0"
+            " --checkpoint-dir " +
+            run.string() + " --stop-after-steps 3");
+  INFO(out1);
+  REQUIRE(started == 130);
+  const auto [conflict, out2] = train(data + " --resume " + run.string() + " --batch 32");
+  INFO(out2);
+  REQUIRE(conflict == 1);
+  REQUIRE_THAT(out2, Catch::Contains("--batch 32 (the run used 16)"));
+  REQUIRE_THAT(train(" --momentum 0.5" + data).second,
+               Catch::Contains("--momentum only applies with --optimizer sgd"));
+  const auto [resumed, out3] = train(data + " --resume " + run.string() + " --threads 1");
+  INFO(out3);
+  REQUIRE(resumed == 0);
+  REQUIRE_THAT(out3, Catch::Contains("convmixer dim=8 depth=1 kernel=3 patch=4"));
+  REQUIRE(metrics_without_timing(run).size() == 2);
 }

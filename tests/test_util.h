@@ -1,9 +1,12 @@
 // Helpers shared by the tests: fresh random seeds (printed on failure) and tolerance checks.
 #pragma once
 #include <catch2/catch.hpp>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -12,7 +15,19 @@
 namespace dl::test {
 
 // A fresh seed per call, so each run draws new inputs; report it with INFO(...) in the test.
+// To reproduce a failure, set the environment variable DL_TEST_SEED to the seed it printed (a
+// decimal uint64): every call then returns that value, e.g.
+//   DL_TEST_SEED=1234 ./test_ops "name of the failing test"
+// A value that is not a whole decimal uint64 throws, failing the test that asked for a seed.
 inline uint64_t fresh_seed() {
+  if (const char* env = std::getenv("DL_TEST_SEED")) {
+    const std::string text(env);
+    uint64_t seed = 0;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), seed);
+    if (ec != std::errc() || end != text.data() + text.size())
+      throw std::invalid_argument("DL_TEST_SEED must be a decimal uint64, got '" + text + "'");
+    return seed;
+  }
   static std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
 }

@@ -23,6 +23,8 @@ DataLoader::DataLoader(const ImageDataset& data, LoaderOptions options)
   DL_CHECK(options_.workers >= 1, "need at least one loader worker, got ", options_.workers);
   DL_CHECK(options_.prefetch >= 1, "prefetch must be at least 1, got ", options_.prefetch);
   DL_CHECK(data_.size() > 0, "the data set is empty");
+  if (options_.augment)
+    validate(options_.augmentation, static_cast<int>(data_.channels));
   DL_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size,
            " with drop_last leaves no "
            "batch of a data set of ",
@@ -60,6 +62,7 @@ void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
       std::swap(order_[i], order_[gen.below(static_cast<uint64_t>(i + 1))]);
   }
   epoch_ = epoch;
+  started_ = true;
   next_to_make_ = next_to_return_ = first_batch;
   end_ = batches_per_epoch();
   ready_.clear();
@@ -98,7 +101,7 @@ void DataLoader::worker_loop() {
 
 bool DataLoader::next(Batch& out) {
   std::unique_lock<std::mutex> lock(mutex_);
-  DL_CHECK(!workers_.empty() || next_to_return_ >= end_, "DataLoader: call start_epoch first");
+  DL_CHECK(started_, "DataLoader: call start_epoch before next");
   if (next_to_return_ >= end_) return false;
   cv_.wait(lock, [&] { return ready_.count(next_to_return_) > 0; });
   DL_CHECK(worker_error_.empty(), "data loader: ", worker_error_);

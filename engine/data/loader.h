@@ -56,7 +56,7 @@ class DataLoader {
   std::vector<int64_t> order_;
   int64_t epoch_ = 0, next_to_make_ = 0, next_to_return_ = 0, end_ = 0;
   std::map<int64_t, Batch> ready_;
-  bool stopping_ = false;
+  bool started_ = false, stopping_ = false;
   std::string worker_error_;
   std::mutex mutex_;
   std::condition_variable cv_;

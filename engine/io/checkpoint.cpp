@@ -1,6 +1,6 @@
 #include "engine/io/checkpoint.h"
 
-#include <cstring>
+#include <bit>
 
 #include "engine/error.h"
 #include "engine/io/safetensors.h"
@@ -30,12 +30,13 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
   for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
   if (optimizer)
     for (auto& entry : optimizer->state_tensors()) tensors.push_back(entry);
-  std::vector<int64_t> pos = {position.epoch, position.batch, position.step};
-  for (uint64_t word : position.generator) {
-    int64_t v;
-    std::memcpy(&v, &word, sizeof v);
-    pos.push_back(v);
-  }
+  const std::vector<int64_t> pos = {position.epoch,
+                                    position.batch,
+                                    position.step,
+                                    position.correct,
+                                    position.seen,
+                                    std::bit_cast<int64_t>(position.loss_sum),
+                                    std::bit_cast<int64_t>(position.seconds)};
   tensors.emplace_back("trainer.position", Tensor::from_vector(pos, {7}));
   metadata["format"] = kCheckpointFormat;
   metadata["format_version"] = std::to_string(kCheckpointVersion);
@@ -69,9 +70,16 @@ TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
   DL_CHECK(pos && pos->dtype() == DType::i64 && pos->numel() == 7, path,
            ": no valid 'trainer.position' entry (I64[7])");
   const int64_t* p = pos->data<int64_t>();
-  TrainingPosition out{.epoch = p[0], .batch = p[1], .step = p[2]};
-  for (int i = 0; i < 4; ++i) std::memcpy(&out.generator[i], &p[3 + i], sizeof(uint64_t));
-  DL_CHECK(out.epoch >= 0 && out.batch >= 0 && out.step >= 0, path, ": negative training position");
+  const TrainingPosition out{.epoch = p[0],
+                             .batch = p[1],
+                             .step = p[2],
+                             .loss_sum = std::bit_cast<double>(p[5]),
+                             .seconds = std::bit_cast<double>(p[6]),
+                             .correct = p[3],
+                             .seen = p[4]};
+  DL_CHECK(out.epoch >= 0 && out.batch >= 0 && out.step >= 0 && out.correct >= 0 &&
+               out.correct <= out.seen,
+           path, ": damaged training position");
   return out;
 }
 

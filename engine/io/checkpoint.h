@@ -1,9 +1,9 @@
 // Training checkpoints: one safetensors file holding the model's state dict under "model."
-// (PyTorch names and layouts), the optimizer's state under "optim.", the trainer's position and
-// generator state under "trainer.", and string metadata (format, version, the run's
-// configuration). Written atomically: a crash mid-write leaves the previous checkpoint intact.
+// (PyTorch names and layouts), the optimizer's state under "optim.", the trainer's position under
+// "trainer.", and string metadata (format, version, the run's configuration). The trainer draws
+// every random number from (seed, epoch, sample index), so seed and position are its whole
+// random state. Written atomically: a crash mid-write leaves the previous checkpoint intact.
 #pragma once
-#include <array>
 #include <map>
 #include <string>
 
@@ -19,7 +19,9 @@ struct TrainingPosition {
   int64_t epoch = 0;  // the epoch in progress
   int64_t batch = 0;  // batches of that epoch already trained
   int64_t step = 0;   // optimizer steps so far
-  std::array<uint64_t, 4> generator{};
+  // Running statistics of the epoch in progress, so its summary covers the whole epoch.
+  double loss_sum = 0.0, seconds = 0.0;
+  int64_t correct = 0, seen = 0;
 };
 
 void save_checkpoint(const std::string& path, const nn::Module& model,

@@ -1,18 +1,13 @@
 #include "kernels/cpu/parallel.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 namespace dl::cpu {
 
 void set_num_threads(int n) {
-  if (n <= 0) return;
-  omp_set_num_threads(n);
-  openblas_set_num_threads(n);
+  if (n > 0) omp_set_num_threads(n);
 }
 
-int num_threads() {
-  return omp_get_max_threads();
-}
+int num_threads() { return omp_get_max_threads(); }
 
 }  // namespace dl::cpu

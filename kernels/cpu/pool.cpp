@@ -45,7 +45,7 @@ void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t*
               const float v = x[pixel * s.c + ch];
               if (v > best || std::isnan(v) || best_at < 0) {  // NaN propagates, as in PyTorch
                 best = v;
-                best_at = static_cast<int32_t>(pixel);
+                best_at = static_cast<int32_t>(ih * s.w + iw);
               }
             }
           }
@@ -62,7 +62,7 @@ void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* a
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < s.n; ++n)
     for (int64_t o = n * per_image_out; o < (n + 1) * per_image_out; ++o)
-      dx[static_cast<int64_t>(argmax[o]) * s.c + o % s.c] += dy[o];
+      dx[(n * s.h * s.w + argmax[o]) * s.c + o % s.c] += dy[o];
 }
 
 }  // namespace dl::cpu

@@ -14,7 +14,8 @@ struct Pool2dShape {
   int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
 };
 
-// Max over each window (padding never wins); argmax[out] = flat input pixel index (first maximum).
+// Max over each window (padding never wins); argmax[out] = the input pixel ih * w + iw within its
+// image (first maximum; NaN propagates).
 void max_pool2d_forward(const Pool2dShape& s, const float* x, float* y, int32_t* argmax);
 void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* argmax, float* dx);
 
