@@ -57,7 +57,9 @@ __global__ void gelu_backward_kernel(const T* x, const T* dy, T* dx, int64_t n, 
 constexpr int kBlock = 256;
 
 // Threads needed: one per pack plus one per tail element (vectorised), else one per element.
-int64_t gelu_threads(int64_t n, bool vec, int pack) { return vec ? n / pack + n % pack : n; }
+int64_t gelu_threads(int64_t n, bool vec, int pack) {
+  return vec ? n / pack + n % pack : n;
+}
 
 }  // namespace
 
@@ -67,6 +69,7 @@ void gelu_forward(const T* x, T* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
   const bool vec = aligned16(x) && aligned16(y);
   const int64_t blocks = ceil_div(gelu_threads(n, vec, Pack16<T>::size), kBlock);
+  DL_CUDA_REQUIRE(blocks <= INT32_MAX, "too many elements for one launch");
   gelu_forward_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(x, y, n, vec);
   DL_CUDA_CHECK_LAUNCH();
 }
@@ -77,6 +80,7 @@ void gelu_backward(const T* x, const T* dy, T* dx, int64_t n, cudaStream_t strea
   if (n == 0) return;
   const bool vec = aligned16(x) && aligned16(dy) && aligned16(dx);
   const int64_t blocks = ceil_div(gelu_threads(n, vec, Pack16<T>::size), kBlock);
+  DL_CUDA_REQUIRE(blocks <= INT32_MAX, "too many elements for one launch");
   gelu_backward_kernel<T><<<static_cast<unsigned>(blocks), kBlock, 0, stream>>>(x, dy, dx, n, vec);
   DL_CUDA_CHECK_LAUNCH();
 }

@@ -1,0 +1,42 @@
+// Pooling over NHWC activations on the GPU, with the semantics of kernels/cpu/pool.h: global
+// average pooling [n, hw, c] -> [n, c] and 2-D max pooling with an int32 argmax. T is float or
+// __nv_bfloat16 (storage; arithmetic in fp32). Gradient rule: outputs are overwritten (=). Every
+// kernel is deterministic (no atomics). All work is queued on `stream`.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace dl::cuda {
+
+// y[b, j] = mean over the hw pixels p of x[b, p, j], accumulated in fp32 in a fixed order (the CPU
+// accumulates in fp64).
+template <class T>
+void global_avg_pool_forward(const T* x, int64_t n, int64_t hw, int64_t c, T* y,
+                             cudaStream_t stream);
+// dx[b, p, j] = dy[b, j] * (1 / hw), the CPU's float operations.
+template <class T>
+void global_avg_pool_backward(const T* dy, int64_t n, int64_t hw, int64_t c, T* dx,
+                              cudaStream_t stream);
+
+struct Pool2dShape {
+  int64_t n = 1, h = 1, w = 1, c = 1, k = 2, stride = 2, pad = 0;
+  int64_t h_out() const { return (h + 2 * pad - k) / stride + 1; }
+  int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
+};
+
+// y[b, oh, ow, j] = max over the k x k window (padding never wins; a NaN propagates, the last NaN
+// of the window is the argmax); argmax = the flat input pixel index (b * h + ih) * w + iw of the
+// first maximum, -1 for a window entirely in the padding (y = -inf). Needs n * h * w < 2^31.
+template <class T>
+void max_pool2d_forward(const Pool2dShape& s, const T* x, T* y, int32_t* argmax,
+                        cudaStream_t stream);
+// dx[pixel, j] = sum of dy[o, j] over the outputs o whose argmax[o, j] is that pixel, added in
+// increasing o (the CPU's order: fp32 results are bit-identical). One thread per input element
+// gathers from the windows that cover it, so overlapping windows need no atomics.
+template <class T>
+void max_pool2d_backward(const Pool2dShape& s, const T* dy, const int32_t* argmax, T* dx,
+                         cudaStream_t stream);
+
+}  // namespace dl::cuda
