@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Times ConvMixer-256/8 (k 5, p 2, batch 64) training steps on this machine's CPU with the engine
 # and, when PyTorch is installed, with PyTorch in the same run, and prints the ratio.
-#   THREADS (default 2), STEPS (default 5), PYTHON (default python3); other flags go to
-#   bench_model.
+#   THREADS (default 2), STEPS (default 5), WARMUP (default 2), PYTHON (default python3); other
+#   arguments (--dim --depth --kernel --patch --batch) go to both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +12,14 @@ cmake --build build --target bench_model -j "$(nproc)"
 
 threads=${THREADS:-2}
 steps=${STEPS:-5}
-ours=$(build/examples/bench_model --threads "$threads" --steps "$steps" "$@" | tee /dev/stderr |
+warmup=${WARMUP:-2}
+common=(--threads "$threads" --steps "$steps" --warmup "$warmup" "$@")
+ours=$(build/examples/bench_model "${common[@]}" | tee /dev/stderr |
        sed -n 's/^train_img_per_s=//p')
 py=${PYTHON:-python3}
 if "$py" -c 'import torch' 2>/dev/null; then
-  theirs=$(OMP_NUM_THREADS=$threads "$py" scripts/pytorch_reference.py bench --threads "$threads" \
-             --steps "$steps" | tee /dev/stderr | sed -n 's/^train_img_per_s=//p')
+  theirs=$(OMP_NUM_THREADS=$threads "$py" scripts/pytorch_reference.py bench "${common[@]}" |
+             tee /dev/stderr | sed -n 's/^train_img_per_s=//p')
   "$py" -c "print(f'engine/pytorch images-per-second ratio: {$ours / $theirs:.2f}')"
 else
   echo "PyTorch not installed (apt install python3-torch): engine figure only"

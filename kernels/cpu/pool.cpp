@@ -62,7 +62,7 @@ void max_pool2d_backward(const Pool2dShape& s, const float* dy, const int32_t* a
 #pragma omp parallel for schedule(static)
   for (int64_t n = 0; n < s.n; ++n)
     for (int64_t o = n * per_image_out; o < (n + 1) * per_image_out; ++o)
-      dx[(n * s.h * s.w + argmax[o]) * s.c + o % s.c] += dy[o];
+      if (argmax[o] >= 0) dx[(n * s.h * s.w + argmax[o]) * s.c + o % s.c] += dy[o];
 }
 
 }  // namespace dl::cpu

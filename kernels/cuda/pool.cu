@@ -87,7 +87,7 @@ __global__ void max_pool2d_forward_kernel(Pool2dShape s, int64_t ho, int64_t wo,
       const float v = to_float(raw);
       if (v > best || isnan(v) || best_at < 0) {
         best = v;
-        best_at = static_cast<int32_t>(pixel);
+        best_at = static_cast<int32_t>(ih * s.w + iw);  // within the image, as on the CPU
         best_value = raw;
       }
     }
@@ -116,7 +116,7 @@ __global__ void max_pool2d_backward_kernel(Pool2dShape s, int64_t ho, int64_t wo
   for (int64_t oh = oh0; oh <= oh1; ++oh)
     for (int64_t ow = ow0; ow <= ow1; ++ow) {
       const int64_t o = ((b * ho + oh) * wo + ow) * s.c + ch;
-      if (argmax[o] == pixel) sum += to_float(dy[o]);
+      if (argmax[o] == ih * s.w + iw) sum += to_float(dy[o]);
     }
   dx[t] = from_float<T>(sum);
 }
@@ -131,7 +131,7 @@ void check_pool_shape(const Pool2dShape& s) {
   DL_CUDA_REQUIRE(s.k > 0 && s.stride > 0 && s.pad >= 0, "bad window, stride or padding");
   DL_CUDA_REQUIRE(s.h + 2 * s.pad >= s.k && s.w + 2 * s.pad >= s.k,
                   "window larger than the padded input");
-  DL_CUDA_REQUIRE(s.n * s.h * s.w <= INT_MAX, "argmax is int32: n * h * w must be below 2^31");
+  DL_CUDA_REQUIRE(s.h * s.w <= INT_MAX, "argmax is int32: h * w must be below 2^31");
 }
 
 }  // namespace

@@ -27,8 +27,8 @@ struct Pool2dShape {
 };
 
 // y[b, oh, ow, j] = max over the k x k window (padding never wins; a NaN propagates, the last NaN
-// of the window is the argmax); argmax = the flat input pixel index (b * h + ih) * w + iw of the
-// first maximum, -1 for a window entirely in the padding (y = -inf). Needs n * h * w < 2^31.
+// of the window is the argmax); argmax = the input pixel ih * w + iw within its image of the
+// first maximum (as the CPU kernel), -1 for a window entirely in the padding (y = -inf).
 template <class T>
 void max_pool2d_forward(const Pool2dShape& s, const T* x, T* y, int32_t* argmax,
                         cudaStream_t stream);
