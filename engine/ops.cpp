@@ -39,6 +39,12 @@ Tensor empty_like(const Tensor& t) {
 
 }  // namespace
 
+void require_op_support(Device device) {
+  DL_CHECK(device.is_cpu(), "the differentiable ops have no ", device.str(),
+           " path yet (the CUDA kernels are built but not wired into engine/ops.cpp): use "
+           "--device cpu");
+}
+
 void add_(Tensor& dst, const Tensor& src, float alpha) {
   check_float_cpu("add_", dst, "destination");
   check_float_cpu("add_", src, "source");

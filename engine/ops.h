@@ -6,6 +6,10 @@
 
 namespace dl {
 
+// Whether the ops below have kernels for tensors on `device` (CPU today; the CUDA kernels exist in
+// kernels/cuda but are not dispatched from here yet). Throws a dl::Error saying so when not.
+void require_op_support(Device device);
+
 // --- in place, not recorded (optimizers, gradient accumulation) ---
 // dst += alpha * src
 void add_(Tensor& dst, const Tensor& src, float alpha = 1.0f);

@@ -30,6 +30,8 @@ int run(int argc, char** argv) {
   if (!flags.parse(argc, argv)) return 0;
 
   const Device device = Device::parse(flags.str("device"));
+  device_backend(device);
+  require_op_support(device);
   cpu::set_num_threads(static_cast<int>(flags.integer("threads")));
   const int64_t batch = flags.integer("batch"), steps = flags.integer("steps");
   DL_CHECK(batch > 0 && steps > 0, "--batch and --steps must be positive");

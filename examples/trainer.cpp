@@ -31,10 +31,17 @@ std::atomic<bool> g_stop_requested{false};
 const std::vector<std::string> kCifar10Classes = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
+// "auto" picks the GPU when the build has one and the ops can run there, else the CPU.
 Device resolve_device(const std::string& name) {
-  if (name != "auto") return Device::parse(name);
+  if (name != "auto") {
+    const Device device = Device::parse(name);
+    device_backend(device);
+    require_op_support(device);
+    return device;
+  }
   try {
     device_backend(Device::cuda());
+    require_op_support(Device::cuda());
     return Device::cuda();
   } catch (const Error&) {
     return Device::cpu();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job: train ConvMixer-256/8 on CIFAR-10 with the recipe's defaults, on the GPU when
-# the build has one, else on the CPU. Extra arguments go to the trainer (see `train --help`),
-# e.g. scripts/train.sh --epochs 5 --subset 2000.
+# The main job: train ConvMixer-256/8 on CIFAR-10 with the recipe's defaults (--device auto: the
+# GPU once the CUDA op path is wired in, the CPU until then). Extra arguments go to the trainer
+# (see `train --help`), e.g. scripts/train.sh --epochs 5 --subset 2000.
 # Data: $DATA, else data/cifar-10-batches-bin (scripts/get_cifar10.sh), else data/cifar10
 # (image folders), else this workplace's ../shared/data/cifar10-jpeg.tar.gz extracted into data/.
 set -euo pipefail
