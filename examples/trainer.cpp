@@ -1,11 +1,15 @@
 #include "examples/trainer.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -89,6 +93,28 @@ std::string format_duration(double seconds) {
   std::snprintf(buf, sizeof buf, "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60);
   return buf;
 }
+
+// An exclusive flock on <dir>/.lock for the run's lifetime: two trainers never write the same
+// checkpoint directory. The kernel drops the lock when the process ends, even on a crash.
+class RunLock {
+ public:
+  explicit RunLock(const fs::path& dir) {
+    const fs::path path = dir / ".lock";
+    fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    DL_CHECK(fd_ >= 0, "cannot open ", path.string(), ": ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      ::close(fd_);
+      throw Error("another train process is writing " + dir.string() +
+                  " (it holds .lock): wait for it or choose another --checkpoint-dir");
+    }
+  }
+  ~RunLock() { ::close(fd_); }
+  RunLock(const RunLock&) = delete;
+  RunLock& operator=(const RunLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 // Progress of one epoch; `prior_seconds` is the time the epoch had run before a resume.
 class Progress {
@@ -283,6 +309,7 @@ int train(const TrainConfig& cfg) {
   if (g_stop_requested) return 130;  // interrupted while loading: nothing trained, nothing saved
 
   fs::create_directories(dir);
+  const RunLock lock(dir);
 
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";

@@ -1,8 +1,11 @@
 // The trainer end to end on a tiny CIFAR-format data set written here: an interrupted and
 // resumed run ends bit-identical to an uninterrupted one (model, optimizer state, position), and
 // the ways a user can misuse checkpoints are each one clear error.
+#include <fcntl.h>
 #include <stb_image_write.h>
+#include <sys/file.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -138,6 +141,16 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     REQUIRE_THROWS_WITH(
         examples::train(config),
         Catch::Contains("last.safetensors already exists") && Catch::Contains("--resume"));
+  }
+  SECTION("two trainers never share a checkpoint directory") {
+    const int fd = ::open((run / ".lock").c_str(), O_RDWR);
+    REQUIRE(fd >= 0);
+    REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);  // as a running trainer holds it
+    auto resume = config;
+    resume.resume = run.string();
+    REQUIRE_THROWS_WITH(examples::train(resume), Catch::Contains("another train process"));
+    ::close(fd);
+    REQUIRE(examples::train(resume) == 0);  // released: the finished run resumes (and ends)
   }
   SECTION("a checkpoint of another model") {
     auto other = config;
