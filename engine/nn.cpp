@@ -191,6 +191,9 @@ Tensor AdaptiveAvgPool2d::forward(const Tensor& x) {
 }
 
 Tensor Flatten::forward(const Tensor& x) {
+  // PyTorch flattens NCHW as (C, H, W); an NHWC map larger than 1x1 is reordered to match, so a
+  // Linear after it takes PyTorch's weights unchanged.
+  if (x.dim() == 4 && x.size(1) * x.size(2) > 1) return nhwc_to_nchw(x).reshape({x.size(0), -1});
   return x.reshape({x.size(0), -1});
 }
 

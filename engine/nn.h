@@ -134,7 +134,7 @@ class AdaptiveAvgPool2d : public Module {
   Tensor forward(const Tensor& x) override;
 };
 
-// [N, ...] -> [N, prod(...)]
+// [N, ...] -> [N, prod(...)]; an NHWC input is flattened in PyTorch's (C, H, W) order.
 class Flatten : public Module {
  public:
   Tensor forward(const Tensor& x) override;

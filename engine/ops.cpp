@@ -259,6 +259,33 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   return out;
 }
 
+namespace {
+// out[n, j, i] = in[n, i, j] for each of `n` [rows, cols] matrices (f32).
+void transpose_batched(const float* in, int64_t n, int64_t rows, int64_t cols, float* out) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        out[(b * cols + j) * rows + i] = in[(b * rows + i) * cols + j];
+}
+}  // namespace
+
+Tensor nhwc_to_nchw(const Tensor& x) {
+  check_float_cpu("nhwc_to_nchw", x, "input");
+  DL_CHECK(x.dim() == 4, "nhwc_to_nchw: input must be [N, H, W, C], got ", shape_str(x.shape()));
+  const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
+  const Tensor xc = x.contiguous();
+  Tensor out = Tensor::empty({n, c, h, w});
+  transpose_batched(xc.data<float>(), n, h * w, c, out.data<float>());
+  record(out, "nhwc_to_nchw", {x}, [=](const Tensor& g) {
+    const Tensor gc = g.contiguous();
+    Tensor dx = Tensor::empty({n, h, w, c});
+    transpose_batched(gc.data<float>(), n, c, h * w, dx.data<float>());
+    return std::vector<Tensor>{dx};
+  });
+  return out;
+}
+
 Tensor global_avg_pool(const Tensor& x) {
   check_float_cpu("global_avg_pool", x, "input");
   DL_CHECK(x.dim() == 4, "global_avg_pool: input must be NHWC, got ", shape_str(x.shape()));

@@ -39,6 +39,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, float momentum = 0.1f,
                   float eps = 1e-5f);
+// [N, H, W, C] -> [N, C, H, W] (a copy), for interop with PyTorch's flatten order.
+Tensor nhwc_to_nchw(const Tensor& x);
 // [N, H, W, C] -> [N, C]
 Tensor global_avg_pool(const Tensor& x);
 // [N, H, W, C] -> [N, Ho, Wo, C], square windows.

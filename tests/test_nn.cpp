@@ -153,3 +153,29 @@ TEST_CASE("Sequential, Residual, pooling and flatten compose") {
   net.zero_grad();
   for (auto& p : net.parameters()) REQUIRE(!p.grad().defined());
 }
+
+TEST_CASE("Flatten orders an NHWC map as PyTorch flattens NCHW, and passes gradients back") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  const int64_t n = 2, h = 3, w = 2, c = 5;
+  Tensor x = Tensor::randn({n, h, w, c}, gen);
+  x.requires_grad_();
+  const Tensor y = nn::Flatten().forward(x);
+  REQUIRE(y.shape() == Shape{n, c * h * w});
+  const auto xv = x.to_vector(), yv = y.to_vector();
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j)
+          REQUIRE(yv[b * c * h * w + (ch * h + i) * w + j] == xv[((b * h + i) * w + j) * c + ch]);
+  // d/dx sum(y * r) = r put back in NHWC order.
+  const Tensor r = Tensor::randn({n, c * h * w}, gen);
+  sum(mul(y, r)).backward();
+  const auto gv = x.grad().to_vector(), rv = r.to_vector();
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t i = 0; i < h; ++i)
+        for (int64_t j = 0; j < w; ++j)
+          REQUIRE(gv[((b * h + i) * w + j) * c + ch] == rv[b * c * h * w + (ch * h + i) * w + j]);
+}
