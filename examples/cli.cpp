@@ -20,7 +20,11 @@ bool Flags::parse(int argc, char** argv) {
       std::cout << usage();
       return false;
     }
-    DL_CHECK(arg.rfind("--", 0) == 0, "unexpected argument '", arg, "' (see --help)");
+    if (arg.rfind("--", 0) != 0) {
+      DL_CHECK(!positional_name_.empty(), "unexpected argument '", arg, "' (see --help)");
+      positional_.push_back(arg);
+      continue;
+    }
     std::string name = arg.substr(2), value;
     const size_t eq = name.find('=');
     if (eq != std::string::npos) {
@@ -104,7 +108,9 @@ bool Flags::boolean(const std::string& name) const {
 
 std::string Flags::usage() const {
   std::ostringstream out;
-  out << "usage: " << program_ << " [flags]\n" << summary_ << "\n\nflags:\n";
+  out << "usage: " << program_ << " [flags]"
+      << (positional_name_.empty() ? "" : " " + positional_name_ + "...") << "\n"
+      << summary_ << "\n\nflags:\n";
   for (const auto& name : order_) {
     const Flag& f = flags_.at(name);
     out << "  --" << name << " (default: " << (f.default_value.empty() ? "\"\"" : f.default_value)

@@ -19,6 +19,10 @@ class Flags {
   // Parses argv. Returns false when --help was given (usage already printed); throws dl::Error
   // naming the flag on an unknown flag or a missing value.
   bool parse(int argc, char** argv);
+  // Lets parse() collect arguments that are not flags (e.g. file names) instead of rejecting them;
+  // `what` names them in the usage line.
+  void allow_positional(std::string what) { positional_name_ = std::move(what); }
+  const std::vector<std::string>& positional() const { return positional_; }
   std::string str(const std::string& name) const;
   // True when the command line gave the flag (not just its default).
   bool given(const std::string& name) const;
@@ -36,7 +40,8 @@ class Flags {
     std::string value, default_value, help;
     bool given = false;
   };
-  std::string program_, summary_;
+  std::string program_, summary_, positional_name_;
+  std::vector<std::string> positional_;
   std::vector<std::string> order_;
   std::map<std::string, Flag> flags_;
 };

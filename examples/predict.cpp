@@ -16,6 +16,7 @@
 #include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
 #include "engine/ops.h"
+#include "examples/cli.h"
 #include "models/registry.h"
 
 using namespace dl;
@@ -36,40 +37,21 @@ const std::string& meta(const std::map<std::string, std::string>& m, const std::
   return it->second;
 }
 
-constexpr const char* kUsage =
-    "usage: predict --checkpoint CKPT [--top K] [--json] IMAGE...\n"
-    "Classifies PNG/JPEG images (any size: resized to the model's input) with a checkpoint\n"
-    "written by train.\n";
-
 int run(int argc, char** argv) {
-  std::string checkpoint;
-  int64_t top = 3;
-  bool json = false;
-  std::vector<std::string> images;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      return 0;
-    } else if (arg == "--checkpoint" || arg == "--top") {
-      DL_CHECK(i + 1 < argc, "flag ", arg, " needs a value");
-      const std::string value = argv[++i];
-      if (arg == "--checkpoint") {
-        checkpoint = value;
-      } else {
-        DL_CHECK(!value.empty() && value.find_first_not_of("0123456789") == std::string::npos &&
-                     std::stoll(value) > 0,
-                 "--top: '", value, "' is not a positive integer");
-        top = std::stoll(value);
-      }
-    } else if (arg == "--json") {
-      json = true;
-    } else {
-      DL_CHECK(arg.rfind("--", 0) != 0, "unknown flag ", arg, " (see --help)");
-      images.push_back(arg);
-    }
-  }
+  cli::Flags flags("predict",
+                   "Classifies PNG/JPEG images (any size: resized to the model's input) with a\n"
+                   "checkpoint written by train.");
+  flags.add("checkpoint", "", "the checkpoint (train's last.safetensors); required");
+  flags.add("top", "3", "how many classes to print per image");
+  flags.add("json", "false", "one JSON object per image, with logits and probabilities");
+  flags.allow_positional("IMAGE");
+  if (!flags.parse(argc, argv)) return 0;
+  const std::string checkpoint = flags.str("checkpoint");
+  int64_t top = flags.integer("top");
+  const bool json = flags.boolean("json");
+  const std::vector<std::string>& images = flags.positional();
   DL_CHECK(!checkpoint.empty(), "--checkpoint is required (see --help)");
+  DL_CHECK(top > 0, "--top must be positive, got ", top);
   DL_CHECK(!images.empty(), "no images given (see --help)");
 
   const auto metadata = io::read_checkpoint_metadata(checkpoint);
