@@ -878,7 +878,10 @@ void check_gemm(dl::cuda::LtGemm& gemm, const GemmShape& g, bool with_bias, Rng&
   d_y.poison();
   gemm.forward(d_x.get(), d_w.get(), with_bias ? d_bias.get() : nullptr, d_y.get(), g.m, g.n, g.k,
                in, out, stream);
-  require_close(d_y.download(), ref.y, out_rtol<O>(), atol, "forward", &scale.y);
+  // A bf16 output with the bias epilogue is rounded twice (measured on an H100, CUDA 13.0: errors
+  // up to one bf16 ulp, above the half ulp of a single rounding), so it gets twice the tolerance.
+  const double y_rtol = is_bf16<O>() && with_bias ? 2 * out_rtol<O>() : out_rtol<O>();
+  require_close(d_y.download(), ref.y, y_rtol, atol, "forward", &scale.y);
   d_dx.poison();
   gemm.backward_data(d_dy.get(), d_w.get(), d_dx.get(), g.m, g.n, g.k, in, out, stream);
   require_close(d_dx.download(), ref.dx, out_rtol<O>(), atol, "backward_data", &scale.dx);

@@ -67,7 +67,8 @@ class LtGemm {
   size_t cached_plans() const;
 
   // y[m, n] = x[m, k] w[n, k]^T (+ bias[n], if non-null). x and w are `in`; y and the bias are
-  // `out` (bf16 only with bf16 inputs).
+  // `out` (bf16 only with bf16 inputs). With a bf16 y and a bias, cuBLASLt rounds twice (seen on an
+  // H100 with CUDA 13.0: errors up to one bf16 ulp): the bias is not added before one rounding.
   void forward(const void* x, const void* w, const void* bias, void* y, int64_t m, int64_t n,
                int64_t k, GemmType in, GemmType out, cudaStream_t stream);
   // dx[m, k] = dy[m, n] w[n, k]. dy and w are `in`, dx is `out`.
