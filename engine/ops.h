@@ -6,8 +6,9 @@
 
 namespace dl {
 
-// Whether the ops below have kernels for tensors on `device` (CPU today; the CUDA kernels exist in
-// kernels/cuda but are not dispatched from here yet). Throws a dl::Error saying so when not.
+// Each op below computes through device_ops(device) (engine/device_ops.h): the CPU's always, the
+// GPU's when the build has the CUDA path and a GPU is present. Activations are f32, or bf16 on a
+// device that supports it; parameters are f32. Throws a dl::Error when `device` has no ops.
 void require_op_support(Device device);
 
 // --- in place, not recorded (optimizers, gradient accumulation) ---

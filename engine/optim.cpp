@@ -5,49 +5,18 @@
 #include <numbers>
 #include <unordered_set>
 
+#include "engine/device_ops.h"
 #include "engine/error.h"
 #include "engine/ops.h"
 
 namespace dl::optim {
 namespace {
 
-// Below this many elements an update loop runs on one thread.
-constexpr int64_t kParallelMin = int64_t{1} << 15;
-
 void check_lr(double lr) {
   DL_CHECK(lr >= 0, "Invalid learning rate: ", lr);
 }
 void check_weight_decay(double wd) {
   DL_CHECK(wd >= 0, "Invalid weight_decay value: ", wd);
-}
-
-// buf is null without momentum; `first` means buf holds no history yet.
-void sgd_cpu(float* p, const float* grad, float* buf, int64_t n, float lr, float wd, float momentum,
-             float one_minus_dampening, bool nesterov, bool first) {
-#pragma omp parallel for if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    float g = wd != 0 ? grad[i] + wd * p[i] : grad[i];
-    if (buf) {
-      buf[i] = first ? g : momentum * buf[i] + one_minus_dampening * g;
-      g = nesterov ? g + momentum * buf[i] : buf[i];
-    }
-    p[i] -= lr * g;
-  }
-}
-
-// one_minus_beta1/2 come from double (as PyTorch's Python scalars): 1 - 0.999f in float is off by
-// 1.3e-5 relative, which shows in every step.
-void adamw_cpu(float* p, const float* g, float* m, float* v, int64_t n, float decay, float beta1,
-               float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
-               float bias_correction2_sqrt, float eps) {
-#pragma omp parallel for if (n >= kParallelMin)
-  for (int64_t i = 0; i < n; ++i) {
-    p[i] *= decay;
-    m[i] = beta1 * m[i] + one_minus_beta1 * g[i];
-    v[i] = beta2 * v[i] + one_minus_beta2 * (g[i] * g[i]);
-    const float denom = std::sqrt(v[i]) / bias_correction2_sqrt + eps;
-    p[i] -= step_size * (m[i] / denom);
-  }
 }
 
 Tensor count_tensor(int64_t n) {
@@ -99,6 +68,7 @@ void Optimizer::add_param_groups(std::vector<ParamGroup> groups) {
 void Optimizer::step() {
   ++step_count_;
   state_.resize(groups_.size());
+  std::vector<PendingUpdate> pending;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     ParamGroup& group = groups_[gi];
     state_[gi].resize(group.params.size());
@@ -112,11 +82,15 @@ void Optimizer::step() {
                " must be contiguous");
       DL_CHECK(grad.device() == param.device(), "optimizer: parameter ", pi, " of group ", gi,
                " is on ", param.device().str(), " but its gradient on ", grad.device().str());
+      DL_CHECK(pending.empty() || param.device() == pending.front().param.device(),
+               "optimizer: parameters on ", pending.front().param.device().str(), " and ",
+               param.device().str(), "; move the whole model to one device");
       ParamState& state = state_[gi][pi];
       ++state.step;
-      update(group, param, grad.contiguous(), state);
+      pending.push_back({&group, param, grad.contiguous(), &state});
     }
   }
+  if (!pending.empty()) update(pending);
 }
 
 void Optimizer::zero_grad() {
@@ -217,17 +191,24 @@ std::vector<std::string> SGD::buffer_names() const {
   return {"momentum_buffer"};
 }
 
-void SGD::update(const ParamGroup& group, Tensor& param, const Tensor& grad, ParamState& state) {
-  DL_CHECK(param.device().is_cpu(), "SGD: parameters on ", param.device().str(),
-           " are not supported yet");
+void SGD::update(const std::vector<PendingUpdate>& pending) {
   const bool momentum = options_.momentum != 0;
-  const bool first = state.buffers.empty();
-  if (momentum && first) state.buffers.push_back(Tensor::empty(param.shape()));
-  sgd_cpu(param.data<float>(), grad.data<float>(),
-          momentum ? state.buffers[0].data<float>() : nullptr, param.numel(),
-          static_cast<float>(*group.lr), static_cast<float>(*group.weight_decay),
-          static_cast<float>(options_.momentum), static_cast<float>(1 - options_.dampening),
-          options_.nesterov, first);
+  std::vector<SGDUpdate> updates;
+  for (const PendingUpdate& u : pending) {
+    const bool first = u.state->buffers.empty();
+    if (momentum && first)
+      u.state->buffers.push_back(Tensor::empty(u.param.shape(), DType::f32, u.param.device()));
+    updates.push_back({.param = u.param,
+                       .grad = u.grad,
+                       .momentum_buffer = momentum ? u.state->buffers[0] : Tensor(),
+                       .lr = *u.group->lr,
+                       .weight_decay = *u.group->weight_decay,
+                       .momentum = options_.momentum,
+                       .dampening = options_.dampening,
+                       .nesterov = options_.nesterov,
+                       .first = first});
+  }
+  device_ops(pending.front().param.device()).sgd_update(updates);
 }
 
 // --- AdamW ---
@@ -251,21 +232,26 @@ std::vector<std::string> AdamW::buffer_names() const {
   return {"exp_avg", "exp_avg_sq"};
 }
 
-void AdamW::update(const ParamGroup& group, Tensor& param, const Tensor& grad, ParamState& state) {
-  DL_CHECK(param.device().is_cpu(), "AdamW: parameters on ", param.device().str(),
-           " are not supported yet");
-  if (state.buffers.empty()) {
-    state.buffers = {Tensor::zeros(param.shape()), Tensor::zeros(param.shape())};
+void AdamW::update(const std::vector<PendingUpdate>& pending) {
+  std::vector<AdamWUpdate> updates;
+  for (const PendingUpdate& u : pending) {
+    if (u.state->buffers.empty()) {
+      const Device dev = u.param.device();
+      u.state->buffers = {Tensor::zeros(u.param.shape(), DType::f32, dev),
+                          Tensor::zeros(u.param.shape(), DType::f32, dev)};
+    }
+    updates.push_back({.param = u.param,
+                       .grad = u.grad,
+                       .exp_avg = u.state->buffers[0],
+                       .exp_avg_sq = u.state->buffers[1],
+                       .lr = *u.group->lr,
+                       .weight_decay = *u.group->weight_decay,
+                       .beta1 = options_.beta1,
+                       .beta2 = options_.beta2,
+                       .eps = options_.eps,
+                       .step = u.state->step});
   }
-  const double lr = *group.lr, t = static_cast<double>(state.step);
-  const double bias_correction1 = 1 - std::pow(options_.beta1, t);
-  const double bias_correction2 = 1 - std::pow(options_.beta2, t);
-  adamw_cpu(param.data<float>(), grad.data<float>(), state.buffers[0].data<float>(),
-            state.buffers[1].data<float>(), param.numel(),
-            static_cast<float>(1 - lr * *group.weight_decay), static_cast<float>(options_.beta1),
-            static_cast<float>(1 - options_.beta1), static_cast<float>(options_.beta2),
-            static_cast<float>(1 - options_.beta2), static_cast<float>(lr / bias_correction1),
-            static_cast<float>(std::sqrt(bias_correction2)), static_cast<float>(options_.eps));
+  device_ops(pending.front().param.device()).adamw_update(updates);
 }
 
 // --- gradient clipping ---

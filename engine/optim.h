@@ -68,6 +68,13 @@ class Optimizer {
     int64_t step = 0;             // updates applied to this parameter, the current one included
     std::vector<Tensor> buffers;  // named by buffer_names(); empty until the first update
   };
+  // A parameter to update in this step: f32, contiguous, with its gradient (same shape and
+  // device) and its state (whose step already counts this update).
+  struct PendingUpdate {
+    const ParamGroup* group;
+    Tensor param, grad;
+    ParamState* state;
+  };
 
   Optimizer(double default_lr, double default_weight_decay)
       : default_lr_(default_lr), default_weight_decay_(default_weight_decay) {}
@@ -76,10 +83,8 @@ class Optimizer {
  private:
   // Names of the per-parameter buffers, in ParamState::buffers order.
   virtual std::vector<std::string> buffer_names() const = 0;
-  // One update of `param` (f32, contiguous) by `grad` (same shape and device). The one place a
-  // device dispatch goes.
-  virtual void update(const ParamGroup& group, Tensor& param, const Tensor& grad,
-                      ParamState& state) = 0;
+  // Updates every pending parameter, all on one device: the device's ops do it in one call (one launch on a GPU).
+  virtual void update(const std::vector<PendingUpdate>& pending) = 0;
 
   std::vector<ParamGroup> groups_;
   std::vector<std::vector<ParamState>> state_;  // [group][param], grown as groups grow
@@ -96,8 +101,7 @@ class SGD : public Optimizer {
 
  private:
   std::vector<std::string> buffer_names() const override;
-  void update(const ParamGroup& group, Tensor& param, const Tensor& grad,
-              ParamState& state) override;
+  void update(const std::vector<PendingUpdate>& pending) override;
 
   SGDOptions options_;
 };
@@ -110,8 +114,7 @@ class AdamW : public Optimizer {
 
  private:
   std::vector<std::string> buffer_names() const override;
-  void update(const ParamGroup& group, Tensor& param, const Tensor& grad,
-              ParamState& state) override;
+  void update(const std::vector<PendingUpdate>& pending) override;
 
   AdamWOptions options_;
 };

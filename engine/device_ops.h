@@ -1,0 +1,137 @@
+// The compute behind the differentiable ops (engine/ops.cpp) and the optimizers (engine/optim.cpp)
+// for one kind of device. ops.cpp validates arguments, makes inputs contiguous, allocates outputs
+// on the inputs' device and records autograd; a DeviceOps only computes, queued on the device's
+// stream. The CPU implementation (engine/cpu_ops.cpp) wraps kernels/cpu; the CUDA one
+// (engine/cuda/cuda_ops.cpp) wraps kernels/cuda and registers itself like the CUDA DeviceBackend.
+//
+// Contract for every method: tensors are contiguous and on this device; outputs are allocated by
+// the caller with the right shape and are overwritten (=), except axpy. Activations (x, y, dy, dx,
+// logits) share one dtype: f32, or bf16 where supports_bf16(); parameters, their gradients,
+// BatchNorm statistics and optimizer state are f32. An undefined Tensor means "absent" where the
+// comment says "may be undefined".
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace dl {
+
+struct ConvArgs {
+  int64_t n = 1, h = 1, w = 1, c_in = 1, c_out = 1;
+  int64_t kh = 1, kw = 1, stride = 1, pad = 0, groups = 1;
+  int64_t h_out() const { return (h + 2 * pad - kh) / stride + 1; }
+  int64_t w_out() const { return (w + 2 * pad - kw) / stride + 1; }
+  bool depthwise() const { return groups == c_in && c_out == c_in; }
+};
+
+struct PoolArgs {
+  int64_t n = 1, h = 1, w = 1, c = 1, k = 2, stride = 2, pad = 0;
+  int64_t h_out() const { return (h + 2 * pad - k) / stride + 1; }
+  int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
+};
+
+// One parameter's AdamW update (PyTorch's formulas; see engine/optim.h). `step` counts this update.
+struct AdamWUpdate {
+  Tensor param, grad, exp_avg, exp_avg_sq;
+  double lr, weight_decay, beta1, beta2, eps;
+  int64_t step;
+};
+
+// One parameter's SGD update. momentum_buffer is undefined without momentum; `first` is true on
+// the parameter's first update (the buffer starts as the gradient).
+struct SGDUpdate {
+  Tensor param, grad, momentum_buffer;
+  double lr, weight_decay, momentum, dampening;
+  bool nesterov, first;
+};
+
+class DeviceOps {
+ public:
+  virtual ~DeviceOps() = default;
+  virtual bool supports_bf16() const = 0;
+
+  // --- elementwise ---
+  virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual void mul(const Tensor& a, const Tensor& b, Tensor& out) = 0;
+  virtual void scale(const Tensor& x, float factor, Tensor& out) = 0;
+  // y += alpha x (y f32 or the activation dtype, like x).
+  virtual void axpy(float alpha, const Tensor& x, Tensor& y) = 0;
+  // out = x * factor[0]; factor is a one-element f32 tensor on this device (read on the device,
+  // so a GPU step need not wait for it).
+  virtual void scale_by(const Tensor& x, const Tensor& factor, Tensor& out) = 0;
+  // Every element of out = value[0] (value: one-element f32 tensor on this device).
+  virtual void fill_with(const Tensor& value, Tensor& out) = 0;
+  virtual void gelu_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  virtual void relu_forward(const Tensor& x, Tensor& y) = 0;
+  virtual void relu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
+  // out (a one-element f32 tensor) = the sum of x's elements.
+  virtual void sum(const Tensor& x, Tensor& out) = 0;
+  // The sum of the squares of x's f32 elements, accumulated in double, returned to the host
+  // (a GPU waits for it).
+  virtual double squared_norm(const Tensor& x) = 0;
+  // out[b, j, i] = in[b, i, j] for `batch` row-major [rows, cols] matrices.
+  virtual void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
+                                 Tensor& out) = 0;
+
+  // --- convolution (x NHWC, weight [c_out, c_in / groups, kh, kw], bias [c_out]) ---
+  // bias may be undefined.
+  virtual void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight,
+                              const Tensor& bias, Tensor& y) = 0;
+  virtual void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
+                                    Tensor& dx) = 0;
+  // dweight and dbias may be undefined (not needed), not both.
+  virtual void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x,
+                                      Tensor& dweight, Tensor& dbias) = 0;
+
+  // --- BatchNorm over the last axis of x, viewed as [rows, c] ---
+  // running_mean / running_var may be undefined (not tracked). Writes save_mean and save_invstd.
+  virtual void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                       float eps, float momentum, Tensor& running_mean,
+                                       Tensor& running_var, Tensor& y, Tensor& save_mean,
+                                       Tensor& save_invstd) = 0;
+  // Also writes save_mean (= running_mean) and save_invstd (= 1 / sqrt(running_var + eps)) for
+  // the backward.
+  virtual void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                      const Tensor& running_mean, const Tensor& running_var,
+                                      float eps, Tensor& y, Tensor& save_mean,
+                                      Tensor& save_invstd) = 0;
+  virtual void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                                  const Tensor& mean, const Tensor& invstd, bool batch_stats,
+                                  Tensor& dx, Tensor& dgamma, Tensor& dbeta) = 0;
+
+  // --- pooling (NHWC) ---
+  virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;    // [n,h,w,c] -> [n,c]
+  virtual void global_avg_pool_backward(const Tensor& dy, Tensor& dx) = 0;  // dx [n,h,w,c]
+  // argmax: i32, the input pixel (ih * w + iw) within its image, -1 for an all-padding window.
+  virtual void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y,
+                                  Tensor& argmax) = 0;
+  virtual void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
+                                   Tensor& dx) = 0;
+
+  // --- linear: x [m, k], weight [n, k], y [m, n] ---
+  // bias may be undefined.
+  virtual void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              Tensor& y) = 0;
+  virtual void linear_backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) = 0;
+  // dweight and dbias may be undefined (not needed), not both.
+  virtual void linear_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dweight,
+                                      Tensor& dbias) = 0;
+
+  // --- loss: logits [n, classes], labels i64 [n] with values in [0, classes) ---
+  // loss (one-element f32) = mean softmax cross-entropy with label smoothing; dlogits = its
+  // gradient for an upstream gradient of 1.
+  virtual void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
+                             Tensor& loss, Tensor& dlogits) = 0;
+
+  // --- optimizers: one call updates every listed parameter in place ---
+  virtual void adamw_update(const std::vector<AdamWUpdate>& updates) = 0;
+  virtual void sgd_update(const std::vector<SGDUpdate>& updates) = 0;
+};
+
+void set_device_ops(DeviceKind kind, DeviceOps* ops);
+// Throws dl::Error when the device has no ops (e.g. CUDA in a CPU-only build, or no GPU).
+DeviceOps& device_ops(Device device);
+
+}  // namespace dl
