@@ -90,7 +90,9 @@ void Module::train(bool on) {
 
 void Module::to(Device device) {
   for (auto& [name, t] : state_dict()) {
-    if (t.device() == device) continue;
+    // Integer buffers are the host's bookkeeping (BatchNorm's num_batches_tracked): they stay in
+    // host memory, so counting a batch never waits for the GPU.
+    if (t.device() == device || t.dtype() == DType::i64) continue;
     const Tensor moved = t.to(device);
     TensorImpl& impl = t.impl();
     impl.storage = moved.impl().storage;
@@ -151,9 +153,7 @@ BatchNorm2d::BatchNorm2d(int64_t channels, float eps, float momentum)
 Tensor BatchNorm2d::forward(const Tensor& x) {
   Tensor y = batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_);
   if (is_training()) {  // counted once the batch was accepted
-    Tensor host_count = num_batches_tracked.to(Device::cpu());
-    ++*host_count.data<int64_t>();
-    num_batches_tracked.copy_(host_count);
+    ++*num_batches_tracked.data<int64_t>();  // in host memory: see Module::to
   }
   return y;
 }

@@ -32,8 +32,8 @@ class Module {
   void train(bool on = true);
   void eval() { train(false); }
   bool is_training() const { return training_; }
-  // Moves parameters and buffers to `device` in place: every handle to them (an optimizer's
-  // too) sees the move.
+  // Moves parameters and floating-point buffers to `device` in place: every handle to them (an
+  // optimizer's too) sees the move. Integer buffers (counters) stay in host memory.
   void to(Device device);
   // Sets every parameter's gradient to undefined.
   void zero_grad();
