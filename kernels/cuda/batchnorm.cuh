@@ -53,6 +53,11 @@ template <class T>
 void batchnorm_backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gamma,
                         const float* mean, const float* invstd, bool batch_stats, T* dx,
                         float* dgamma, float* dbeta, void* workspace, cudaStream_t stream);
+// The invstd that batchnorm_backward takes (with running_mean as its mean) after an evaluation
+// forward: invstd[j] = 1 / sqrt(running_var[j] + eps), computed in fp64 and rounded once, as the
+// CPU path computes it (bit-identical).
+void batchnorm_eval_invstd(const float* running_var, int64_t c, float eps, float* invstd,
+                           cudaStream_t stream);
 
 // The same three with BatchNorm's input GELU(h), computed from the pre-activation h on the fly
 // (rounded to T, as a stored GELU output would be); gelu_batchnorm_backward returns dh, the

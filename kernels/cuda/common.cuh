@@ -51,13 +51,16 @@ constexpr float kInvSqrt2 = 0.70710678118654752440f;
 constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 
 // Exact (erf) GELU and its derivative Phi(x) + x phi(x), as kernels/cpu/elementwise.cpp computes.
+// Every operation is explicitly rounded (no contraction into FMAs that could differ between
+// kernels): the fused BatchNorm kernels recompute GELU(h) in the statistics pass and in the
+// backward, and both must see the same bits (a one-ulp difference shows as a nonzero xhat).
 __device__ __forceinline__ float gelu(float x) {
-  return 0.5f * x * (1.0f + erff(x * kInvSqrt2));
+  return __fmul_rn(__fmul_rn(0.5f, x), __fadd_rn(1.0f, erff(__fmul_rn(x, kInvSqrt2))));
 }
 __device__ __forceinline__ float gelu_grad(float x) {
-  const float cdf = 0.5f * (1.0f + erff(x * kInvSqrt2));
-  const float pdf = kInvSqrt2Pi * expf(-0.5f * x * x);
-  return cdf + x * pdf;
+  const float cdf = __fmul_rn(0.5f, __fadd_rn(1.0f, erff(__fmul_rn(x, kInvSqrt2))));
+  const float pdf = __fmul_rn(kInvSqrt2Pi, expf(__fmul_rn(__fmul_rn(-0.5f, x), x)));
+  return __fadd_rn(cdf, __fmul_rn(x, pdf));
 }
 
 }  // namespace dl::cuda

@@ -1,4 +1,5 @@
-// Elementwise kernels: add/scale/axpy/fill (16-byte vectors), fp32<->bf16, bias add, column sums.
+// Elementwise kernels: add/mul/scale/axpy/fill/ReLU (16-byte vectors), fp32<->bf16, bias add,
+// column sums, batched transpose, whole-array sums (fp64).
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/elementwise.cuh"
@@ -7,17 +8,23 @@ namespace dl::cuda {
 
 namespace {
 
-enum class Op { add, scale, axpy, fill };
+enum class Op { add, mul, scale, axpy, fill, relu, relu_backward };
 
 // The value an Op writes, from a[i], b[i] (when the Op reads them) and alpha.
 template <Op op>
 __device__ __forceinline__ float apply(float a, float b, float alpha) {
   if constexpr (op == Op::add) {
     return a + b;
+  } else if constexpr (op == Op::mul) {
+    return a * b;
   } else if constexpr (op == Op::scale) {
     return alpha * a;
   } else if constexpr (op == Op::axpy) {
     return fmaf(alpha, a, b);
+  } else if constexpr (op == Op::relu) {
+    return a > 0.0f ? a : 0.0f;
+  } else if constexpr (op == Op::relu_backward) {
+    return a > 0.0f ? b : 0.0f;
   } else {
     return alpha;
   }
@@ -27,7 +34,7 @@ __host__ __device__ constexpr bool reads_a(Op op) {
   return op != Op::fill;
 }
 __host__ __device__ constexpr bool reads_b(Op op) {
-  return op == Op::add || op == Op::axpy;
+  return op == Op::add || op == Op::mul || op == Op::axpy || op == Op::relu_backward;
 }
 
 // 4 elements of T (16 bytes of fp32, 8 of bf16): the unit of the conversion kernels.
@@ -52,16 +59,47 @@ int64_t row_blocks(int64_t rows) {
   return blocks < kMaxRowBlocks ? blocks : kMaxRowBlocks;
 }
 
+// transpose_batched: 32 x 32 tiles, 8 row lanes per block.
+constexpr int kTile = 32;
+constexpr int kTileLanes = 8;
+
+// sum and squared_norm: blocks of kReduceBlock threads over contiguous ranges of at least
+// kMinReducePerBlock elements, at most kMaxReduceBlocks of them.
+constexpr int kReduceBlock = 256;
+constexpr int64_t kMinReducePerBlock = 4096;
+constexpr int64_t kMaxReduceBlocks = 1024;
+
+int64_t reduce_blocks(int64_t n) {
+  const int64_t blocks = ceil_div(n, kMinReducePerBlock);
+  return blocks < 1 ? 1 : blocks < kMaxReduceBlocks ? blocks : kMaxReduceBlocks;
+}
+
+// The sum of every thread's v over a block of kReduceBlock threads, in a fixed tree order; valid
+// in thread 0.
+__device__ double block_sum(double v) {
+  __shared__ double s_sum[kReduceBlock];
+  s_sum[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kReduceBlock / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) s_sum[threadIdx.x] += s_sum[threadIdx.x + half];
+    __syncthreads();
+  }
+  return s_sum[0];
+}
+
 // ----------------------------------------------------------------------------------------------
 // CUDA kernels
 
-// out[i] = apply<op>(a[i], b[i], alpha) over n elements. With `vec`, thread t < n / V handles the
+// out[i] = apply<op>(a[i], b[i], alpha) over n elements, alpha being *alpha_ptr when alpha_ptr is
+// non-null (a device scalar) and alpha_value otherwise. With `vec`, thread t < n / V handles the
 // 16-byte pack t (V = 16 / sizeof(T)) and the next n % V threads the scalar tail; otherwise
 // thread t handles element t. Moves (reads + 1) n sizeof(T) bytes, where reads is 0 (fill),
-// 1 (scale) or 2 (add, axpy); 1 or 2 FLOPs per element.
+// 1 (scale, relu) or 2 (add, mul, axpy, relu_backward); at most 2 FLOPs per element.
 template <class T, Op op>
-__global__ void map_kernel(const T* a, const T* b, T* out, float alpha, int64_t n, bool vec) {
+__global__ void map_kernel(const T* a, const T* b, T* out, float alpha_value,
+                           const float* alpha_ptr, int64_t n, bool vec) {
   using P = Pack16<T>;
+  const float alpha = alpha_ptr != nullptr ? *alpha_ptr : alpha_value;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t packs = vec ? n / P::size : 0;
   if (t < packs) {
@@ -153,13 +191,69 @@ __global__ void sum_partials_kernel(const float* partials, int64_t blocks, int64
   out[c] = sum;
 }
 
+// out[b, j, i] = in[b, i, j]: block (blockIdx.x) transposes one 32 x 32 tile of every matrix
+// b = blockIdx.y, blockIdx.y + gridDim.y, ... through shared memory, so that both the reads of in
+// and the writes of out are 32-element row segments (coalesced); the extra column keeps the
+// column reads free of bank conflicts (fp32). Moves 2 batch rows cols sizeof(T) bytes; no FLOPs.
+template <class T>
+__global__ void __launch_bounds__(kTile* kTileLanes)
+    transpose_kernel(const T* in, int64_t batch, int64_t rows, int64_t cols, int64_t col_tiles,
+                     T* out) {
+  __shared__ T tile[kTile][kTile + 1];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t i0 = blockIdx.x / col_tiles * kTile, j0 = blockIdx.x % col_tiles * kTile;
+  for (int64_t b = blockIdx.y; b < batch; b += gridDim.y) {
+    const T* src = in + b * rows * cols;
+    T* dst = out + b * rows * cols;
+    for (int r = ty; r < kTile; r += kTileLanes) {
+      if (i0 + r < rows && j0 + tx < cols) tile[r][tx] = src[(i0 + r) * cols + j0 + tx];
+    }
+    __syncthreads();
+    for (int r = ty; r < kTile; r += kTileLanes) {
+      if (j0 + r < cols && i0 + tx < rows) dst[(j0 + r) * rows + i0 + tx] = tile[tx][r];
+    }
+    __syncthreads();
+  }
+}
+
+// partials[blockIdx.x] = the sum of x[i] (x[i]^2 with `square`) over the block's range
+// [blockIdx.x per_block, + per_block) of the n elements, in fp64: thread t adds elements t,
+// t + 256, ... of the range (coalesced loads), then block_sum adds the threads' sums. Reads
+// n sizeof(T) bytes over the grid; 1 (2) FLOPs per element.
+template <class T, bool square>
+__global__ void __launch_bounds__(kReduceBlock)
+    reduce_partial_kernel(const T* x, int64_t n, int64_t per_block, double* partials) {
+  const int64_t begin = blockIdx.x * per_block;
+  const int64_t end = begin + per_block < n ? begin + per_block : n;
+  double sum = 0.0;
+#pragma unroll 4
+  for (int64_t i = begin + threadIdx.x; i < end; i += kReduceBlock) {
+    const double v = to_float(x[i]);
+    sum += square ? v * v : v;
+  }
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+// out[0] = the sum of partials[0, blocks), in a fixed order (one block), converted to Out.
+// Reads 8 blocks bytes.
+template <class Out>
+__global__ void __launch_bounds__(kReduceBlock)
+    reduce_final_kernel(const double* partials, int64_t blocks, Out* out) {
+  double sum = 0.0;
+  for (int64_t b = threadIdx.x; b < blocks; b += kReduceBlock) sum += partials[b];
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) out[0] = static_cast<Out>(sum);
+}
+
 // ----------------------------------------------------------------------------------------------
 // kernel launchers
 
 constexpr int kBlock = 256;
 
 template <class T, Op op>
-void launch_map(const T* a, const T* b, T* out, float alpha, int64_t n, cudaStream_t stream) {
+void launch_map(const T* a, const T* b, T* out, float alpha, const float* alpha_ptr, int64_t n,
+                cudaStream_t stream) {
   DL_CUDA_REQUIRE(n >= 0, "negative element count");
   if (n == 0) return;
   const bool vec =
@@ -167,7 +261,25 @@ void launch_map(const T* a, const T* b, T* out, float alpha, int64_t n, cudaStre
   constexpr int pack = Pack16<T>::size;
   const int64_t threads = vec ? n / pack + n % pack : n;
   map_kernel<T, op><<<static_cast<unsigned>(ceil_div(threads, kBlock)), kBlock, 0, stream>>>(
-      a, b, out, alpha, n, vec);
+      a, b, out, alpha, alpha_ptr, n, vec);
+  DL_CUDA_CHECK_LAUNCH();
+}
+
+template <class T, bool square, class Out>
+void launch_reduce(const T* x, int64_t n, Out* out, void* workspace, cudaStream_t stream) {
+  DL_CUDA_REQUIRE(n >= 0, "negative element count");
+  DL_CUDA_REQUIRE(out != nullptr, "out is null");
+  if (n == 0) {
+    DL_CUDA_CHECK(cudaMemsetAsync(out, 0, sizeof(Out), stream));
+    return;
+  }
+  DL_CUDA_REQUIRE(x != nullptr && workspace != nullptr, "x and the workspace are needed");
+  const int64_t blocks = reduce_blocks(n);
+  auto* partials = static_cast<double*>(workspace);
+  reduce_partial_kernel<T, square><<<static_cast<unsigned>(blocks), kReduceBlock, 0, stream>>>(
+      x, n, ceil_div(n, blocks), partials);
+  DL_CUDA_CHECK_LAUNCH();
+  reduce_final_kernel<Out><<<1, kReduceBlock, 0, stream>>>(partials, blocks, out);
   DL_CUDA_CHECK_LAUNCH();
 }
 
@@ -186,22 +298,49 @@ void launch_convert(const TIn* x, TOut* y, int64_t n, cudaStream_t stream) {
 
 template <class T>
 void add(const T* a, const T* b, T* out, int64_t n, cudaStream_t stream) {
-  launch_map<T, Op::add>(a, b, out, 0.0f, n, stream);
+  launch_map<T, Op::add>(a, b, out, 0.0f, nullptr, n, stream);
+}
+
+template <class T>
+void mul(const T* a, const T* b, T* out, int64_t n, cudaStream_t stream) {
+  launch_map<T, Op::mul>(a, b, out, 0.0f, nullptr, n, stream);
 }
 
 template <class T>
 void scale(const T* x, float alpha, T* out, int64_t n, cudaStream_t stream) {
-  launch_map<T, Op::scale>(x, nullptr, out, alpha, n, stream);
+  launch_map<T, Op::scale>(x, nullptr, out, alpha, nullptr, n, stream);
+}
+
+template <class T>
+void scale_by(const T* x, const float* factor, T* out, int64_t n, cudaStream_t stream) {
+  DL_CUDA_REQUIRE(factor != nullptr || n == 0, "factor is null");
+  launch_map<T, Op::scale>(x, nullptr, out, 0.0f, factor, n, stream);
 }
 
 template <class T>
 void axpy(float alpha, const T* x, T* y, int64_t n, cudaStream_t stream) {
-  launch_map<T, Op::axpy>(x, y, y, alpha, n, stream);
+  launch_map<T, Op::axpy>(x, y, y, alpha, nullptr, n, stream);
 }
 
 template <class T>
 void fill(T* out, float value, int64_t n, cudaStream_t stream) {
-  launch_map<T, Op::fill>(nullptr, nullptr, out, value, n, stream);
+  launch_map<T, Op::fill>(nullptr, nullptr, out, value, nullptr, n, stream);
+}
+
+template <class T>
+void fill_with(T* out, const float* value, int64_t n, cudaStream_t stream) {
+  DL_CUDA_REQUIRE(value != nullptr || n == 0, "value is null");
+  launch_map<T, Op::fill>(nullptr, nullptr, out, 0.0f, value, n, stream);
+}
+
+template <class T>
+void relu_forward(const T* x, T* y, int64_t n, cudaStream_t stream) {
+  launch_map<T, Op::relu>(x, nullptr, y, 0.0f, nullptr, n, stream);
+}
+
+template <class T>
+void relu_backward(const T* x, const T* dy, T* dx, int64_t n, cudaStream_t stream) {
+  launch_map<T, Op::relu_backward>(x, dy, dx, 0.0f, nullptr, n, stream);
 }
 
 void convert(const float* x, __nv_bfloat16* y, int64_t n, cudaStream_t stream) {
@@ -251,13 +390,48 @@ void sum_rows(const T* x, int64_t rows, int64_t cols, float* out, void* workspac
   DL_CUDA_CHECK_LAUNCH();
 }
 
-#define DL_INSTANTIATE_ELEMENTWISE(T)                                          \
-  template void add<T>(const T*, const T*, T*, int64_t, cudaStream_t);         \
-  template void scale<T>(const T*, float, T*, int64_t, cudaStream_t);          \
-  template void axpy<T>(float, const T*, T*, int64_t, cudaStream_t);           \
-  template void fill<T>(T*, float, int64_t, cudaStream_t);                     \
-  template void add_bias<T>(T*, const float*, int64_t, int64_t, cudaStream_t); \
-  template void sum_rows<T>(const T*, int64_t, int64_t, float*, void*, cudaStream_t);
+template <class T>
+void transpose_batched(const T* in, int64_t batch, int64_t rows, int64_t cols, T* out,
+                       cudaStream_t stream) {
+  DL_CUDA_REQUIRE(batch >= 0 && rows >= 0 && cols >= 0, "negative size");
+  if (batch == 0 || rows == 0 || cols == 0) return;
+  DL_CUDA_REQUIRE(in != nullptr && out != nullptr && in != out, "null or aliased matrices");
+  const int64_t col_tiles = ceil_div(cols, kTile), tiles = ceil_div(rows, kTile) * col_tiles;
+  DL_CUDA_REQUIRE(tiles <= INT32_MAX, "matrices too large for one launch");
+  const dim3 grid(static_cast<unsigned>(tiles),
+                  static_cast<unsigned>(batch < 65535 ? batch : 65535));
+  transpose_kernel<T>
+      <<<grid, dim3(kTile, kTileLanes), 0, stream>>>(in, batch, rows, cols, col_tiles, out);
+  DL_CUDA_CHECK_LAUNCH();
+}
+
+size_t reduce_workspace_bytes(int64_t n) {
+  return static_cast<size_t>(reduce_blocks(n)) * sizeof(double);
+}
+
+template <class T>
+void sum(const T* x, int64_t n, float* out, void* workspace, cudaStream_t stream) {
+  launch_reduce<T, false>(x, n, out, workspace, stream);
+}
+
+void squared_norm(const float* x, int64_t n, double* out, void* workspace, cudaStream_t stream) {
+  launch_reduce<float, true>(x, n, out, workspace, stream);
+}
+
+#define DL_INSTANTIATE_ELEMENTWISE(T)                                                        \
+  template void add<T>(const T*, const T*, T*, int64_t, cudaStream_t);                       \
+  template void mul<T>(const T*, const T*, T*, int64_t, cudaStream_t);                       \
+  template void scale<T>(const T*, float, T*, int64_t, cudaStream_t);                        \
+  template void scale_by<T>(const T*, const float*, T*, int64_t, cudaStream_t);              \
+  template void axpy<T>(float, const T*, T*, int64_t, cudaStream_t);                         \
+  template void fill<T>(T*, float, int64_t, cudaStream_t);                                   \
+  template void fill_with<T>(T*, const float*, int64_t, cudaStream_t);                       \
+  template void relu_forward<T>(const T*, T*, int64_t, cudaStream_t);                        \
+  template void relu_backward<T>(const T*, const T*, T*, int64_t, cudaStream_t);             \
+  template void add_bias<T>(T*, const float*, int64_t, int64_t, cudaStream_t);               \
+  template void sum_rows<T>(const T*, int64_t, int64_t, float*, void*, cudaStream_t);        \
+  template void transpose_batched<T>(const T*, int64_t, int64_t, int64_t, T*, cudaStream_t); \
+  template void sum<T>(const T*, int64_t, float*, void*, cudaStream_t);
 DL_INSTANTIATE_ELEMENTWISE(float)
 DL_INSTANTIATE_ELEMENTWISE(__nv_bfloat16)
 #undef DL_INSTANTIATE_ELEMENTWISE

@@ -1,8 +1,10 @@
-// Elementwise kernels on the GPU: add, scale, axpy and fill over n contiguous elements, conversion
-// between fp32 and bf16, and two row-vector helpers over a row-major [rows, cols] matrix (a bias
-// added to every row, the column sums). The semantics of kernels/cpu/elementwise.h; T is float or
-// __nv_bfloat16 (storage; arithmetic in fp32). Gradient rule: outputs are overwritten (=), except
-// axpy and add_bias, which update their output by definition. All work is queued on `stream`.
+// Elementwise kernels on the GPU: add, mul, scale, axpy, fill and ReLU over n contiguous elements
+// (scale and fill also with their scalar in device memory), conversion between fp32 and bf16, two
+// row-vector helpers over a row-major [rows, cols] matrix (a bias added to every row, the column
+// sums), a batched transpose, and the sum and squared norm of a whole array. The semantics of
+// kernels/cpu/elementwise.h; T is float or __nv_bfloat16 (storage; arithmetic in fp32, sums in
+// fp32 or fp64 as stated). Gradient rule: outputs are overwritten (=), except axpy and add_bias,
+// which update their output by definition. All work is queued on `stream`.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
@@ -15,15 +17,31 @@ namespace dl::cuda {
 // out = a + b. out may alias a or b.
 template <class T>
 void add(const T* a, const T* b, T* out, int64_t n, cudaStream_t stream);
+// out = a * b. out may alias a or b.
+template <class T>
+void mul(const T* a, const T* b, T* out, int64_t n, cudaStream_t stream);
 // out = alpha * x. out may alias x.
 template <class T>
 void scale(const T* x, float alpha, T* out, int64_t n, cudaStream_t stream);
+// out = factor[0] * x, where factor is one fp32 value in device memory, read by the kernel (so
+// the host never waits for it). out may alias x.
+template <class T>
+void scale_by(const T* x, const float* factor, T* out, int64_t n, cudaStream_t stream);
 // y += alpha * x, with one rounding (fused multiply-add).
 template <class T>
 void axpy(float alpha, const T* x, T* y, int64_t n, cudaStream_t stream);
 // out = value (rounded to T).
 template <class T>
 void fill(T* out, float value, int64_t n, cudaStream_t stream);
+// out = value[0] (rounded to T), where value is one fp32 value in device memory.
+template <class T>
+void fill_with(T* out, const float* value, int64_t n, cudaStream_t stream);
+// y = x > 0 ? x : 0 (a NaN gives 0, as on the CPU). y may alias x.
+template <class T>
+void relu_forward(const T* x, T* y, int64_t n, cudaStream_t stream);
+// dx = x > 0 ? dy : 0. dx may alias dy.
+template <class T>
+void relu_backward(const T* x, const T* dy, T* dx, int64_t n, cudaStream_t stream);
 
 // y = x rounded to bf16 (round to nearest even, as dl::bf16::from_float does on the host).
 void convert(const float* x, __nv_bfloat16* y, int64_t n, cudaStream_t stream);
@@ -42,5 +60,22 @@ size_t sum_rows_workspace_bytes(int64_t rows, int64_t cols);
 template <class T>
 void sum_rows(const T* x, int64_t rows, int64_t cols, float* out, void* workspace,
               cudaStream_t stream);
+
+// out[b, j, i] = in[b, i, j] for `batch` row-major [rows, cols] matrices stored one after another
+// (e.g. NHWC -> NCHW with rows = H*W, cols = C). Bits are copied unchanged. out must not alias in.
+template <class T>
+void transpose_batched(const T* in, int64_t batch, int64_t rows, int64_t cols, T* out,
+                       cudaStream_t stream);
+
+// Bytes of workspace that sum and squared_norm need for n elements (at least 8). Any contents;
+// 8-byte aligned.
+size_t reduce_workspace_bytes(int64_t n);
+// out[0] = the sum of x's n elements, accumulated in fp64 (as the CPU's sum) and rounded once.
+// Deterministic, without atomics: per-block partials go to the workspace and a second kernel adds
+// them in a fixed order; the split depends only on n.
+template <class T>
+void sum(const T* x, int64_t n, float* out, void* workspace, cudaStream_t stream);
+// out[0] = the sum of x[i]^2 over n fp32 elements, in fp64 (e.g. a gradient norm), the same way.
+void squared_norm(const float* x, int64_t n, double* out, void* workspace, cudaStream_t stream);
 
 }  // namespace dl::cuda

@@ -1,0 +1,663 @@
+// The CUDA DeviceOps: each op of engine/device_ops.h as kernels/cuda launches (hand-written
+// kernels, cuBLASLt GEMMs, cuDNN convolutions) queued on dl::cuda::stream(). Activations are fp32
+// or bf16 (one template instance per type); parameters, their gradients, BatchNorm statistics and
+// optimizer state are fp32.
+//
+// Registered for DeviceKind::cuda before main when the machine has a CUDA device, the way
+// cuda_backend.cpp registers the DeviceBackend (engine/CMakeLists.txt keeps this object linked).
+// Nothing touches the GPU until the first op: the cuBLASLt handle, its 32 MiB workspace and the
+// GEMM and convolution plans are created on first use. Other workspaces come from the caching
+// allocator per call and go back as soon as their kernels are queued (its reuse is stream-ordered,
+// see cuda_backend.h), so a steady-state training step makes no cudaMalloc. Not thread-safe, like
+// LtGemm and CudnnConv2d: the engine's ops run on one thread.
+//
+// Ops that wait for the GPU: squared_norm (returns a host value) and cross_entropy (reads back
+// the bad-label flag). The rest only queue work.
+#include "engine/cuda/cuda_ops.h"
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <memory>
+#include <type_traits>
+#include <vector>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/device_ops.h"
+#include "engine/error.h"
+#include "kernels/cuda/batchnorm.cuh"
+#include "kernels/cuda/check.h"
+#include "kernels/cuda/cudnn_conv.cuh"
+#include "kernels/cuda/depthwise_conv.cuh"
+#include "kernels/cuda/elementwise.cuh"
+#include "kernels/cuda/gelu.cuh"
+#include "kernels/cuda/gemm.cuh"
+#include "kernels/cuda/loss.cuh"
+#include "kernels/cuda/optimizer.cuh"
+#include "kernels/cuda/pool.cuh"
+
+namespace dl::cuda {
+
+namespace {
+std::atomic<bool> tf32_allowed{false};
+}  // namespace
+
+void set_allow_tf32(bool allow) {
+  tf32_allowed = allow;
+}
+
+bool allow_tf32() {
+  return tf32_allowed;
+}
+
+}  // namespace dl::cuda
+
+namespace dl {
+namespace {
+
+using nv_bf16 = __nv_bfloat16;
+static_assert(sizeof(bf16) == sizeof(nv_bf16), "dl::bf16 and __nv_bfloat16 share one layout");
+
+// The tensor's data as T on the device (checking the dtype); null for an undefined tensor.
+// bf16 tensors hold dl::bf16, which the kernels see as __nv_bfloat16 (the same 16 bits).
+template <class T>
+T* ptr(const Tensor& t) {
+  if (!t.defined()) return nullptr;
+  if constexpr (std::is_same_v<T, nv_bf16>) {
+    return reinterpret_cast<nv_bf16*>(t.data<bf16>());
+  } else {
+    return t.data<T>();
+  }
+}
+
+// Calls f.template operator()<T>() with T = float or __nv_bfloat16 for an F32 or BF16 activation
+// dtype; throws for any other.
+template <class F>
+void dispatch_float(const char* op, DType dtype, F&& f) {
+  switch (dtype) {
+    case DType::f32:
+      f.template operator()<float>();
+      return;
+    case DType::bf16:
+      f.template operator()<nv_bf16>();
+      return;
+    default:
+      throw Error(detail::concat(op, ": the CUDA ops take F32 or BF16 activations, got ",
+                                 dtype_name(dtype)));
+  }
+}
+
+// Device memory from the caching allocator, given back when the object is destroyed. Per-call
+// workspaces are freed right after their kernels are queued, which the allocator's stream-ordered
+// reuse makes safe. reserve() grows memory kept across calls.
+class DeviceMemory {
+ public:
+  DeviceMemory() = default;
+  explicit DeviceMemory(size_t bytes) { reserve(bytes); }
+  ~DeviceMemory() { cuda::deallocate(ptr_, bytes_); }
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+  // At least `bytes` bytes; the contents are lost when it grows.
+  void reserve(size_t bytes) {
+    if (bytes <= bytes_) return;
+    cuda::deallocate(ptr_, bytes_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    ptr_ = cuda::allocate(bytes);
+    bytes_ = bytes;
+  }
+  void* get() const { return ptr_; }
+  template <class T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+template <class T>
+constexpr cuda::GemmType gemm_type() {
+  return std::is_same_v<T, float> ? cuda::GemmType::f32 : cuda::GemmType::bf16;
+}
+
+// An fp32 parameter (a weight or a bias; may be undefined) as a GEMM operand next to activations
+// of type T: the tensor itself for fp32; for bf16 a copy rounded to bf16 in per-call scratch,
+// since cuBLASLt multiplies operands of one type and a bf16 output takes a bf16 bias.
+template <class T>
+class GemmParam {
+ public:
+  explicit GemmParam(const Tensor& p) {
+    if constexpr (std::is_same_v<T, float>) {
+      ptr_ = ptr<float>(p);
+    } else if (p.defined()) {
+      copy_.reserve(static_cast<size_t>(p.numel()) * sizeof(nv_bf16));
+      cuda::convert(ptr<float>(p), copy_.as<nv_bf16>(), p.numel(), cuda::stream());
+      ptr_ = copy_.get();
+    }
+  }
+  const void* get() const { return ptr_; }
+
+ private:
+  DeviceMemory copy_;
+  const void* ptr_ = nullptr;
+};
+
+// dbias[c] = the sum of dy's rows, for a backward_weight asked for the bias gradient only.
+template <class T>
+void bias_grad(const T* dy, int64_t rows, int64_t cols, Tensor& dbias) {
+  DeviceMemory workspace(cuda::sum_rows_workspace_bytes(rows, cols));
+  cuda::sum_rows(dy, rows, cols, ptr<float>(dbias), workspace.get(), cuda::stream());
+}
+
+void check_weight_grads(const char* op, const Tensor& dweight, const Tensor& dbias) {
+  DL_CHECK(dweight.defined() || dbias.defined(), op,
+           ": neither the weight nor the bias gradient is wanted");
+}
+
+// Which kernel runs a convolution.
+enum class ConvPath { depthwise, pointwise, cudnn };
+
+ConvPath conv_path(const ConvArgs& s) {
+  if (s.depthwise() && s.stride == 1 && s.kh == s.kw && s.kh % 2 == 1 && s.kh >= 3 && s.kh <= 9 &&
+      s.pad == s.kh / 2)
+    return ConvPath::depthwise;
+  if (s.kh == 1 && s.kw == 1 && s.stride == 1 && s.pad == 0 && s.groups == 1)
+    return ConvPath::pointwise;
+  DL_CHECK(s.groups == 1, "conv2d: no CUDA kernel for groups = ", s.groups, " (c_in ", s.c_in,
+           ", c_out ", s.c_out, ", kernel ", s.kh, "x", s.kw, ", stride ", s.stride, ", padding ",
+           s.pad,
+           "). The CUDA path runs depthwise convolutions (groups = c_in = c_out) with "
+           "stride 1, an odd square kernel of 3 to 9 and padding kernel / 2, and groups = 1 "
+           "convolutions; use --device cpu for others");
+  return ConvPath::cudnn;
+}
+
+cuda::DepthwiseShape depthwise_shape(const ConvArgs& s) {
+  return {.n = s.n, .h = s.h, .w = s.w, .c = s.c_in, .k = s.kh};
+}
+
+cuda::ConvShape cudnn_shape(const ConvArgs& s) {
+  return {.n = s.n,
+          .h = s.h,
+          .w = s.w,
+          .c_in = s.c_in,
+          .c_out = s.c_out,
+          .kh = s.kh,
+          .kw = s.kw,
+          .stride = s.stride,
+          .pad = s.pad};
+}
+
+cuda::Pool2dShape pool_shape(const PoolArgs& s) {
+  return {.n = s.n, .h = s.h, .w = s.w, .c = s.c, .k = s.k, .stride = s.stride, .pad = s.pad};
+}
+
+bool same_tensors(const std::vector<cuda::OptimTensor>& a,
+                  const std::vector<cuda::OptimTensor>& b) {
+  const auto same = [](const cuda::OptimTensor& x, const cuda::OptimTensor& y) {
+    return x.param == y.param && x.grad == y.grad && x.state0 == y.state0 && x.state1 == y.state1 &&
+           x.param_bf16 == y.param_bf16 && x.numel == y.numel && x.hyper == y.hyper;
+  };
+  return std::equal(a.begin(), a.end(), b.begin(), b.end(), same);
+}
+
+// h's index in `hyper`, appended when new. Compared bit for bit (the kernels see bits); neither
+// hyper struct has padding.
+template <class Hyper>
+int32_t hyper_index(std::vector<Hyper>& hyper, const Hyper& h) {
+  static_assert(sizeof(cuda::AdamWHyper) == 8 * sizeof(float) &&
+                sizeof(cuda::SGDHyper) == 6 * sizeof(float));
+  for (size_t i = 0; i < hyper.size(); ++i)
+    if (std::memcmp(&hyper[i], &h, sizeof h) == 0) return static_cast<int32_t>(i);
+  hyper.push_back(h);
+  return static_cast<int32_t>(hyper.size() - 1);
+}
+
+// One multi-tensor optimizer step (kernels/cuda/optimizer.cuh). The device chunk array is rebuilt
+// only when the tensors (every pointer, size and hyper index) differ from the previous call's;
+// otherwise a call copies just its hyper-parameter array. Both copies leave from pinned staging
+// memory, so they stay asynchronous; the `staged_` event marks when the last copy has read it,
+// and the next call waits for that (normally long past) before writing it again.
+template <class Hyper>
+class MultiTensorStep {
+ public:
+  using Launch = void (*)(const cuda::OptimChunk*, int64_t, const Hyper*, cudaStream_t);
+
+  void run(const std::vector<cuda::OptimTensor>& tensors, const std::vector<Hyper>& hyper,
+           Launch launch) {
+    const cudaStream_t stream = cuda::stream();
+    const bool rebuild = !same_tensors(tensors, tensors_);
+    std::vector<cuda::OptimChunk> chunks;
+    if (rebuild) chunks = cuda::make_optim_chunks(tensors);
+    const size_t hyper_bytes = hyper.size() * sizeof(Hyper);
+    const size_t chunks_offset = (hyper_bytes + 15) / 16 * 16;
+    const size_t chunk_bytes = chunks.size() * sizeof(cuda::OptimChunk);
+
+    if (staged_ == nullptr) {
+      DL_CUDA_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
+    } else {
+      DL_CUDA_CHECK(cudaEventSynchronize(staged_));
+    }
+    if (staging_.bytes() < chunks_offset + chunk_bytes)
+      staging_ = cuda::PinnedBuffer(chunks_offset + chunk_bytes);
+    auto* staging = static_cast<char*>(staging_.data());
+    std::memcpy(staging, hyper.data(), hyper_bytes);
+    hyper_.reserve(hyper_bytes);
+    DL_CUDA_CHECK(
+        cudaMemcpyAsync(hyper_.get(), staging, hyper_bytes, cudaMemcpyHostToDevice, stream));
+    if (rebuild) {
+      std::memcpy(staging + chunks_offset, chunks.data(), chunk_bytes);
+      chunks_.reserve(chunk_bytes);
+      DL_CUDA_CHECK(cudaMemcpyAsync(chunks_.get(), staging + chunks_offset, chunk_bytes,
+                                    cudaMemcpyHostToDevice, stream));
+      tensors_ = tensors;
+      num_chunks_ = static_cast<int64_t>(chunks.size());
+    }
+    DL_CUDA_CHECK(cudaEventRecord(staged_, stream));
+    launch(chunks_.as<cuda::OptimChunk>(), num_chunks_, hyper_.as<Hyper>(), stream);
+  }
+
+ private:
+  std::vector<cuda::OptimTensor> tensors_;  // the tensors that chunks_ describes
+  DeviceMemory chunks_;
+  int64_t num_chunks_ = 0;
+  DeviceMemory hyper_;
+  cuda::PinnedBuffer staging_;
+  cudaEvent_t staged_ = nullptr;
+};
+
+class CudaOps final : public DeviceOps {
+ public:
+  bool supports_bf16() const override { return true; }
+
+  // --- elementwise ---
+
+  void add(const Tensor& a, const Tensor& b, Tensor& out) override {
+    dispatch_float("add", out.dtype(), [&]<class T>() {
+      cuda::add(ptr<T>(a), ptr<T>(b), ptr<T>(out), out.numel(), cuda::stream());
+    });
+  }
+  void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
+    dispatch_float("mul", out.dtype(), [&]<class T>() {
+      cuda::mul(ptr<T>(a), ptr<T>(b), ptr<T>(out), out.numel(), cuda::stream());
+    });
+  }
+  void scale(const Tensor& x, float factor, Tensor& out) override {
+    dispatch_float("scale", out.dtype(), [&]<class T>() {
+      cuda::scale(ptr<T>(x), factor, ptr<T>(out), out.numel(), cuda::stream());
+    });
+  }
+  void axpy(float alpha, const Tensor& x, Tensor& y) override {
+    dispatch_float("axpy", y.dtype(), [&]<class T>() {
+      cuda::axpy(alpha, ptr<T>(x), ptr<T>(y), y.numel(), cuda::stream());
+    });
+  }
+  void scale_by(const Tensor& x, const Tensor& factor, Tensor& out) override {
+    dispatch_float("scale_by", out.dtype(), [&]<class T>() {
+      cuda::scale_by(ptr<T>(x), ptr<float>(factor), ptr<T>(out), out.numel(), cuda::stream());
+    });
+  }
+  void fill_with(const Tensor& value, Tensor& out) override {
+    dispatch_float("fill_with", out.dtype(), [&]<class T>() {
+      cuda::fill_with(ptr<T>(out), ptr<float>(value), out.numel(), cuda::stream());
+    });
+  }
+  void gelu_forward(const Tensor& x, Tensor& y) override {
+    dispatch_float("gelu", y.dtype(), [&]<class T>() {
+      cuda::gelu_forward(ptr<T>(x), ptr<T>(y), y.numel(), cuda::stream());
+    });
+  }
+  void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) override {
+    dispatch_float("gelu backward", dx.dtype(), [&]<class T>() {
+      cuda::gelu_backward(ptr<T>(x), ptr<T>(dy), ptr<T>(dx), dx.numel(), cuda::stream());
+    });
+  }
+  void relu_forward(const Tensor& x, Tensor& y) override {
+    dispatch_float("relu", y.dtype(), [&]<class T>() {
+      cuda::relu_forward(ptr<T>(x), ptr<T>(y), y.numel(), cuda::stream());
+    });
+  }
+  void relu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) override {
+    dispatch_float("relu backward", dx.dtype(), [&]<class T>() {
+      cuda::relu_backward(ptr<T>(x), ptr<T>(dy), ptr<T>(dx), dx.numel(), cuda::stream());
+    });
+  }
+  void sum(const Tensor& x, Tensor& out) override {
+    dispatch_float("sum", x.dtype(), [&]<class T>() {
+      DeviceMemory workspace(cuda::reduce_workspace_bytes(x.numel()));
+      cuda::sum(ptr<T>(x), x.numel(), ptr<float>(out), workspace.get(), cuda::stream());
+    });
+  }
+  double squared_norm(const Tensor& x) override {
+    DeviceMemory workspace(cuda::reduce_workspace_bytes(x.numel())), result(sizeof(double));
+    cuda::squared_norm(ptr<float>(x), x.numel(), result.as<double>(), workspace.get(),
+                       cuda::stream());
+    double norm = 0.0;
+    DL_CUDA_CHECK(
+        cudaMemcpyAsync(&norm, result.get(), sizeof norm, cudaMemcpyDeviceToHost, cuda::stream()));
+    cuda::synchronize();
+    return norm;
+  }
+  void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
+                         Tensor& out) override {
+    dispatch_float("transpose", in.dtype(), [&]<class T>() {
+      cuda::transpose_batched(ptr<T>(in), batch, rows, cols, ptr<T>(out), cuda::stream());
+    });
+  }
+
+  // --- convolution: our depthwise kernels, a cuBLASLt GEMM for 1x1, cuDNN for the rest ---
+
+  void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
+                      Tensor& y) override {
+    dispatch_float("conv2d", x.dtype(), [&]<class T>() {
+      switch (conv_path(s)) {
+        case ConvPath::depthwise:
+          cuda::depthwise_conv_forward(depthwise_shape(s), ptr<T>(x), ptr<float>(weight),
+                                       ptr<float>(bias), ptr<T>(y), cuda::stream());
+          return;
+        case ConvPath::pointwise:
+          gemm_forward<T>(x, weight, bias, y, s.n * s.h * s.w, s.c_out, s.c_in);
+          return;
+        case ConvPath::cudnn: {
+          cuda::CudnnConv2d& conv = cudnn_conv();
+          const cuda::ConvShape cs = cudnn_shape(s);
+          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
+          conv.forward(cs, ptr<T>(x), ptr<float>(weight), ptr<float>(bias), ptr<T>(y),
+                       workspace.get(), workspace.bytes(), cuda::stream());
+          return;
+        }
+      }
+    });
+  }
+  void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
+                            Tensor& dx) override {
+    dispatch_float("conv2d backward", dy.dtype(), [&]<class T>() {
+      switch (conv_path(s)) {
+        case ConvPath::depthwise:
+          cuda::depthwise_conv_backward_data(depthwise_shape(s), ptr<T>(dy), ptr<float>(weight),
+                                             ptr<T>(dx), cuda::stream());
+          return;
+        case ConvPath::pointwise:
+          gemm_backward_data<T>(dy, weight, dx, s.n * s.h * s.w, s.c_out, s.c_in);
+          return;
+        case ConvPath::cudnn: {
+          cuda::CudnnConv2d& conv = cudnn_conv();
+          const cuda::ConvShape cs = cudnn_shape(s);
+          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
+          conv.backward_data(cs, ptr<T>(dy), ptr<float>(weight), ptr<T>(dx), workspace.get(),
+                             workspace.bytes(), cuda::stream());
+          return;
+        }
+      }
+    });
+  }
+  void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
+                              Tensor& dbias) override {
+    check_weight_grads("conv2d backward", dweight, dbias);
+    dispatch_float("conv2d backward", dy.dtype(), [&]<class T>() {
+      const ConvPath path = conv_path(s);
+      if (!dweight.defined()) {
+        bias_grad(ptr<T>(dy), dy.numel() / s.c_out, s.c_out, dbias);
+        return;
+      }
+      switch (path) {
+        case ConvPath::depthwise: {
+          const cuda::DepthwiseShape ds = depthwise_shape(s);
+          DeviceMemory workspace(cuda::depthwise_conv_backward_weight_workspace_bytes(ds));
+          cuda::depthwise_conv_backward_weight(ds, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight),
+                                               ptr<float>(dbias), workspace.get(), cuda::stream());
+          return;
+        }
+        case ConvPath::pointwise:
+          gemm_backward_weight<T>(dy, x, dweight, dbias, s.n * s.h * s.w, s.c_out, s.c_in);
+          return;
+        case ConvPath::cudnn: {
+          cuda::CudnnConv2d& conv = cudnn_conv();
+          const cuda::ConvShape cs = cudnn_shape(s);
+          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
+          conv.backward_filter(cs, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight), ptr<float>(dbias),
+                               workspace.get(), workspace.bytes(), cuda::stream());
+          return;
+        }
+      }
+    });
+  }
+
+  // --- BatchNorm (the unfused kernels: no residual) ---
+
+  void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                               float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
+                               Tensor& save_mean, Tensor& save_invstd) override {
+    const int64_t c = x.size(-1), rows = x.numel() / c;
+    dispatch_float("batch_norm", x.dtype(), [&]<class T>() {
+      DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
+      cuda::batchnorm_forward_train(ptr<T>(x), rows, c, ptr<float>(gamma), ptr<float>(beta), eps,
+                                    momentum, ptr<float>(running_mean), ptr<float>(running_var),
+                                    static_cast<const T*>(nullptr), ptr<T>(y),
+                                    ptr<float>(save_mean), ptr<float>(save_invstd), workspace.get(),
+                                    cuda::stream());
+    });
+  }
+  void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                              const Tensor& running_mean, const Tensor& running_var, float eps,
+                              Tensor& y, Tensor& save_mean, Tensor& save_invstd) override {
+    const int64_t c = x.size(-1), rows = x.numel() / c;
+    dispatch_float("batch_norm", x.dtype(), [&]<class T>() {
+      cuda::batchnorm_forward_eval(ptr<T>(x), rows, c, ptr<float>(gamma), ptr<float>(beta),
+                                   ptr<float>(running_mean), ptr<float>(running_var), eps,
+                                   static_cast<const T*>(nullptr), ptr<T>(y), cuda::stream());
+    });
+    DL_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(save_mean), ptr<float>(running_mean),
+                                  static_cast<size_t>(c) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                  cuda::stream()));
+    cuda::batchnorm_eval_invstd(ptr<float>(running_var), c, eps, ptr<float>(save_invstd),
+                                cuda::stream());
+  }
+  void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
+                          const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
+                          Tensor& dgamma, Tensor& dbeta) override {
+    const int64_t c = x.size(-1), rows = x.numel() / c;
+    dispatch_float("batch_norm backward", x.dtype(), [&]<class T>() {
+      DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
+      cuda::batchnorm_backward(ptr<T>(dy), ptr<T>(x), rows, c, ptr<float>(gamma), ptr<float>(mean),
+                               ptr<float>(invstd), batch_stats, ptr<T>(dx), ptr<float>(dgamma),
+                               ptr<float>(dbeta), workspace.get(), cuda::stream());
+    });
+  }
+
+  // --- pooling ---
+
+  void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
+    dispatch_float("global_avg_pool", x.dtype(), [&]<class T>() {
+      cuda::global_avg_pool_forward(ptr<T>(x), x.size(0), x.size(1) * x.size(2), x.size(3),
+                                    ptr<T>(y), cuda::stream());
+    });
+  }
+  void global_avg_pool_backward(const Tensor& dy, Tensor& dx) override {
+    dispatch_float("global_avg_pool backward", dx.dtype(), [&]<class T>() {
+      cuda::global_avg_pool_backward(ptr<T>(dy), dx.size(0), dx.size(1) * dx.size(2), dx.size(3),
+                                     ptr<T>(dx), cuda::stream());
+    });
+  }
+  void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y, Tensor& argmax) override {
+    dispatch_float("max_pool2d", x.dtype(), [&]<class T>() {
+      cuda::max_pool2d_forward(pool_shape(s), ptr<T>(x), ptr<T>(y), ptr<int32_t>(argmax),
+                               cuda::stream());
+    });
+  }
+  void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
+                           Tensor& dx) override {
+    dispatch_float("max_pool2d backward", dx.dtype(), [&]<class T>() {
+      cuda::max_pool2d_backward(pool_shape(s), ptr<T>(dy), ptr<int32_t>(argmax), ptr<T>(dx),
+                                cuda::stream());
+    });
+  }
+
+  // --- linear (cuBLASLt) ---
+
+  void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                      Tensor& y) override {
+    dispatch_float("linear", x.dtype(), [&]<class T>() {
+      gemm_forward<T>(x, weight, bias, y, x.size(0), weight.size(0), x.size(1));
+    });
+  }
+  void linear_backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override {
+    dispatch_float("linear backward", dy.dtype(), [&]<class T>() {
+      gemm_backward_data<T>(dy, weight, dx, dy.size(0), dy.size(1), weight.size(1));
+    });
+  }
+  void linear_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dweight,
+                              Tensor& dbias) override {
+    check_weight_grads("linear backward", dweight, dbias);
+    dispatch_float("linear backward", dy.dtype(), [&]<class T>() {
+      gemm_backward_weight<T>(dy, x, dweight, dbias, dy.size(0), dy.size(1), x.size(1));
+    });
+  }
+
+  // --- loss ---
+
+  void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
+                     Tensor& loss, Tensor& dlogits) override {
+    const int64_t n = logits.size(0), classes = logits.size(1);
+    const cudaStream_t stream = cuda::stream();
+    DeviceMemory row_loss(static_cast<size_t>(n) * sizeof(float)), flag(sizeof(int32_t));
+    DL_CUDA_CHECK(cudaMemsetAsync(flag.get(), 0, sizeof(int32_t), stream));
+    dispatch_float("cross_entropy", logits.dtype(), [&]<class T>() {
+      cuda::cross_entropy_forward_backward(
+          ptr<T>(logits), ptr<int64_t>(labels), n, classes, label_smoothing, 1.0f,
+          row_loss.as<float>(), ptr<float>(loss), ptr<T>(dlogits), flag.as<int32_t>(), stream);
+    });
+    // Reading the bad-label flag back makes every call wait for the GPU (one stream
+    // synchronisation per training step): the price of an error at the call that caused it.
+    int32_t bad_label = 0;
+    DL_CUDA_CHECK(
+        cudaMemcpyAsync(&bad_label, flag.get(), sizeof bad_label, cudaMemcpyDeviceToHost, stream));
+    cuda::synchronize();
+    DL_CHECK(bad_label == 0, "cross_entropy: a label is outside [0, ", classes, ")");
+  }
+
+  // --- optimizers ---
+
+  void adamw_update(const std::vector<AdamWUpdate>& updates) override {
+    if (updates.empty()) return;
+    std::vector<cuda::OptimTensor> tensors;
+    std::vector<cuda::AdamWHyper> hyper;
+    for (const AdamWUpdate& u : updates) {
+      DL_CHECK(u.exp_avg.defined() && u.exp_avg_sq.defined(),
+               "adamw: the optimizer state (exp_avg, exp_avg_sq) must be allocated");
+      const int32_t index = hyper_index(
+          hyper, cuda::adamw_hyper(u.lr, u.weight_decay, u.beta1, u.beta2, u.eps, u.step));
+      tensors.push_back({.param = ptr<float>(u.param),
+                         .grad = ptr<float>(u.grad),
+                         .state0 = ptr<float>(u.exp_avg),
+                         .state1 = ptr<float>(u.exp_avg_sq),
+                         .numel = u.param.numel(),
+                         .hyper = index});
+    }
+    adamw_.run(tensors, hyper, cuda::adamw_step);
+  }
+  void sgd_update(const std::vector<SGDUpdate>& updates) override {
+    if (updates.empty()) return;
+    std::vector<cuda::OptimTensor> tensors;
+    std::vector<cuda::SGDHyper> hyper;
+    for (const SGDUpdate& u : updates) {
+      DL_CHECK(u.momentum == 0 || u.momentum_buffer.defined(),
+               "sgd: momentum needs an allocated momentum buffer");
+      const int32_t index = hyper_index(hyper, cuda::sgd_hyper(u.lr, u.weight_decay, u.momentum,
+                                                               u.dampening, u.nesterov, u.first));
+      tensors.push_back({.param = ptr<float>(u.param),
+                         .grad = ptr<float>(u.grad),
+                         .state0 = ptr<float>(u.momentum_buffer),
+                         .numel = u.param.numel(),
+                         .hyper = index});
+    }
+    sgd_.run(tensors, hyper, cuda::sgd_step);
+  }
+
+ private:
+  // The GEMM object, its cuBLASLt handle and workspace, created on first use (never destroyed,
+  // like the backend's handles: the driver releases them at exit).
+  cuda::LtGemm& gemm() {
+    if (gemm_ == nullptr) {
+      void* workspace = cuda::allocate(cuda::LtGemm::kRecommendedWorkspace);
+      cublasLtHandle_t handle = nullptr;
+      DL_CUBLAS_CHECK(cublasLtCreate(&handle));
+      gemm_ = std::make_unique<cuda::LtGemm>(handle, workspace, cuda::LtGemm::kRecommendedWorkspace,
+                                             false);
+    }
+    gemm_->set_allow_tf32(cuda::allow_tf32());
+    return *gemm_;
+  }
+
+  // One CudnnConv2d per TF32 setting (its plans depend on it), created on first use.
+  cuda::CudnnConv2d& cudnn_conv() {
+    const bool tf32 = cuda::allow_tf32();
+    std::unique_ptr<cuda::CudnnConv2d>& conv = conv_[tf32 ? 1 : 0];
+    if (conv == nullptr) conv = std::make_unique<cuda::CudnnConv2d>(cuda::cudnn_handle(), tf32);
+    return *conv;
+  }
+
+  // y[m, n] = x[m, k] weight[n, k]^T (+ bias): Linear, and the 1x1 conv over m = N*H*W pixels.
+  template <class T>
+  void gemm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor& y, int64_t m,
+                    int64_t n, int64_t k) {
+    const GemmParam<T> w(weight), b(bias);
+    gemm().forward(ptr<T>(x), w.get(), b.get(), ptr<T>(y), m, n, k, gemm_type<T>(), gemm_type<T>(),
+                   cuda::stream());
+  }
+  // dx[m, k] = dy[m, n] weight[n, k].
+  template <class T>
+  void gemm_backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx, int64_t m, int64_t n,
+                          int64_t k) {
+    const GemmParam<T> w(weight);
+    gemm().backward_data(ptr<T>(dy), w.get(), ptr<T>(dx), m, n, k, gemm_type<T>(), gemm_type<T>(),
+                         cuda::stream());
+  }
+  // dweight[n, k] = dy[m, n]^T x[m, k] and dbias[n] = the sum of dy's rows; either may be
+  // undefined.
+  template <class T>
+  void gemm_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dweight, Tensor& dbias,
+                            int64_t m, int64_t n, int64_t k) {
+    if (!dweight.defined()) {
+      bias_grad(ptr<T>(dy), m, n, dbias);
+      return;
+    }
+    gemm().backward_weight(ptr<T>(dy), ptr<T>(x), ptr<float>(dweight), ptr<float>(dbias), m, n, k,
+                           gemm_type<T>(), cuda::stream());
+  }
+
+  std::unique_ptr<cuda::LtGemm> gemm_;
+  std::unique_ptr<cuda::CudnnConv2d> conv_[2];
+  MultiTensorStep<cuda::AdamWHyper> adamw_;
+  MultiTensorStep<cuda::SGDHyper> sgd_;
+};
+
+// Registers the ops before main when the machine has a CUDA device: the same test as the
+// DeviceBackend's registration in cuda_backend.cpp, so both are present or neither is. Leaked on
+// purpose, like the backend.
+const bool registered = [] {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (count > 0) set_device_ops(DeviceKind::cuda, new CudaOps);
+  return count > 0;
+}();
+
+}  // namespace
+}  // namespace dl
+
+// Referenced by the linker option in engine/CMakeLists.txt, so that this object (and with it the
+// registration above) is part of every program that links dl_engine.
+extern "C" {
+extern const int dl_cuda_ops_anchor;
+const int dl_cuda_ops_anchor = 0;
+}

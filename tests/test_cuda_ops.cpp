@@ -1,0 +1,342 @@
+// The engine's ops, optimizers and whole models on the GPU against the same on the CPU: the
+// promise that moving a model to the GPU changes the device and nothing else. Every case draws
+// fresh random inputs (the seed is printed; DL_TEST_SEED repeats a run).
+//
+// How an op is compared: inputs are made on the CPU, copied to the GPU, the op runs on both, and
+// a random upstream gradient R gives loss = sum(out * R), so backward checks every input's
+// gradient with generic values. GPU results land in freshly allocated tensors (the caching
+// allocator hands out used memory, so an element the GPU never wrote shows as garbage).
+//
+// Tolerances: |gpu - cpu| <= rtol * max|cpu| over the tensor. fp32: rtol 1e-4 (sums in another
+// order; the CPU accumulates BatchNorm statistics in double). bf16 mixed precision against the
+// fp32 CPU: rtol 3e-2 on the loss and logits of one step, and the gradients' relative L2 error
+// below 0.1 (bf16 keeps 8 bits; errors of 2^-8 per rounding add up over a few layers).
+#define CATCH_CONFIG_RUNNER
+#include <algorithm>
+#include <cmath>
+#include <functional>
+
+#include "cuda_test_util.h"
+#include "engine/nn.h"
+#include "engine/ops.h"
+#include "engine/optim.h"
+#include "models/registry.h"
+#include "test_util.h"
+
+namespace {
+
+using dl::Device;
+using dl::DType;
+using dl::Tensor;
+
+const Device kGpu = Device::cuda();
+const Device kCpu = Device::cpu();
+
+// max |a - b| / max |b|, over the elements of two tensors of one shape.
+double max_rel_error(const Tensor& got, const Tensor& want) {
+  REQUIRE(got.shape() == want.shape());
+  const std::vector<float> g = got.to_vector(), w = want.to_vector();
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (!std::isfinite(g[i])) return INFINITY;
+    err = std::max(err, std::abs(double(g[i]) - w[i]));
+    scale = std::max(scale, std::abs(double(w[i])));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+// ||a - b|| / ||b|| (L2).
+double l2_rel_error(const Tensor& got, const Tensor& want) {
+  REQUIRE(got.shape() == want.shape());
+  const std::vector<float> g = got.to_vector(), w = want.to_vector();
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    err += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
+    norm += double(w[i]) * w[i];
+  }
+  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
+#define CHECK_CLOSE(got, want, rtol, what)                           \
+  do {                                                               \
+    const double e_ = max_rel_error(got, want);                      \
+    INFO(what << ": max error " << e_ << " of the largest |value|"); \
+    CHECK(e_ <= (rtol));                                             \
+  } while (0)
+
+using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Runs `op` on CPU copies and GPU copies of `inputs` (those marked in `differentiable` require
+// grad), backpropagates sum(out * R) and compares the output and every input gradient.
+void compare_op(const char* name, const OpFn& op, const std::vector<Tensor>& inputs,
+                const std::vector<bool>& differentiable, dl::Generator& gen, double rtol = 1e-4) {
+  INFO("op " << name);
+  std::vector<Tensor> cpu_in, gpu_in;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    cpu_in.push_back(inputs[i].clone());
+    gpu_in.push_back(inputs[i].to(kGpu));
+    if (differentiable[i]) {
+      cpu_in.back().requires_grad_();
+      gpu_in.back().requires_grad_();
+    }
+  }
+  const Tensor cpu_out = op(cpu_in);
+  const Tensor gpu_out = op(gpu_in);
+  REQUIRE(gpu_out.device() == kGpu);
+  CHECK_CLOSE(gpu_out, cpu_out, rtol, "output");
+  const Tensor r = Tensor::randn(cpu_out.shape(), gen);
+  dl::sum(dl::mul(cpu_out, r)).backward();
+  dl::sum(dl::mul(gpu_out, r.to(kGpu))).backward();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (!differentiable[i]) continue;
+    INFO("gradient of input " << i);
+    REQUIRE(gpu_in[i].grad().defined());
+    CHECK_CLOSE(gpu_in[i].grad(), cpu_in[i].grad(), rtol, "gradient");
+  }
+}
+
+dl::Generator make_gen() {
+  const uint64_t seed = dl::test::fresh_seed();
+  UNSCOPED_INFO("seed " << seed);
+  return dl::Generator(seed);
+}
+
+TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  const Tensor a = Tensor::randn({3, 5, 7, 11}, gen), b = Tensor::randn({3, 5, 7, 11}, gen);
+  compare_op(
+      "add", [](auto& t) { return dl::add(t[0], t[1]); }, {a, b}, {true, true}, gen);
+  compare_op(
+      "mul", [](auto& t) { return dl::mul(t[0], t[1]); }, {a, b}, {true, true}, gen);
+  compare_op(
+      "scale", [](auto& t) { return dl::scale(t[0], -1.75f); }, {a}, {true}, gen);
+  compare_op(
+      "gelu", [](auto& t) { return dl::gelu(t[0]); }, {a}, {true}, gen);
+  compare_op(
+      "relu", [](auto& t) { return dl::relu(t[0]); }, {a}, {true}, gen);
+  compare_op(
+      "sum", [](auto& t) { return dl::sum(t[0]); }, {a}, {true}, gen);
+  compare_op(
+      "mean", [](auto& t) { return dl::mean(t[0]); }, {a}, {true}, gen);
+  compare_op(
+      "nhwc_to_nchw", [](auto& t) { return dl::nhwc_to_nchw(t[0]); }, {a}, {true}, gen);
+  compare_op(
+      "global_avg_pool", [](auto& t) { return dl::global_avg_pool(t[0]); }, {a}, {true}, gen);
+
+  Tensor big = Tensor::randn({1 << 20}, gen);
+  CHECK(std::abs(dl::squared_norm(big.to(kGpu)) - dl::squared_norm(big)) <=
+        1e-6 * dl::squared_norm(big));
+  Tensor g = big.to(kGpu), c = big.clone();
+  dl::add_(g, Tensor::ones({1 << 20}).to(kGpu), 0.5f);
+  dl::add_(c, Tensor::ones({1 << 20}), 0.5f);
+  CHECK_CLOSE(g, c, 1e-6, "add_");
+  dl::scale_(g, 3.0f);
+  dl::scale_(c, 3.0f);
+  CHECK_CLOSE(g, c, 1e-6, "scale_");
+}
+
+TEST_CASE("convolutions on the GPU match the CPU (depthwise, pointwise, patch, dense 3x3)",
+          "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  struct Case {
+    int64_t n, h, w, c_in, c_out, k, stride, pad, groups;
+    bool bias;
+  };
+  const std::vector<Case> cases = {
+      {2, 9, 7, 13, 13, 3, 1, 1, 13, true},    // depthwise k 3, odd sizes
+      {1, 8, 8, 24, 24, 5, 1, 2, 24, true},    // depthwise k 5, batch 1
+      {2, 6, 5, 5, 5, 7, 1, 3, 5, false},      // depthwise k 7 larger than the image
+      {2, 11, 11, 16, 16, 9, 1, 4, 16, true},  // depthwise k 9
+      {3, 4, 5, 12, 20, 1, 1, 0, 1, true},     // pointwise (cuBLASLt)
+      {2, 4, 4, 7, 3, 1, 1, 0, 1, false},      // pointwise, no bias, odd channels
+      {2, 32, 32, 3, 16, 2, 2, 0, 1, true},    // ConvMixer's patch embedding (cuDNN)
+      {2, 9, 9, 5, 6, 3, 1, 1, 1, false},      // ResNet's 3x3 (cuDNN)
+      {2, 10, 10, 4, 8, 3, 2, 1, 1, true},     // strided 3x3 (cuDNN)
+  };
+  for (const Case& c : cases) {
+    INFO("n " << c.n << " h " << c.h << " w " << c.w << " c_in " << c.c_in << " c_out " << c.c_out
+              << " k " << c.k << " stride " << c.stride << " groups " << c.groups);
+    const Tensor x = Tensor::randn({c.n, c.h, c.w, c.c_in}, gen);
+    const Tensor w = Tensor::randn({c.c_out, c.c_in / c.groups, c.k, c.k}, gen);
+    const Tensor b = Tensor::randn({c.c_out}, gen);
+    if (c.bias) {
+      compare_op(
+          "conv2d",
+          [&](auto& t) { return dl::conv2d(t[0], t[1], t[2], c.stride, c.pad, c.groups); },
+          {x, w, b}, {true, true, true}, gen);
+    } else {
+      compare_op(
+          "conv2d",
+          [&](auto& t) { return dl::conv2d(t[0], t[1], Tensor(), c.stride, c.pad, c.groups); },
+          {x, w}, {true, true}, gen);
+    }
+  }
+}
+
+TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CPU", "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  const Tensor x = Tensor::randn({4, 5, 3, 19}, gen);
+  const Tensor gamma = Tensor::randn({19}, gen), beta = Tensor::randn({19}, gen);
+  Tensor rm_cpu = Tensor::randn({19}, gen);
+  Tensor rv_cpu = Tensor::uniform({19}, 0.5f, 2.0f, gen);
+  Tensor rm_gpu = rm_cpu.to(kGpu), rv_gpu = rv_cpu.to(kGpu);
+  compare_op(
+      "batch_norm (training)",
+      [&](auto& t) {
+        const bool gpu = t[0].device().is_cuda();
+        return dl::batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2], true,
+                              0.1f, 1e-5f);
+      },
+      {x, gamma, beta}, {true, true, true}, gen);
+  CHECK_CLOSE(rm_gpu, rm_cpu, 1e-5, "running_mean");
+  CHECK_CLOSE(rv_gpu, rv_cpu, 1e-5, "running_var");
+  compare_op(
+      "batch_norm (evaluation)",
+      [&](auto& t) {
+        const bool gpu = t[0].device().is_cuda();
+        return dl::batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2],
+                              false);
+      },
+      {x, gamma, beta}, {true, true, true}, gen);
+  compare_op(
+      "max_pool2d", [](auto& t) { return dl::max_pool2d(t[0], 3, 2, 1); },
+      {Tensor::randn({2, 9, 8, 6}, gen)}, {true}, gen);
+  compare_op(
+      "linear", [](auto& t) { return dl::linear(t[0], t[1], t[2]); },
+      {Tensor::randn({33, 20}, gen), Tensor::randn({10, 20}, gen), Tensor::randn({10}, gen)},
+      {true, true, true}, gen);
+  std::vector<int64_t> labels(37);
+  for (auto& l : labels) l = static_cast<int64_t>(gen.next_u64() % 10);
+  const Tensor y = Tensor::from_vector(labels, {37});
+  compare_op(
+      "cross_entropy", [&](auto& t) { return dl::cross_entropy(t[0], y.to(t[0].device()), 0.1f); },
+      {Tensor::randn({37, 10}, gen)}, {true}, gen);
+}
+
+// The small models of the tests: one ConvMixer and one ResNet, both on 16x16 images.
+dl::models::ModelSpec convmixer_spec() {
+  dl::models::ModelSpec spec;
+  spec.dim = 32, spec.depth = 2, spec.kernel = 5, spec.patch = 2;
+  return spec;
+}
+dl::models::ModelSpec resnet_spec() {
+  dl::models::ModelSpec spec;
+  spec.name = "resnet", spec.dim = 8, spec.depth = 1;
+  return spec;
+}
+
+struct StepResult {
+  Tensor logits, loss;
+  std::vector<Tensor> grads, params;
+};
+
+// `steps` training steps of a fresh model (seeded init) on `device`; results copied to the CPU.
+StepResult train_steps(const dl::models::ModelSpec& spec, uint64_t seed, Device device,
+                       DType activations, const Tensor& images, const Tensor& labels, bool adamw,
+                       int steps) {
+  dl::Generator init(seed);
+  auto model = dl::models::make_model(spec, init);
+  model->to(device);
+  std::unique_ptr<dl::optim::Optimizer> opt;
+  if (adamw) {
+    opt = std::make_unique<dl::optim::AdamW>(
+        model->parameters(), dl::optim::AdamWOptions{.lr = 0.01, .weight_decay = 0.05});
+  } else {
+    opt = std::make_unique<dl::optim::SGD>(
+        model->parameters(),
+        dl::optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4, .nesterov = true});
+  }
+  const Tensor x = images.to(activations).to(device), y = labels.to(device);
+  StepResult r;
+  for (int s = 0; s < steps; ++s) {
+    const Tensor logits = model->forward(x);
+    const Tensor loss = dl::cross_entropy(logits, y, 0.1f);
+    opt->zero_grad();
+    loss.backward();
+    dl::optim::clip_grad_norm(model->parameters(), 5.0);
+    if (s == 0) {
+      r.logits = logits.to(kCpu);
+      r.loss = loss.to(kCpu);
+      for (const Tensor& p : model->parameters()) r.grads.push_back(p.grad().to(kCpu));
+    }
+    opt->step();
+  }
+  for (const Tensor& p : model->parameters()) r.params.push_back(p.to(kCpu));
+  return r;
+}
+
+void compare_training(const dl::models::ModelSpec& spec, bool adamw) {
+  dl::Generator gen = make_gen();
+  const uint64_t init_seed = gen.next_u64();
+  const Tensor images = Tensor::randn({6, 16, 16, 3}, gen);
+  std::vector<int64_t> l(6);
+  for (auto& v : l) v = static_cast<int64_t>(gen.next_u64() % 10);
+  const Tensor labels = Tensor::from_vector(l, {6});
+  const StepResult cpu = train_steps(spec, init_seed, kCpu, DType::f32, images, labels, adamw, 3);
+  const StepResult gpu = train_steps(spec, init_seed, kGpu, DType::f32, images, labels, adamw, 3);
+  CHECK_CLOSE(gpu.loss, cpu.loss, 1e-5, "loss");
+  CHECK_CLOSE(gpu.logits, cpu.logits, 1e-4, "logits");
+  for (size_t i = 0; i < cpu.grads.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK_CLOSE(gpu.grads[i], cpu.grads[i], 1e-3, "gradient after step 1");
+    CHECK_CLOSE(gpu.params[i], cpu.params[i], 1e-3, "parameter after 3 steps");
+  }
+}
+
+TEST_CASE("a ConvMixer trained 3 AdamW steps on the GPU matches the CPU", "[cuda][model]") {
+  compare_training(convmixer_spec(), true);
+}
+
+TEST_CASE("a ResNet trained 3 SGD (Nesterov) steps on the GPU matches the CPU", "[cuda][model]") {
+  compare_training(resnet_spec(), false);
+}
+
+TEST_CASE("bf16 mixed precision on the GPU stays close to the fp32 CPU step", "[cuda][model]") {
+  dl::Generator gen = make_gen();
+  const uint64_t init_seed = gen.next_u64();
+  const Tensor images = Tensor::randn({8, 16, 16, 3}, gen);
+  std::vector<int64_t> l(8);
+  for (auto& v : l) v = static_cast<int64_t>(gen.next_u64() % 10);
+  const Tensor labels = Tensor::from_vector(l, {8});
+  const auto spec = convmixer_spec();
+  const StepResult cpu = train_steps(spec, init_seed, kCpu, DType::f32, images, labels, true, 1);
+  const StepResult gpu = train_steps(spec, init_seed, kGpu, DType::bf16, images, labels, true, 1);
+  CHECK(gpu.logits.dtype() == DType::bf16);
+  CHECK_CLOSE(gpu.loss, cpu.loss, 3e-2, "loss");
+  CHECK_CLOSE(gpu.logits, cpu.logits, 3e-2, "logits");
+  for (size_t i = 0; i < cpu.grads.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK(gpu.grads[i].dtype() == DType::f32);
+    const double e = l2_rel_error(gpu.grads[i], cpu.grads[i]);
+    INFO("relative L2 error of the gradient " << e);
+    CHECK(e < 0.1);
+  }
+}
+
+TEST_CASE("after a warm-up step, GPU training steps allocate no device memory", "[cuda][model]") {
+  dl::Generator gen = make_gen();
+  auto model = dl::models::make_model(convmixer_spec(), gen);
+  model->to(kGpu);
+  dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});
+  const Tensor x = Tensor::randn({8, 16, 16, 3}, gen).to(kGpu);
+  const Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}, {8}).to(kGpu);
+  auto step = [&] {
+    const Tensor loss = dl::cross_entropy(model->forward(x), y);
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+  };
+  step();
+  step();
+  dl::cuda::synchronize();
+  const size_t allocs = dl::cuda::memory_stats().device_allocs;
+  for (int i = 0; i < 3; ++i) step();
+  dl::cuda::synchronize();
+  CHECK(dl::cuda::memory_stats().device_allocs == allocs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  return dl::cuda_test::run_tests(argc, argv);
+}
