@@ -1,8 +1,12 @@
-// Times ConvMixer training steps (forward, backward, AdamW) on synthetic data. The last line is
-// train_img_per_s=<number>, for scripts to compare with PyTorch (scripts/pytorch_reference.py).
+// Times ConvMixer training steps (forward, backward, AdamW) on synthetic data, in fp32 or bf16
+// mixed precision (bf16 activations, fp32 parameters and optimizer state; the CUDA path). On the
+// CUDA path it also prints peak_mem_mb=<peak device memory of the caching allocator, MiB>. The last
+// line is train_img_per_s=<number>, for scripts to compare with PyTorch
+// (scripts/pytorch_reference.py bench, scripts/bench_gpu.sh).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <string>
 
 #include "engine/error.h"
 #include "engine/ops.h"
@@ -10,6 +14,10 @@
 #include "examples/cli.h"
 #include "kernels/cpu/parallel.h"
 #include "models/convmixer.h"
+#ifdef DL_HAVE_CUDA
+#include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/cuda_ops.h"
+#endif
 
 using namespace dl;
 
@@ -27,11 +35,25 @@ int run(int argc, char** argv) {
   flags.add("threads", "2", "CPU threads");
   flags.add("device", "cpu", "cpu or cuda");
   flags.add("seed", "0", "random seed");
+  flags.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision needs the CUDA path)");
+  flags.add("tf32", "false", "allow TF32 in fp32 GEMMs and convolutions (CUDA path)");
   if (!flags.parse(argc, argv)) return 0;
 
   const Device device = Device::parse(flags.str("device"));
   device_backend(device);
   require_op_support(device);
+  const std::string precision = flags.str("precision");
+  DL_CHECK(precision == "fp32" || precision == "bf16", "--precision must be fp32 or bf16, got '",
+           precision, "'");
+  DL_CHECK(precision == "fp32" || device.is_cuda(),
+           "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
+  const bool tf32 = flags.boolean("tf32");
+  DL_CHECK(!tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
+#ifdef DL_HAVE_CUDA
+  if (device.is_cuda()) cuda::set_allow_tf32(tf32);
+#endif
+  // bf16: the images are converted on the host before the copy, as the trainer does.
+  const DType activations = precision == "bf16" ? DType::bf16 : DType::f32;
   cpu::set_num_threads(static_cast<int>(flags.integer("threads")));
   const int64_t batch = flags.integer("batch"), steps = flags.integer("steps");
   DL_CHECK(batch > 0 && steps > 0, "--batch and --steps must be positive");
@@ -43,7 +65,8 @@ int run(int argc, char** argv) {
   model.to(device);
   optim::AdamW opt(model.parameters(), {.lr = 1e-3, .weight_decay = 0.005});
 
-  const Tensor images = Tensor::randn({batch, 32, 32, 3}, gen, device);
+  const Tensor images =
+      Tensor::randn({batch, 32, 32, 3}, gen, Device::cpu()).to(activations).to(device);
   std::vector<int64_t> label_values(static_cast<size_t>(batch));
   for (auto& l : label_values) l = static_cast<int64_t>(gen.below(10));
   const Tensor labels = Tensor::from_vector(label_values, {batch}, device);
@@ -55,18 +78,33 @@ int run(int argc, char** argv) {
     opt.step();
     return loss;
   };
+  // Everything queued on the device is finished before each clock reading.
+  auto sync = [&] {
+#ifdef DL_HAVE_CUDA
+    if (device.is_cuda()) cuda::synchronize();
+#endif
+  };
   for (int64_t i = 0; i < flags.integer("warmup"); ++i) step();
+  sync();
   const auto start = std::chrono::steady_clock::now();
   float last_loss = 0.0f;
   for (int64_t i = 0; i < steps; ++i) last_loss = step().item();
+  sync();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::printf(
-      "convmixer-%lld/%lld k%lld p%lld batch %lld on %s, %d threads: step_ms=%.1f loss=%.4f\n",
+      "convmixer-%lld/%lld k%lld p%lld batch %lld on %s (%s%s), %d threads: %.2f ms/step, "
+      "loss %.4f\n",
       static_cast<long long>(config.dim), static_cast<long long>(config.depth),
       static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
-      static_cast<long long>(batch), device.str().c_str(), cpu::num_threads(),
-      1000.0 * seconds / steps, last_loss);
+      static_cast<long long>(batch), device.str().c_str(), precision.c_str(), tf32 ? ", tf32" : "",
+      cpu::num_threads(), 1000.0 * seconds / steps, last_loss);
+  std::printf("step_ms=%.3f\n", 1000.0 * seconds / steps);
+#ifdef DL_HAVE_CUDA
+  if (device.is_cuda())
+    std::printf("peak_mem_mb=%.1f\n",
+                static_cast<double>(cuda::memory_stats().peak_in_use) / (1024.0 * 1024.0));
+#endif
   std::printf("train_img_per_s=%.1f\n", batch * steps / seconds);
   return 0;
 }

@@ -23,6 +23,9 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "kernels/cpu/parallel.h"
+#ifdef DL_HAVE_CUDA
+#include "engine/cuda/cuda_ops.h"
+#endif
 
 namespace dl::examples {
 
@@ -72,7 +75,7 @@ struct EpochStats {
   double accuracy() const { return seen ? static_cast<double>(correct) / seen : 0.0; }
 };
 
-EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device) {
+EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device, DType activations) {
   NoGradGuard no_grad;
   model.eval();
   EpochStats stats;
@@ -80,7 +83,7 @@ EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device) 
   loader.start_epoch(0);
   while (loader.next(batch)) {
     const Tensor labels = batch.labels.to(device);
-    const Tensor logits = model.forward(batch.images.to(device));
+    const Tensor logits = model.forward(batch.images.to(activations).to(device));
     stats.add(logits, labels, cross_entropy(logits, labels).item());
   }
   model.train();
@@ -200,6 +203,12 @@ int train(const TrainConfig& cfg) {
   DL_CHECK(cfg.precision == "fp32" || device.is_cuda(),
            "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
   DL_CHECK(!cfg.tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
+#ifdef DL_HAVE_CUDA
+  if (device.is_cuda()) cuda::set_allow_tf32(cfg.tf32);
+#endif
+  // bf16 mixed precision: bf16 activations (the input batch is converted before the copy to the
+  // GPU), fp32 parameters, gradients, statistics and optimizer state.
+  const DType activations = cfg.precision == "bf16" ? DType::bf16 : DType::f32;
   cpu::set_num_threads(cfg.threads);
   DL_CHECK(cfg.epochs > 0, "--epochs must be positive, got ", cfg.epochs);
   DL_CHECK(cfg.eval_every > 0, "--eval-every must be positive, got ", cfg.eval_every);
@@ -336,7 +345,7 @@ int train(const TrainConfig& cfg) {
       lr = schedule->lr(pos.step);
       opt->set_lr(lr);
       const Tensor labels = batch.labels.to(device);
-      const Tensor logits = model->forward(batch.images.to(device));
+      const Tensor logits = model->forward(batch.images.to(activations).to(device));
       const Tensor loss = cross_entropy(logits, labels, cfg.label_smoothing);
       opt->zero_grad();
       loss.backward();
@@ -367,7 +376,7 @@ int train(const TrainConfig& cfg) {
     const double epoch_seconds = progress.seconds();
     const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;
     EpochStats test;
-    if (evaluate_now) test = evaluate(*model, test_loader, device);
+    if (evaluate_now) test = evaluate(*model, test_loader, device, activations);
     const double img_per_s = stats.seen / std::max(epoch_seconds, 1e-9);
     std::printf(
         "epoch %3lld | train loss %.4f acc %.4f | test loss %s acc %s | lr %.6f | %.1f s | "
