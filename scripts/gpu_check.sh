@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a machine with an NVIDIA GPU: build for its architecture, run the whole test suite (the CUDA
 # tests execute there instead of reporting skipped), run compute-sanitizer (memcheck and
-# racecheck) over the CUDA tests, and print a short summary last. Logs go to $OUT (default
+# racecheck) over the CUDA tests, benchmark our kernels against cuDNN and training steps against
+# PyTorch, train the recipe with both when DATA names CIFAR-10, and print a short summary last.
+# SKIP_SANITIZER=1, SKIP_KERNEL_BENCH=1 and SKIP_STEP_BENCH=1 leave those parts out. Logs go to $OUT (default
 # gpu_check_out/). Dependencies the image lacks can be unpacked into a prefix named by
 # DEPS_PREFIX (e.g. Debian packages extracted with dpkg -x): it is passed to CMake.
 set -uo pipefail
@@ -52,18 +54,33 @@ fi
 
 step configure cmake "${cmake_args[@]}"
 step build cmake --build "$build" -j "$(nproc)"
+# When DATA names CIFAR-10 as image folders: train the default recipe for EPOCHS (default 1) with
+# the engine and with PyTorch (scripts/pytorch_reference.py train) on this GPU, one after the other.
+if [[ -n ${DATA:-} ]]; then
+  epochs=${EPOCHS:-1}
+  workers=$(($(nproc) - 2))
+  step train-engine timeout "${TRAIN_TIMEOUT:-600}" "$build/examples/train" --data "$DATA" \
+    --device cuda --epochs "$epochs" --workers "$workers" --progress off \
+    --checkpoint-dir "$out/engine-run"
+  step train-pytorch timeout "${TRAIN_TIMEOUT:-600}" python3 scripts/pytorch_reference.py train \
+    --data "$DATA" --device cuda --epochs "$epochs" --workers "$workers" \
+    --metrics "$out/pytorch-metrics.jsonl"
+fi
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
-for bin in test_cuda_kernels test_cuda_kernels_more; do
+cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops)
+for bin in "${cuda_tests[@]}"; do
   if grep -q "$bin .*Passed" "$out/tests.log"; then
     summary+=("PASS  $bin executed on the GPU")
   else
     summary+=("FAIL  $bin did not pass on the GPU (skipped or failed)")
   fi
 done
-if command -v compute-sanitizer >/dev/null; then
+if [[ ${SKIP_SANITIZER:-0} == 1 ]]; then
+  summary+=("SKIP  compute-sanitizer (SKIP_SANITIZER=1)")
+elif command -v compute-sanitizer >/dev/null; then
   for tool in memcheck racecheck; do
-    for bin in test_cuda_kernels test_cuda_kernels_more; do
+    for bin in "${cuda_tests[@]}"; do
       step "sanitizer-$tool-$bin" timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer \
         --tool "$tool" --error-exitcode 1 "$build/tests/$bin"
     done
@@ -71,6 +88,14 @@ if command -v compute-sanitizer >/dev/null; then
 else
   summary+=("FAIL  compute-sanitizer not found")
 fi
+
+# Figures: our kernels against cuDNN, and whole training steps against PyTorch on this GPU.
+if [[ ${SKIP_KERNEL_BENCH:-0} != 1 && -x $build/examples/bench_kernels ]]; then
+  step bench-kernels "$build/examples/bench_kernels" --csv "$out/kernels.csv"
+  python3 scripts/plot_kernel_bench.py "$out/kernels.csv" -o "$out/kernel_speedups.png" \
+    >/dev/null 2>&1 || true
+fi
+[[ ${SKIP_STEP_BENCH:-0} == 1 ]] || step bench-step scripts/bench_gpu.sh "$build"
 
 {
   echo "gpu_check summary ($(date -u +%Y-%m-%dT%H:%MZ), sm_$arch, $(cat "$out/device.txt"))"

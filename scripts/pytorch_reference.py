@@ -8,12 +8,19 @@ names), used to
   fixture-resnet
             write tests/fixtures/resnet_reference.safetensors: the same record, without the AdamW
             steps, for a SmallResNet (width 4, 1 block per stage) on 1x12x12 images;
-  bench     time PyTorch training steps on synthetic data (compare with examples/bench_model);
+  bench     time PyTorch training steps on synthetic data (compare with examples/bench_model):
+            --precision fp32|bf16 (bf16 autocast, fp32 master weights), --compile, --tf32
+            (off by default: true fp32), channels-last; prints step_ms=, peak_mem_mb= (CUDA)
+            and train_img_per_s= lines (scripts/bench.sh, scripts/bench_gpu.sh read them);
+  train     train ConvMixer on an image folder with the engine trainer's recipe and defaults
+            (AdamW, per-step onecycle schedule, the trainer's augmentation flags mirrored with
+            torchvision), to compare accuracy and speed with examples/train;
   predict   load an engine checkpoint (train's last.safetensors) into the PyTorch module and
             print, per image, the same JSON line as `predict --json`, to compare number for number.
 
 Tensors are stored in PyTorch's layouts except activations, which the engine takes as NHWC.
-Needs PyTorch (Debian: python3-torch). Safetensors files are written by hand (format: 8-byte
+Needs PyTorch (Debian: python3-torch); train also needs torchvision. Runs on PyTorch 1.13 and 2.x
+(--compile needs 2.x). Safetensors files are written by hand (format: 8-byte
 little-endian header length, JSON header, raw little-endian data), so no extra package is needed.
 """
 import argparse
@@ -268,19 +275,77 @@ def fixture_resnet(args):
     print(f"wrote {args.out}: {len(out)} tensors, loss {out['train.loss'].item():.6f}")
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck"]
+# The ConvMixer recipe's CIFAR-10 statistics (engine/data/augment.h, cifar10_mean/cifar10_std).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+
+
+def set_tf32(allow):
+    """Sets TF32 for fp32 matmuls (cuBLAS) and convolutions (cuDNN) explicitly, both ways: PyTorch's
+    own defaults differ (matmul off, cuDNN on). PyTorch >= 2.9 has the fp32_precision settings and
+    deprecates allow_tf32 (mixing the two can raise), so the new ones are used where they exist."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    try:  # PyTorch 1.x's matmul object raises AssertionError for an unknown attribute
+        new_api = matmul.fp32_precision is not None and cudnn.conv.fp32_precision is not None
+    except (AttributeError, AssertionError):
+        new_api = False
+    if new_api:
+        mode = "tf32" if allow else "ieee"
+        matmul.fp32_precision = mode
+        cudnn.conv.fp32_precision = mode
+    else:
+        matmul.allow_tf32 = allow
+        cudnn.allow_tf32 = allow
+
+
+def check_device(device):
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.exit(f"--device {device}: PyTorch {torch.__version__} sees no CUDA device")
+
+
+def autocast_context(device, precision):
+    """bf16 autocast around forward and loss (fp32 master weights); fp32: nothing."""
+    import contextlib
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def maybe_compile(model, compile_model):
+    if not compile_model:
+        return model
+    if not hasattr(torch, "compile"):
+        sys.exit(f"--compile needs PyTorch >= 2.0 (this is {torch.__version__})")
+    return torch.compile(model)
+
+
+def peak_memory_mb(device):
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
 def bench(args):
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    check_device(device)
+    if device.type == "cuda":
+        set_tf32(args.tf32)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    elif args.tf32:
+        sys.exit("--tf32 applies to CUDA only")
     model = ConvMixer(args.dim, args.depth, args.kernel, args.patch, 10).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.005)
+    run = maybe_compile(model, args.compile)
     x = torch.randn(args.batch, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,), device=device)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        with autocast_context(device, args.precision):
+            loss = nn.functional.cross_entropy(run(x), y)
         loss.backward()
         opt.step()
         return loss
@@ -292,13 +357,291 @@ def bench(args):
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
-    loss.item()
+    last_loss = loss.item()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    print(f"pytorch {torch.__version__} threads={torch.get_num_threads()} "
-          f"step_ms={1000 * seconds / args.steps:.1f}")
+    mode = "compile" if args.compile else "eager"
+    tf32 = ", tf32" if args.tf32 else ""
+    print(f"pytorch {torch.__version__} convmixer-{args.dim}/{args.depth} k{args.kernel} "
+          f"p{args.patch} batch {args.batch} on {args.device} ({args.precision}, {mode}{tf32}), "
+          f"threads={torch.get_num_threads()}: {1000 * seconds / args.steps:.2f} ms/step, "
+          f"loss {last_loss:.4f}")
+    print(f"step_ms={1000 * seconds / args.steps:.3f}")
+    if device.type == "cuda":
+        print(f"peak_mem_mb={peak_memory_mb(device):.1f}")
     print(f"train_img_per_s={args.batch * args.steps / seconds:.1f}")
+
+
+def onecycle_lr(step, lr_max, epochs, steps_per_epoch):
+    """engine/optim.cpp OneCycleLinear: np.interp(t, [0, E*2//5, E*4//5, E],
+    [0, lr_max, lr_max/20, 0]) at t = epoch + (i + 1) / steps_per_epoch, with the engine's
+    handling of repeated knots (few epochs)."""
+    xp = [0.0, float(epochs * 2 // 5), float(epochs * 4 // 5), float(epochs)]
+    fp = [0.0, lr_max, lr_max / 20, 0.0]
+    t = float(step // steps_per_epoch) + float(step % steps_per_epoch + 1) / steps_per_epoch
+    if t >= xp[3]:
+        return fp[3]
+    if t < xp[0]:
+        return fp[0]
+    j = 2
+    while xp[j] > t:
+        j -= 1
+    if xp[j] == t:
+        return fp[j]
+    slope = (fp[j + 1] - fp[j]) / (xp[j + 1] - xp[j])
+    return slope * (t - xp[j]) + fp[j]
+
+
+def engine_subset(targets, classes, n):
+    """engine/data/dataset.cpp subset(): walking the data set in order (class folders, then file
+    names, both sorted), at most ceil(n / classes) images per class, n in all."""
+    if n <= 0 or n >= len(targets):
+        return list(range(len(targets)))
+    cap = (n + max(classes, 1) - 1) // max(classes, 1)
+    taken, out = [0] * classes, []
+    for i, label in enumerate(targets):
+        if len(out) == n:
+            break
+        if taken[label] < cap:
+            taken[label] += 1
+            out.append(i)
+    return out
+
+
+class _DecodedImages(torch.utils.data.Dataset):
+    """Decodes every image of an ImageFolder once (RGB uint8 HWC, the engine's image-folder reader
+    does the same up front); `transform` then works on a PIL image per sample."""
+
+    def __init__(self, pixels, targets, transform):
+        self.pixels, self.targets, self.transform = pixels, targets, transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return self.transform(Image.fromarray(self.pixels[i])), self.targets[i]
+
+
+def _as_list(items):
+    return items
+
+
+class _Decode(torch.utils.data.Dataset):
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        import numpy as np
+        from PIL import Image
+        with Image.open(self.samples[i][0]) as image:
+            # A numpy array travels back pickled; a tensor would hold a shared-memory file
+            # descriptor per image, more than a worker may pass (seen: "received 0 items of
+            # ancdata" on the 50,000 CIFAR-10 images).
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_split(root, split, subset, workers):
+    import torchvision
+    folder = torchvision.datasets.ImageFolder(f"{root}/{split}")
+    keep = engine_subset(folder.targets, len(folder.classes), subset)
+    samples = [folder.samples[i] for i in keep]
+    loader = torch.utils.data.DataLoader(_Decode(samples), batch_size=256, num_workers=workers,
+                                         collate_fn=_as_list)
+    images = [img for chunk in loader for img in chunk]
+    shapes = {tuple(img.shape) for img in images}
+    if len(shapes) != 1:
+        sys.exit(f"{root}/{split}: images differ in size: {sorted(shapes)[:4]}")
+    import numpy as np
+    pixels = np.stack(images)
+    return pixels, [t for _, t in samples], folder.classes
+
+
+def train_transforms(args, size, mean, std):
+    import torchvision.transforms as T
+    t = []
+    if args.crop == "random":
+        t.append(T.RandomCrop(size, padding=4))
+    elif args.crop == "resized":
+        t.append(T.RandomResizedCrop(size, scale=(args.scale, 1.0), ratio=(1.0, 1.0)))
+    elif args.crop != "none":
+        sys.exit(f"--crop must be none, random or resized, got '{args.crop}'")
+    if args.hflip:
+        t.append(T.RandomHorizontalFlip())
+    if args.ra_n > 0:
+        t.append(T.RandAugment(num_ops=args.ra_n, magnitude=args.ra_m, num_magnitude_bins=31))
+    if args.jitter > 0:
+        t.append(T.ColorJitter(args.jitter, args.jitter, args.jitter))
+    t += [T.ToTensor(), T.Normalize(mean, std)]
+    if args.reprob > 0:
+        t.append(T.RandomErasing(p=args.reprob, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0))
+    return T.Compose(t)
+
+
+def train(args):
+    import numpy as np
+    import torchvision.transforms as T
+    if args.precision not in ("fp32", "bf16"):
+        sys.exit(f"--precision must be fp32 or bf16, got '{args.precision}'")
+    if args.epochs <= 0 or args.batch <= 0:
+        sys.exit("--epochs and --batch must be positive")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    check_device(device)
+    if device.type == "cuda":
+        set_tf32(args.tf32)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    elif args.tf32:
+        sys.exit("--tf32 applies to CUDA only")
+    torch.manual_seed(args.seed)
+
+    start = time.perf_counter()
+    train_pixels, train_targets, classes = load_split(args.data, "train", args.subset, args.workers)
+    test_pixels, test_targets, test_classes = load_split(args.data, "test", args.test_subset,
+                                                         args.workers)
+    if classes != test_classes:
+        sys.exit(f"{args.data}: the train and test splits have different classes")
+    if train_pixels.shape[1:] != test_pixels.shape[1:]:
+        sys.exit(f"{args.data}: train and test images differ in size")
+    height, width = train_pixels.shape[1:3]
+    if height % args.patch or width % args.patch:
+        sys.exit(f"--patch {args.patch} does not divide the {height}x{width} images")
+    # As the trainer: CIFAR-10 uses the recipe's statistics, any other data set its own.
+    if classes == CIFAR10_CLASSES:
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        values = train_pixels.reshape(-1, 3).astype(np.float64) / 255.0
+        mean = tuple(float(v) for v in values.mean(0))
+        std = tuple(float(max(v, 1e-12)) for v in np.sqrt(
+            np.maximum((values ** 2).mean(0) - values.mean(0) ** 2, 1e-12)))
+    train_tf = train_transforms(args, (height, width), mean, std)
+    test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    load_seconds = time.perf_counter() - start
+
+    pin = device.type == "cuda"
+    common = dict(batch_size=args.batch, num_workers=args.workers, pin_memory=pin,
+                  persistent_workers=args.workers > 0)
+    train_loader = torch.utils.data.DataLoader(
+        _DecodedImages(train_pixels, train_targets, train_tf), shuffle=True,
+        drop_last=args.drop_last, generator=torch.Generator().manual_seed(args.seed), **common)
+    test_loader = torch.utils.data.DataLoader(
+        _DecodedImages(test_pixels, test_targets, test_tf), shuffle=False, drop_last=False,
+        **common)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        sys.exit("no training batch: fewer images than --batch with --drop-last")
+
+    model = ConvMixer(args.dim, args.depth, args.kernel, args.patch, len(classes)).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.999), eps=1e-8,
+                            weight_decay=args.wd)
+    run = maybe_compile(model, args.compile)
+    params = sum(p.numel() for p in model.parameters())
+
+    config = dict(
+        torch=torch.__version__, device=str(device),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        model=f"convmixer-{args.dim}/{args.depth} k{args.kernel} p{args.patch}",
+        parameters=params, classes=len(classes), image=f"{height}x{width}x3",
+        train_images=len(train_targets), test_images=len(test_targets),
+        load_seconds=round(load_seconds, 1), epochs=args.epochs, batch=args.batch,
+        steps_per_epoch=steps_per_epoch, drop_last=args.drop_last,
+        optimizer=f"AdamW(lr={args.lr}, betas=(0.9, 0.999), eps=1e-8, weight_decay={args.wd})",
+        schedule="onecycle (engine OneCycleLinear, per step)",
+        label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
+        precision=args.precision, compile=args.compile, tf32=args.tf32 if device.type == "cuda"
+        else None, cudnn_benchmark=args.cudnn_benchmark if device.type == "cuda" else None,
+        memory_format="channels_last", workers=args.workers, seed=args.seed,
+        mean=mean, std=std, train_transform=" -> ".join(repr(t) for t in train_tf.transforms),
+        test_transform=" -> ".join(repr(t) for t in test_tf.transforms))
+    for key, value in config.items():
+        print(f"# {key}: {value}")
+    sys.stdout.flush()
+    metrics = open(args.metrics, "a") if args.metrics else None
+
+    step, peak = 0, 0.0
+    for epoch in range(args.epochs):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        seen, lr = 0, 0.0
+        for images, labels in train_loader:
+            lr = onecycle_lr(step, args.lr, args.epochs, steps_per_epoch)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with autocast_context(device, args.precision):
+                logits = run(images)
+                loss = nn.functional.cross_entropy(logits, labels,
+                                                   label_smoothing=args.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if args.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+            opt.step()
+            step += 1
+            n = labels.shape[0]
+            loss_sum += loss.detach().double() * n
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += n
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        epoch_seconds = time.perf_counter() - epoch_start
+        train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
+        if not np.isfinite(train_loss):
+            sys.exit(f"training diverged: the loss is not finite in epoch {epoch + 1} "
+                     "(try a lower --lr or --clip-grad 1)")
+        evaluate_now = (epoch + 1) % args.eval_every == 0 or epoch + 1 == args.epochs
+        test_loss = test_acc = None
+        if evaluate_now:
+            test_loss, test_acc = evaluate(run, model, test_loader, device, args.precision)
+        if device.type == "cuda":
+            peak = peak_memory_mb(device)
+        img_per_s = seen / max(epoch_seconds, 1e-9)
+        fmt = (lambda v: f"{v:.6f}") if evaluate_now else (lambda v: "-")
+        print(f"epoch {epoch + 1:3d} | train loss {train_loss:.4f} acc {train_acc:.4f} | "
+              f"test loss {fmt(test_loss)} acc {fmt(test_acc)} | lr {lr:.6f} | "
+              f"{epoch_seconds:.1f} s | {img_per_s:.0f} img/s", flush=True)
+        if metrics:
+            line = dict(epoch=epoch + 1, step=step, train_loss=train_loss, train_acc=train_acc,
+                        lr=lr, epoch_seconds=epoch_seconds, img_per_s=img_per_s)
+            if evaluate_now:
+                line.update(test_loss=test_loss, test_acc=test_acc)
+            if device.type == "cuda":
+                line["peak_mem_mb"] = peak
+            metrics.write(json.dumps(line) + "\n")
+            metrics.flush()
+    if metrics:
+        metrics.close()
+    if device.type == "cuda":
+        print(f"peak_mem_mb={peak:.1f}")
+
+
+def evaluate(run, model, loader, device, precision):
+    """Test loss (no label smoothing) and accuracy, as the trainer's evaluate()."""
+    model.eval()
+    loss_sum, correct, seen = 0.0, 0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+            labels = labels.to(device, non_blocking=True)
+            with autocast_context(device, precision):
+                logits = run(images)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+            loss_sum += loss.item() * labels.shape[0]
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += labels.shape[0]
+    model.train()
+    return loss_sum / seen, correct / seen
 
 
 def main():
@@ -316,12 +659,60 @@ def main():
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
         b.add_argument(f"--{flag}", type=int, default=default)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast (bf16) around forward and loss, fp32 master weights")
+    b.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2)")
+    b.add_argument("--tf32", action="store_true",
+                   help="allow TF32 in fp32 matmuls and convolutions (CUDA; off: true fp32)")
+    b.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
+    t = sub.add_parser("train", help="train ConvMixer with the engine trainer's recipe and defaults",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", default="data/cifar10",
+                   help="image-folder root: <data>/{train,test}/<class>/*.png|jpg")
+    for flag, default, help_text in (
+            ("dim", 256, "channels"), ("depth", 8, "ConvMixer layers"),
+            ("kernel", 5, "depthwise kernel size (odd)"), ("patch", 2, "patch size"),
+            ("epochs", 25, "training epochs"), ("batch", 512, "images per step"),
+            ("workers", 8, "data-loader processes"),
+            ("subset", 0, "train on this many images only (0: all), spread over the classes "
+                          "as the trainer does (the first ceil(N/classes) of each class)"),
+            ("test-subset", 0, "evaluate on this many test images only (0: all)"),
+            ("eval-every", 1, "evaluate every N epochs (and after the last)"),
+            ("ra-n", 2, "RandAugment operations per image (0: off)"),
+            ("ra-m", 12, "RandAugment magnitude (0..30)"),
+            ("seed", 0, "seed for initialisation, shuffling and augmentation"),
+            ("threads", 0, "CPU threads for torch (0: its default)")):
+        t.add_argument(f"--{flag}", type=int, default=default, help=help_text)
+    for flag, default, help_text in (
+            ("lr", 0.05, "peak learning rate (onecycle)"), ("wd", 0.005, "AdamW weight decay"),
+            ("label-smoothing", 0.0, "cross-entropy label smoothing"),
+            ("clip-grad", 0.0, "clip the gradient norm to this value (0: off)"),
+            ("scale", 1.0, "resized crop: smallest area fraction"),
+            ("jitter", 0.0, "colour jitter strength (0: off)"),
+            ("reprob", 0.0, "random-erasing probability")):
+        t.add_argument(f"--{flag}", type=float, default=default, help=help_text)
+    t.add_argument("--crop", default="none",
+                   help="none, random (pad 4 + crop) or resized (RandomResizedCrop)")
+    t.add_argument("--hflip", default=True, type=lambda v: v.lower() in ("1", "true", "yes", "on"),
+                   help="random horizontal flips (true/false)")
+    t.add_argument("--drop-last", action="store_true",
+                   help="drop the last partial batch of each epoch")
+    t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: autocast (bf16) around forward and loss, fp32 master weights")
+    t.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2)")
+    t.add_argument("--tf32", action="store_true",
+                   help="allow TF32 in fp32 matmuls and convolutions (CUDA; off: true fp32)")
+    t.add_argument("--cudnn-benchmark", action="store_true",
+                   help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
+    t.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    t.add_argument("--metrics", default="", help="append one JSON line per epoch to this file")
     p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--top", type=int, default=3)
     p.add_argument("images", nargs="+")
     args = parser.parse_args()
-    {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench,
+    {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
      "predict": predict}[args.command](args)
 
 
