@@ -44,6 +44,7 @@ int run(int argc, char** argv) {
   flags.add("checkpoint", "", "the checkpoint (train's last.safetensors); required");
   flags.add("top", "3", "how many classes to print per image");
   flags.add("json", "false", "one JSON object per image, with logits and probabilities");
+  flags.add("device", "cpu", "cpu or cuda (the CUDA path, when built and a GPU is present)");
   flags.allow_positional("IMAGE");
   if (!flags.parse(argc, argv)) return 0;
   const std::string checkpoint = flags.str("checkpoint");
@@ -71,6 +72,9 @@ int run(int argc, char** argv) {
   Generator gen(0);
   auto model = models::make_model(spec, gen);
   io::load_checkpoint(checkpoint, *model, nullptr);
+  const Device device = Device::parse(flags.str("device"));
+  require_op_support(device);
+  model->to(device);
   model->eval();
   NoGradGuard no_grad;
   top = std::min<int64_t>(top, spec.classes);
@@ -95,7 +99,7 @@ int run(int argc, char** argv) {
     float* x = input.data<float>();
     for (size_t i = 0; i < resized.size(); ++i)
       x[i] = (resized[i] / 255.0f - mean[i % channels]) / std_dev[i % channels];
-    const std::vector<float> logits = model->forward(input).to_vector();
+    const std::vector<float> logits = model->forward(input.to(device)).to_vector();
     const float zmax = *std::max_element(logits.begin(), logits.end());
     double denom = 0.0;
     for (float z : logits) denom += std::exp(static_cast<double>(z - zmax));

@@ -24,6 +24,7 @@
 #include "engine/optim.h"
 #include "kernels/cpu/parallel.h"
 #ifdef DL_HAVE_CUDA
+#include "engine/cuda/cuda_backend.h"
 #include "engine/cuda/cuda_ops.h"
 #endif
 
@@ -396,6 +397,12 @@ int train(const TrainConfig& cfg) {
       line.emplace_back("test_loss", io::JsonValue(test.loss()));
       line.emplace_back("test_acc", io::JsonValue(test.accuracy()));
     }
+#ifdef DL_HAVE_CUDA
+    if (device.is_cuda()) {
+      const double peak_mb = static_cast<double>(cuda::memory_stats().peak_in_use) / (1 << 20);
+      line.emplace_back("peak_mem_mb", io::JsonValue(peak_mb));
+    }
+#endif
     metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
     save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
     const bool stop =

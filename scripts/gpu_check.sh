@@ -66,6 +66,25 @@ if [[ -n ${DATA:-} ]]; then
     --data "$DATA" --device cuda --epochs "$epochs" --workers "$workers" \
     --metrics "$out/pytorch-metrics.jsonl"
 fi
+# A run checkpointed on the GPU continues on the CPU and back, and predict names the same classes
+# on both devices (a small model on a subset: seconds).
+cross_device() {
+  local dir=$out/cross-run images
+  "$build/examples/train" --data "$DATA" --device cuda --subset 1000 --test-subset 200 \
+    --epochs 2 --dim 64 --depth 2 --batch 128 --stop-after-steps 3 --progress off \
+    --checkpoint-dir "$dir"
+  [[ $? == 130 ]] || return 1
+  "$build/examples/train" --resume "$dir" --device cpu --stop-after-steps 5 --progress off
+  [[ $? == 130 ]] || return 1
+  "$build/examples/train" --resume "$dir" --device cuda --progress off || return 1
+  mapfile -t images < <(find "$DATA/test" -name '*.jpg' | sort | head -50)
+  for dev in cpu cuda; do
+    "$build/examples/predict" --checkpoint "$dir/last.safetensors" --top 1 --device "$dev" \
+      "${images[@]}" | awk '{print $1, $2}' >"$out/predict-$dev.txt" || return 1
+  done
+  diff "$out/predict-cpu.txt" "$out/predict-cuda.txt" && echo "predict: same classes on cpu and cuda"
+}
+[[ -n ${DATA:-} ]] && step cross-device cross_device
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
 cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops)
