@@ -88,7 +88,9 @@ void declare_flags(cli::Flags& f) {
   f.add("tf32", "false", "allow TF32 in fp32 GEMMs (CUDA path)");
   f.add("device", "auto", "auto, cuda or cpu");
   f.add("threads", "0", "CPU threads (0: all cores)");
-  f.add("workers", "2", "data-loader threads");
+  f.add("workers", "0",
+        "data-loader threads (0: all cores but two on the GPU, where augmentation must keep up "
+        "with the step; 2 on the CPU, which the step needs)");
   f.add("seed", "0", "seed for initialisation, shuffling and augmentation");
   f.add("subset", "0", "train on this many images only (0: all), spread over the classes");
   f.add("test-subset", "0", "evaluate on this many test images only (0: all)");

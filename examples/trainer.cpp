@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include <iomanip>
 #include <iostream>
 #include <sstream>
+#include <thread>
 
 #include "engine/data/loader.h"
 #include "engine/error.h"
@@ -54,6 +56,15 @@ Device resolve_device(const std::string& name) {
   } catch (const Error&) {
     return Device::cpu();
   }
+}
+
+// --workers 0: on the GPU every core but two augments (measured on a 16-core H100 machine: 14
+// workers keep up with the 16k images/s of the fp32 step); on the CPU the step needs the cores.
+int loader_workers(int requested, Device device) {
+  DL_CHECK(requested >= 0, "--workers must be 0 (automatic) or positive, got ", requested);
+  if (requested > 0) return requested;
+  if (device.is_cpu()) return 2;
+  return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
 }
 
 struct EpochStats {
@@ -285,7 +296,7 @@ int train(const TrainConfig& cfg) {
                                     .augment = true,
                                     .augmentation = aug,
                                     .seed = cfg.seed,
-                                    .workers = cfg.workers};
+                                    .workers = loader_workers(cfg.workers, device)};
   data::DataLoader train_loader(train_set, train_options);
   data::LoaderOptions test_options = train_options;
   test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;

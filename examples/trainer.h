@@ -25,8 +25,8 @@ struct TrainConfig {
   double clip_grad = 0.0;          // 0: off
   std::string precision = "fp32";  // fp32 or bf16
   bool tf32 = false;
-  std::string device = "auto";  // auto, cuda or cpu
-  int threads = 0, workers = 2;
+  std::string device = "auto";   // auto, cuda or cpu
+  int threads = 0, workers = 0;  // 0: see train --help
   uint64_t seed = 0;
   int64_t subset = 0, test_subset = 0, eval_every = 1;
   data::AugmentConfig augmentation;  // mean/std are filled in from the data
