@@ -152,9 +152,8 @@ BatchNorm2d::BatchNorm2d(int64_t channels, float eps, float momentum)
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
   Tensor y = batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_);
-  if (is_training()) {  // counted once the batch was accepted
-    ++*num_batches_tracked.data<int64_t>();  // in host memory: see Module::to
-  }
+  // Counted once the batch was accepted; the counter is in host memory (see Module::to).
+  if (is_training()) ++*num_batches_tracked.data<int64_t>();
   return y;
 }
 

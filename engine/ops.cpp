@@ -12,8 +12,8 @@ namespace {
 void check_activation(const char* op, const Tensor& t, const char* what) {
   DL_CHECK(t.defined(), op, ": ", what, " is undefined");
   const bool bf16_ok = t.dtype() == DType::bf16 && device_ops(t.device()).supports_bf16();
-  DL_CHECK(t.dtype() == DType::f32 || bf16_ok, op, ": ", what, " has dtype ",
-           dtype_name(t.dtype()), ", expected F32", t.device().is_cpu() ? "" : " or BF16");
+  DL_CHECK(t.dtype() == DType::f32 || bf16_ok, op, ": ", what, " has dtype ", dtype_name(t.dtype()),
+           ", expected F32", t.device().is_cpu() ? "" : " or BF16");
 }
 
 // A parameter or statistic: f32, on the activation's device. Undefined passes (optional).
@@ -26,6 +26,7 @@ void check_param(const char* op, const Tensor& t, const char* what, Device devic
 }
 
 void check_same(const char* op, const Tensor& a, const Tensor& b) {
+  DL_CHECK(b.defined(), op, ": the second operand is undefined");
   DL_CHECK(a.shape() == b.shape(), op, ": shapes ", shape_str(a.shape()), " and ",
            shape_str(b.shape()), " differ");
   DL_CHECK(a.dtype() == b.dtype(), op, ": dtypes ", dtype_name(a.dtype()), " and ",
@@ -221,8 +222,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
            shape_str(x.shape()));
   DL_CHECK(!running_mean.defined() || (running_mean.is_contiguous() && running_var.is_contiguous()),
            "batch_norm: running statistics must be contiguous (they are updated in place)");
-  const Tensor gamma =
-      weight.defined() ? weight.contiguous() : Tensor::ones({c}, DType::f32, dev);
+  const Tensor gamma = weight.defined() ? weight.contiguous() : Tensor::ones({c}, DType::f32, dev);
   const Tensor beta = bias.defined() ? bias.contiguous() : Tensor::zeros({c}, DType::f32, dev);
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);

@@ -66,8 +66,8 @@ void Optimizer::add_param_groups(std::vector<ParamGroup> groups) {
 }
 
 void Optimizer::step() {
-  ++step_count_;
   state_.resize(groups_.size());
+  // Everything is checked before any state changes, so a refused step leaves no trace.
   std::vector<PendingUpdate> pending;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     ParamGroup& group = groups_[gi];
@@ -85,10 +85,15 @@ void Optimizer::step() {
       DL_CHECK(pending.empty() || param.device() == pending.front().param.device(),
                "optimizer: parameters on ", pending.front().param.device().str(), " and ",
                param.device().str(), "; move the whole model to one device");
-      ParamState& state = state_[gi][pi];
-      ++state.step;
-      pending.push_back({&group, param, grad.contiguous(), &state});
+      pending.push_back({&group, param, grad.contiguous(), &state_[gi][pi]});
     }
+  }
+  ++step_count_;
+  for (PendingUpdate& u : pending) {
+    ++u.state->step;
+    // The state follows its parameter when the model moved (Module::to) after earlier steps.
+    for (Tensor& buffer : u.state->buffers)
+      if (buffer.device() != u.param.device()) buffer = buffer.to(u.param.device());
   }
   if (!pending.empty()) update(pending);
 }

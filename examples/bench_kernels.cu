@@ -232,18 +232,6 @@ __global__ void fill_normal_kernel(T* out, int64_t n, uint64_t seed) {
   }
 }
 
-// out[b, j, i] = in[b, i, j] for in [batch, rows, cols]: NHWC -> NCHW with rows = H W, cols = C,
-// and NCHW -> NHWC with rows = C, cols = H W.
-template <class T>
-__global__ void transpose_kernel(const T* in, T* out, int64_t batch, int64_t rows, int64_t cols) {
-  const int64_t total = batch * rows * cols;
-  for (int64_t o = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; o < total;
-       o += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = o % rows, j = (o / rows) % cols, b = o / (rows * cols);
-    out[o] = in[(b * rows + i) * cols + j];
-  }
-}
-
 // Holds the GPU for `ns` nanoseconds, so that the runs queued behind it start back to back.
 __global__ void hold_kernel(uint64_t ns) {
   uint64_t start, now;
@@ -260,14 +248,6 @@ int grid_for(int64_t n) {
 template <class T>
 void fill_normal(T* out, int64_t n, uint64_t seed, cudaStream_t stream) {
   fill_normal_kernel<T><<<grid_for(n), 256, 0, stream>>>(out, n, seed);
-  DL_CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
-void transpose(const T* in, T* out, int64_t batch, int64_t rows, int64_t cols,
-               cudaStream_t stream) {
-  transpose_kernel<T>
-      <<<grid_for(batch * rows * cols), 256, 0, stream>>>(in, out, batch, rows, cols);
   DL_CUDA_CHECK_LAUNCH();
 }
 
@@ -352,7 +332,9 @@ struct Row {
 class Context {
  public:
   explicit Context(Options o) : opt(std::move(o)), conv_ws(kConvWorkspace) {
-    DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    // A blocking stream: upload() and download() use cudaMemcpy on the legacy default stream,
+    // which then waits for the work queued here (a non-blocking stream would race them).
+    DL_CUDA_CHECK(cudaStreamCreate(&stream));
     DL_CUDNN_CHECK(cudnnCreate(&cudnn));
     DL_CUDNN_CHECK(cudnnSetStream(cudnn, stream));
     start_.resize(opt.reps);
@@ -444,8 +426,8 @@ std::vector<BufferSet<T>> make_sets(Context& ctx, const ActShape& a, int nsets) 
     for (DeviceArray<T>* t : {&s.x, &s.dy, &s.r})
       fill_normal(t->get(), m, ctx.next_seed(), ctx.stream);
     dl::cuda::gelu_forward<T>(s.x.get(), s.g.get(), m, ctx.stream);
-    transpose(s.x.get(), s.x_nchw.get(), a.n, a.h * a.w, a.c, ctx.stream);
-    transpose(s.dy.get(), s.dy_nchw.get(), a.n, a.h * a.w, a.c, ctx.stream);
+    dl::cuda::transpose_batched(s.x.get(), a.n, a.h * a.w, a.c, s.x_nchw.get(), ctx.stream);
+    dl::cuda::transpose_batched(s.dy.get(), a.n, a.h * a.w, a.c, s.dy_nchw.get(), ctx.stream);
     s.mean = DeviceArray<float>(a.c);
     s.invstd = DeviceArray<float>(a.c);
   }
@@ -972,7 +954,8 @@ void bench_conv(Context& ctx, const ActShape& a, int k, std::vector<BufferSet<T>
           } else {  // back to NHWC before comparing
             poison(sets[0].y_nchw.get(), sets[0].y_nchw.bytes(), ctx.stream);
             theirs(0);
-            transpose(sets[0].y_nchw.get(), sets[0].y2.get(), a.n, a.c, a.h * a.w, ctx.stream);
+            dl::cuda::transpose_batched(sets[0].y_nchw.get(), a.n, a.c, a.h * a.w, sets[0].y2.get(),
+                                        ctx.stream);
             ctx.sync();
             their_out = download(sets[0].y2.get(), m);
           }

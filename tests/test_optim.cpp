@@ -269,6 +269,31 @@ TEST_CASE("Parameters without a gradient are skipped", "[optim]") {
   CHECK(opt.step_count() == 3);
 }
 
+TEST_CASE("A refused step changes no parameter and no step count", "[optim]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  std::vector<Tensor> params = make_params(gen);
+  AdamW opt(params, {.lr = 0.01});
+  params[0].set_grad(Tensor::randn(params[0].shape(), gen));
+  opt.step();
+  const std::vector<float> p0 = params[0].to_vector(), p1 = params[1].to_vector();
+  const auto state = opt.state_tensors();
+  // The first parameter's gradient is fine, the second's has the wrong dtype.
+  params[0].set_grad(Tensor::randn(params[0].shape(), gen));
+  params[1].set_grad(Tensor::zeros(params[1].shape(), DType::i64));
+  REQUIRE_THROWS_WITH(opt.step(), Contains("must be f32"));
+  CHECK(opt.step_count() == 1);
+  CHECK(params[0].to_vector() == p0);
+  CHECK(params[1].to_vector() == p1);
+  const auto after = opt.state_tensors();
+  REQUIRE(after.size() == state.size());
+  for (size_t i = 0; i < state.size(); ++i) {
+    INFO(state[i].first);
+    CHECK(after[i].second.to_vector() == state[i].second.to_vector());
+  }
+}
+
 TEST_CASE("Invalid options throw with a clear message", "[optim]") {
   const std::vector<Tensor> params = {Tensor::zeros({2})};
   CHECK_THROWS_WITH(SGD(params, {.lr = -1}), Contains("Invalid learning rate: -1"));
