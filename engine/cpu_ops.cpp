@@ -43,6 +43,7 @@ cpu::Pool2dShape pool_shape(const PoolArgs& s) {
 class CpuOps final : public DeviceOps {
  public:
   bool supports_bf16() const override { return false; }
+  void synchronize() override {}
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
     cpu::add(f32(a), f32(b), f32(out), out.numel());
@@ -102,8 +103,8 @@ class CpuOps final : public DeviceOps {
                             Tensor& dx) override {
     cpu::conv2d_backward_data(conv_shape(s), f32(dy), f32(weight), f32(dx));
   }
-  void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x,
-                              Tensor& dweight, Tensor& dbias) override {
+  void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
+                              Tensor& dbias) override {
     if (dweight.defined()) {
       cpu::conv2d_backward_weight(conv_shape(s), f32(dy), f32(x), f32(dweight), f32(dbias));
     } else {
@@ -201,9 +202,9 @@ class CpuOps final : public DeviceOps {
       cpu::adamw_update(f32(p), f32(u.grad), f32(m), f32(v), p.numel(),
                         static_cast<float>(1 - u.lr * u.weight_decay), static_cast<float>(u.beta1),
                         static_cast<float>(1 - u.beta1), static_cast<float>(u.beta2),
-                        static_cast<float>(1 - u.beta2), static_cast<float>(u.lr / bias_correction1),
-                        static_cast<float>(std::sqrt(bias_correction2)),
-                        static_cast<float>(u.eps));
+                        static_cast<float>(1 - u.beta2),
+                        static_cast<float>(u.lr / bias_correction1),
+                        static_cast<float>(std::sqrt(bias_correction2)), static_cast<float>(u.eps));
     }
   }
   void sgd_update(const std::vector<SGDUpdate>& updates) override {

@@ -50,6 +50,9 @@ class DeviceOps {
  public:
   virtual ~DeviceOps() = default;
   virtual bool supports_bf16() const = 0;
+  // Waits until all work queued on the device has finished (a no-op on the CPU, whose ops
+  // finish before they return).
+  virtual void synchronize() = 0;
 
   // --- elementwise ---
   virtual void add(const Tensor& a, const Tensor& b, Tensor& out) = 0;
@@ -102,7 +105,7 @@ class DeviceOps {
                                   Tensor& dx, Tensor& dgamma, Tensor& dbeta) = 0;
 
   // --- pooling (NHWC) ---
-  virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;    // [n,h,w,c] -> [n,c]
+  virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;     // [n,h,w,c] -> [n,c]
   virtual void global_avg_pool_backward(const Tensor& dy, Tensor& dx) = 0;  // dx [n,h,w,c]
   // argmax: i32, the input pixel (ih * w + iw) within its image, -1 for an all-padding window.
   virtual void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y,

@@ -1,8 +1,10 @@
 // Times ConvMixer training steps (forward, backward, AdamW) on synthetic data, in fp32 or bf16
 // mixed precision (bf16 activations, fp32 parameters and optimizer state; the CUDA path). On the
-// CUDA path it also prints peak_mem_mb=<peak device memory of the caching allocator, MiB>. The last
-// line is train_img_per_s=<number>, for scripts to compare with PyTorch
-// (scripts/pytorch_reference.py bench, scripts/bench_gpu.sh).
+// CUDA path it also prints peak_mem_mb=<peak device memory of the caching allocator, MiB>. With
+// --profile it then runs --profile-steps more steps under an OpProfiler (engine/profile.h) and
+// prints the time of each op per step. The last line is train_img_per_s=<number> (of the timed
+// steps), for scripts to compare with PyTorch (scripts/pytorch_reference.py bench,
+// scripts/bench_gpu.sh).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -11,6 +13,7 @@
 #include "engine/error.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/profile.h"
 #include "examples/cli.h"
 #include "kernels/cpu/parallel.h"
 #include "models/convmixer.h"
@@ -37,6 +40,10 @@ int run(int argc, char** argv) {
   flags.add("seed", "0", "random seed");
   flags.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision needs the CUDA path)");
   flags.add("tf32", "false", "allow TF32 in fp32 GEMMs and convolutions (CUDA path)");
+  flags.add("profile", "false",
+            "after the timed steps, print each op's time per step (device synchronized around "
+            "every op)");
+  flags.add("profile-steps", "3", "steps profiled by --profile");
   if (!flags.parse(argc, argv)) return 0;
 
   const Device device = Device::parse(flags.str("device"));
@@ -57,6 +64,9 @@ int run(int argc, char** argv) {
   cpu::set_num_threads(static_cast<int>(flags.integer("threads")));
   const int64_t batch = flags.integer("batch"), steps = flags.integer("steps");
   DL_CHECK(batch > 0 && steps > 0, "--batch and --steps must be positive");
+  const bool profile = flags.boolean("profile");
+  const int64_t profile_steps = flags.integer("profile-steps");
+  DL_CHECK(!profile || profile_steps > 0, "--profile-steps must be positive");
   Generator gen(static_cast<uint64_t>(flags.integer("seed")));
   models::ConvMixerConfig config;
   config.dim = flags.integer("dim"), config.depth = flags.integer("depth");
@@ -87,11 +97,14 @@ int run(int argc, char** argv) {
   for (int64_t i = 0; i < flags.integer("warmup"); ++i) step();
   sync();
   const auto start = std::chrono::steady_clock::now();
-  float last_loss = 0.0f;
-  for (int64_t i = 0; i < steps; ++i) last_loss = step().item();
+  // The loss is read once, after the loop, as PyTorch's bench does (reading it every step would
+  // add a wait per step on the GPU).
+  Tensor loss;
+  for (int64_t i = 0; i < steps; ++i) loss = step();
   sync();
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const float last_loss = loss.item();
   std::printf(
       "convmixer-%lld/%lld k%lld p%lld batch %lld on %s (%s%s), %d threads: %.2f ms/step, "
       "loss %.4f\n",
@@ -105,6 +118,26 @@ int run(int argc, char** argv) {
     std::printf("peak_mem_mb=%.1f\n",
                 static_cast<double>(cuda::memory_stats().peak_in_use) / (1024.0 * 1024.0));
 #endif
+  if (profile) {
+    // The profiled steps' wall time, to compare with the time inside the ops.
+    const auto profile_start = std::chrono::steady_clock::now();
+    OpProfiler profiler(device);
+    for (int64_t i = 0; i < profile_steps; ++i) step();
+    sync();
+    const double wall =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - profile_start).count();
+    const double in_ops = profiler.total_seconds();
+    std::printf("\nprofile of %lld more steps, the device synchronized before and after each op:\n",
+                static_cast<long long>(profile_steps));
+    std::fflush(stdout);
+    profiler.print(std::cout, static_cast<int>(profile_steps));
+    std::cout.flush();
+    std::printf(
+        "profiled steps: %.3f ms/step wall, %.3f in ops, %.3f outside them (autograd, "
+        "allocation, copies)\n",
+        1e3 * wall / profile_steps, 1e3 * in_ops / profile_steps,
+        1e3 * (wall - in_ops) / profile_steps);
+  }
   std::printf("train_img_per_s=%.1f\n", batch * steps / seconds);
   return 0;
 }

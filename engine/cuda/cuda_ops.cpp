@@ -276,6 +276,7 @@ class MultiTensorStep {
 class CudaOps final : public DeviceOps {
  public:
   bool supports_bf16() const override { return true; }
+  void synchronize() override { cuda::synchronize(); }
 
   // --- elementwise ---
 
