@@ -1,4 +1,4 @@
-// The CPU DeviceOps (f32 only): thin calls into kernels/cpu, and the per-device registry.
+// The CPU DeviceOps (f32 only): calls into kernels/cpu, and the per-device registry.
 #include <cmath>
 
 #include "engine/device_ops.h"
@@ -78,21 +78,10 @@ class CpuOps final : public DeviceOps {
   void sum(const Tensor& x, Tensor& out) override {
     f32(out)[0] = static_cast<float>(cpu::sum(f32(x), x.numel()));
   }
-  double squared_norm(const Tensor& x) override {
-    const float* p = f32(x);
-    double s = 0.0;
-    for (int64_t i = 0; i < x.numel(); ++i) s += static_cast<double>(p[i]) * p[i];
-    return s;
-  }
+  double squared_norm(const Tensor& x) override { return cpu::sum_squares(f32(x), x.numel()); }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
-    const float* src = f32(in);
-    float* dst = f32(out);
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < cols; ++j)
-          dst[(b * cols + j) * rows + i] = src[(b * rows + i) * cols + j];
+    cpu::transpose_batched(f32(in), batch, rows, cols, f32(out));
   }
 
   void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,

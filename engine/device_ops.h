@@ -5,10 +5,11 @@
 // (engine/cuda/cuda_ops.cpp) wraps kernels/cuda and registers itself like the CUDA DeviceBackend.
 //
 // Contract for every method: tensors are contiguous and on this device; outputs are allocated by
-// the caller with the right shape and are overwritten (=), except axpy. Activations (x, y, dy, dx,
-// logits) share one dtype: f32, or bf16 where supports_bf16(); parameters, their gradients,
-// BatchNorm statistics and optimizer state are f32. An undefined Tensor means "absent" where the
-// comment says "may be undefined".
+// the caller with the right shape and are overwritten (=), except axpy and BatchNorm's running
+// statistics, which are updated in place. Activations (x, y, dy, dx, logits) share one dtype:
+// f32, or bf16 where supports_bf16(); parameters, their gradients, BatchNorm statistics and
+// optimizer state are f32. An undefined Tensor means "absent" where the comment says "may be
+// undefined".
 #pragma once
 #include <cstdint>
 #include <vector>

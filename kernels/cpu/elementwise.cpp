@@ -97,19 +97,40 @@ void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
 }
 
-double sum(const float* x, int64_t n) {
+namespace {
+// The sum of term(x[i]) in double over fixed chunks of kReduceChunk elements, the chunks' sums
+// added in order: the same bits for any thread count.
+template <class Term>
+double chunked_sum(const float* x, int64_t n, Term term) {
   const int64_t chunks = (n + kReduceChunk - 1) / kReduceChunk;
   std::vector<double> partial(static_cast<size_t>(chunks), 0.0);
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t end = std::min(n, (c + 1) * kReduceChunk);
     double s = 0.0;
-    for (int64_t i = c * kReduceChunk; i < end; ++i) s += x[i];
+    for (int64_t i = c * kReduceChunk; i < end; ++i) s += term(static_cast<double>(x[i]));
     partial[c] = s;
   }
   double total = 0.0;
   for (double p : partial) total += p;
   return total;
+}
+}  // namespace
+
+double sum(const float* x, int64_t n) {
+  return chunked_sum(x, n, [](double v) { return v; });
+}
+
+double sum_squares(const float* x, int64_t n) {
+  return chunked_sum(x, n, [](double v) { return v * v; });
+}
+
+void transpose_batched(const float* in, int64_t batch, int64_t rows, int64_t cols, float* out) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t i = 0; i < rows; ++i)
+      for (int64_t j = 0; j < cols; ++j)
+        out[(b * cols + j) * rows + i] = in[(b * rows + i) * cols + j];
 }
 
 void sum_rows(const float* x, int64_t rows, int64_t cols, float* out) {

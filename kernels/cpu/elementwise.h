@@ -21,5 +21,9 @@ void axpy(float alpha, const float* x, float* y, int64_t n);
 double sum(const float* x, int64_t n);
 // Sum over rows of a [rows, cols] matrix into out[cols] (overwrites), accumulated in double.
 void sum_rows(const float* x, int64_t rows, int64_t cols, float* out);
+// Sum of x[i]^2 in double (deterministic: fixed chunking).
+double sum_squares(const float* x, int64_t n);
+// out[b, j, i] = in[b, i, j] for `batch` row-major [rows, cols] matrices (NHWC <-> NCHW).
+void transpose_batched(const float* in, int64_t batch, int64_t rows, int64_t cols, float* out);
 
 }  // namespace dl::cpu
