@@ -132,6 +132,37 @@ class CpuOps final : public DeviceOps {
                             batch_stats, f32(dx), f32(dgamma), f32(dbeta));
   }
 
+  // The unfused sequence (GELU, BatchNorm, add), so the result is bit-identical to the three
+  // separate ops; GELU(h) is recomputed in the backward.
+  void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                    float eps, float momentum, Tensor& running_mean,
+                                    Tensor& running_var, const Tensor& residual, Tensor& y,
+                                    Tensor& save_mean, Tensor& save_invstd) override {
+    Tensor g = Tensor::empty(h.shape());
+    gelu_forward(h, g);
+    batchnorm_forward_train(g, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
+                            save_invstd);
+    if (residual.defined()) add(y, residual, y);
+  }
+  void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                   const Tensor& running_mean, const Tensor& running_var, float eps,
+                                   const Tensor& residual, Tensor& y, Tensor& save_mean,
+                                   Tensor& save_invstd) override {
+    Tensor g = Tensor::empty(h.shape());
+    gelu_forward(h, g);
+    batchnorm_forward_eval(g, gamma, beta, running_mean, running_var, eps, y, save_mean,
+                           save_invstd);
+    if (residual.defined()) add(y, residual, y);
+  }
+  void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                               const Tensor& mean, const Tensor& invstd, bool batch_stats,
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+    Tensor g = Tensor::empty(h.shape()), dg = Tensor::empty(h.shape());
+    gelu_forward(h, g);
+    batchnorm_backward(dy, g, gamma, mean, invstd, batch_stats, dg, dgamma, dbeta);
+    gelu_backward(h, dg, dh);
+  }
+
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
     cpu::global_avg_pool_forward(f32(x), x.size(0), x.size(1) * x.size(2), x.size(3), f32(y));
   }

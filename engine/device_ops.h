@@ -105,6 +105,24 @@ class DeviceOps {
                                   const Tensor& mean, const Tensor& invstd, bool batch_stats,
                                   Tensor& dx, Tensor& dgamma, Tensor& dbeta) = 0;
 
+  // --- BatchNorm of GELU(h), plus a residual: y = BN(GELU(h)) (+ residual) ---
+  // The same contracts as the three above, with BatchNorm's input GELU(h) recomputed from the
+  // pre-activation h instead of stored (the GPU fuses the three ops into fewer passes over the
+  // activation). residual may be undefined; the backward returns dh (the residual's gradient is
+  // dy itself).
+  virtual void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma,
+                                            const Tensor& beta, float eps, float momentum,
+                                            Tensor& running_mean, Tensor& running_var,
+                                            const Tensor& residual, Tensor& y, Tensor& save_mean,
+                                            Tensor& save_invstd) = 0;
+  virtual void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                           const Tensor& running_mean, const Tensor& running_var,
+                                           float eps, const Tensor& residual, Tensor& y,
+                                           Tensor& save_mean, Tensor& save_invstd) = 0;
+  virtual void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                                       const Tensor& mean, const Tensor& invstd, bool batch_stats,
+                                       Tensor& dh, Tensor& dgamma, Tensor& dbeta) = 0;
+
   // --- pooling (NHWC) ---
   virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;     // [n,h,w,c] -> [n,c]
   virtual void global_avg_pool_backward(const Tensor& dy, Tensor& dx) = 0;  // dx [n,h,w,c]

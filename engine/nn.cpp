@@ -157,6 +157,13 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
   return y;
 }
 
+Tensor BatchNorm2d::forward_gelu(const Tensor& h, const Tensor& residual) {
+  Tensor y = gelu_batch_norm(h, running_mean, running_var, weight, bias, is_training(), momentum_,
+                             eps_, residual);
+  if (is_training()) ++*num_batches_tracked.data<int64_t>();
+  return y;
+}
+
 Linear::Linear(int64_t in, int64_t out, bool with_bias, Generator& gen) {
   DL_CHECK(in > 0 && out > 0, "Linear: sizes must be positive, got ", in, " -> ", out);
   weight = register_parameter("weight", fan_in_uniform({out, in}, in, gen));

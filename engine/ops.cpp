@@ -194,36 +194,51 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   return out;
 }
 
-Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
-                  const Tensor& weight, const Tensor& bias, bool training, float momentum,
-                  float eps) {
-  check_activation("batch_norm", x, "input");
-  DL_CHECK(x.dim() >= 2, "batch_norm: input needs a channel axis, got ", shape_str(x.shape()));
+namespace {
+
+// Checks BatchNorm's arguments (x's last axis is the channel axis) and gives the affine
+// parameters, ones and zeros when absent.
+struct BatchNormInputs {
+  int64_t c;
+  Tensor gamma, beta;
+};
+BatchNormInputs check_batch_norm(const char* op, const Tensor& x, const Tensor& running_mean,
+                                 const Tensor& running_var, const Tensor& weight,
+                                 const Tensor& bias, bool training) {
+  check_activation(op, x, "input");
+  DL_CHECK(x.dim() >= 2, op, ": input needs a channel axis, got ", shape_str(x.shape()));
   const int64_t c = x.size(-1);
-  DL_CHECK(c > 0, "batch_norm: input has no channels, shape ", shape_str(x.shape()));
-  const int64_t rows = x.numel() / c;
+  DL_CHECK(c > 0, op, ": input has no channels, shape ", shape_str(x.shape()));
   const Device dev = x.device();
   auto check_vec = [&](const Tensor& t, const char* what) {
     if (!t.defined()) return;
-    check_param("batch_norm", t, what, dev);
-    DL_CHECK(t.dim() == 1 && t.size(0) == c, "batch_norm: ", what, " has shape ",
-             shape_str(t.shape()), ", expected [", c, "]");
+    check_param(op, t, what, dev);
+    DL_CHECK(t.dim() == 1 && t.size(0) == c, op, ": ", what, " has shape ", shape_str(t.shape()),
+             ", expected [", c, "]");
   };
   check_vec(running_mean, "running_mean");
   check_vec(running_var, "running_var");
   check_vec(weight, "weight");
   check_vec(bias, "bias");
-  DL_CHECK(running_mean.defined() == running_var.defined(),
-           "batch_norm: give both running_mean and running_var, or neither");
-  DL_CHECK(training || running_mean.defined(),
-           "batch_norm: evaluation mode needs running statistics");
-  DL_CHECK(!training || rows > 1,
-           "batch_norm: training needs more than one value per channel, got input ",
-           shape_str(x.shape()));
+  DL_CHECK(running_mean.defined() == running_var.defined(), op,
+           ": give both running_mean and running_var, or neither");
+  DL_CHECK(training || running_mean.defined(), op, ": evaluation mode needs running statistics");
+  DL_CHECK(!training || x.numel() / c > 1, op,
+           ": training needs more than one value per channel, got input ", shape_str(x.shape()));
   DL_CHECK(!running_mean.defined() || (running_mean.is_contiguous() && running_var.is_contiguous()),
-           "batch_norm: running statistics must be contiguous (they are updated in place)");
-  const Tensor gamma = weight.defined() ? weight.contiguous() : Tensor::ones({c}, DType::f32, dev);
-  const Tensor beta = bias.defined() ? bias.contiguous() : Tensor::zeros({c}, DType::f32, dev);
+           op, ": running statistics must be contiguous (they are updated in place)");
+  return {c, weight.defined() ? weight.contiguous() : Tensor::ones({c}, DType::f32, dev),
+          bias.defined() ? bias.contiguous() : Tensor::zeros({c}, DType::f32, dev)};
+}
+
+}  // namespace
+
+Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
+                  const Tensor& weight, const Tensor& bias, bool training, float momentum,
+                  float eps) {
+  const auto [c, gamma, beta] =
+      check_batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training);
+  const Device dev = x.device();
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);
   Tensor mean = Tensor::empty({c}, DType::f32, dev), invstd = Tensor::empty({c}, DType::f32, dev);
@@ -242,6 +257,38 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
                                           dgamma, dbeta);
            return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor()};
+         });
+  return out;
+}
+
+Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor& running_var,
+                       const Tensor& weight, const Tensor& bias, bool training, float momentum,
+                       float eps, const Tensor& residual) {
+  const auto [c, gamma, beta] =
+      check_batch_norm("gelu_batch_norm", h, running_mean, running_var, weight, bias, training);
+  if (residual.defined()) check_same("gelu_batch_norm", h, residual);
+  const Device dev = h.device();
+  const Tensor hc = h.contiguous();
+  const Tensor rc = contiguous_or_undefined(residual);
+  Tensor out = empty_like(h);
+  Tensor mean = Tensor::empty({c}, DType::f32, dev), invstd = Tensor::empty({c}, DType::f32, dev);
+  Tensor rm = running_mean, rv = running_var;
+  if (training) {
+    ops_for(h).gelu_batchnorm_forward_train(hc, gamma, beta, eps, momentum, rm, rv, rc, out, mean,
+                                            invstd);
+  } else {
+    ops_for(h).gelu_batchnorm_forward_eval(hc, gamma, beta, rm, rv, eps, rc, out, mean, invstd);
+  }
+  const auto needs = needs_grad({h, weight, bias, residual});
+  record(out, "gelu_batch_norm", {h, weight, bias, residual},
+         [=, hc = hc.detach(), gamma = gamma.detach()](const Tensor& g) {
+           const Tensor gc = g.contiguous();
+           Tensor dh = empty_like(hc), dgamma = Tensor::empty({c}, DType::f32, hc.device()),
+                  dbeta = Tensor::empty({c}, DType::f32, hc.device());
+           ops_for(hc).gelu_batchnorm_backward(gc, hc, gamma, mean, invstd, training, dh, dgamma,
+                                               dbeta);
+           return std::vector<Tensor>{needs[0] ? dh : Tensor(), needs[1] ? dgamma : Tensor(),
+                                      needs[2] ? dbeta : Tensor(), needs[3] ? g : Tensor()};
          });
   return out;
 }

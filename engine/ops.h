@@ -40,6 +40,12 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, float momentum = 0.1f,
                   float eps = 1e-5f);
+// batch_norm(gelu(h)) (+ residual, if defined; the shape and dtype of h) as one op, with the
+// values and gradients of the separate ops: GELU(h) is recomputed in the backward instead of
+// stored, and on the GPU the three run as fused kernels in fewer passes over the activation.
+Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor& running_var,
+                       const Tensor& weight, const Tensor& bias, bool training,
+                       float momentum = 0.1f, float eps = 1e-5f, const Tensor& residual = Tensor());
 // [N, H, W, C] -> [N, C, H, W] (a copy), for interop with PyTorch's flatten order.
 Tensor nhwc_to_nchw(const Tensor& x);
 // [N, H, W, C] -> [N, C]

@@ -188,6 +188,32 @@ class OpProfiler::TimedOps final : public DeviceOps {
     });
   }
 
+  void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                    float eps, float momentum, Tensor& running_mean,
+                                    Tensor& running_var, const Tensor& residual, Tensor& y,
+                                    Tensor& save_mean, Tensor& save_invstd) override {
+    timed("gelu_batchnorm_forward_train", dims(h) + (residual.defined() ? " +res" : ""), [&] {
+      inner_.gelu_batchnorm_forward_train(h, gamma, beta, eps, momentum, running_mean, running_var,
+                                          residual, y, save_mean, save_invstd);
+    });
+  }
+  void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                   const Tensor& running_mean, const Tensor& running_var, float eps,
+                                   const Tensor& residual, Tensor& y, Tensor& save_mean,
+                                   Tensor& save_invstd) override {
+    timed("gelu_batchnorm_forward_eval", dims(h) + (residual.defined() ? " +res" : ""), [&] {
+      inner_.gelu_batchnorm_forward_eval(h, gamma, beta, running_mean, running_var, eps, residual,
+                                         y, save_mean, save_invstd);
+    });
+  }
+  void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                               const Tensor& mean, const Tensor& invstd, bool batch_stats,
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+    timed("gelu_batchnorm_backward", dims(h), [&] {
+      inner_.gelu_batchnorm_backward(dy, h, gamma, mean, invstd, batch_stats, dh, dgamma, dbeta);
+    });
+  }
+
   // --- pooling ---
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
     timed("global_avg_pool_forward", dims(x), [&] { inner_.global_avg_pool_forward(x, y); });

@@ -13,7 +13,7 @@ PatchEmbeddings::PatchEmbeddings(int64_t dim, int64_t patch, int64_t in_channels
 }
 
 Tensor PatchEmbeddings::forward(const Tensor& x) {
-  return norm_->forward(gelu(conv_->forward(x)));
+  return norm_->forward_gelu(conv_->forward(x));
 }
 
 ConvMixerLayer::ConvMixerLayer(int64_t dim, int64_t kernel, Generator& gen) {
@@ -28,8 +28,9 @@ ConvMixerLayer::ConvMixerLayer(int64_t dim, int64_t kernel, Generator& gen) {
 }
 
 Tensor ConvMixerLayer::forward(const Tensor& x) {
-  const Tensor y = add(norm1_->forward(gelu(depth_wise_conv_->forward(x))), x);
-  return norm2_->forward(gelu(point_wise_conv_->forward(y)));
+  // BatchNorm(GELU(conv)) (+ x) as fused ops: the GELU output is never stored.
+  const Tensor y = norm1_->forward_gelu(depth_wise_conv_->forward(x), x);
+  return norm2_->forward_gelu(point_wise_conv_->forward(y));
 }
 
 ClassificationHead::ClassificationHead(int64_t dim, int64_t classes, Generator& gen) {

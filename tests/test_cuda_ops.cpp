@@ -198,6 +198,29 @@ TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CP
                               false);
       },
       {x, gamma, beta}, {true, true, true}, gen);
+  for (const bool training : {true, false}) {
+    INFO("gelu_batch_norm, training " << training);
+    Tensor rm2_cpu = rm_cpu.clone(), rv2_cpu = rv_cpu.clone();
+    Tensor rm2_gpu = rm2_cpu.to(kGpu), rv2_gpu = rv2_cpu.to(kGpu);
+    compare_op(
+        "gelu_batch_norm with a residual (fused kernels on the GPU)",
+        [&](auto& t) {
+          const bool gpu = t[0].device().is_cuda();
+          return dl::gelu_batch_norm(t[0], gpu ? rm2_gpu : rm2_cpu, gpu ? rv2_gpu : rv2_cpu, t[1],
+                                     t[2], training, 0.1f, 1e-5f, t[3]);
+        },
+        {x, gamma, beta, Tensor::randn(x.shape(), gen)}, {true, true, true, true}, gen);
+    CHECK_CLOSE(rm2_gpu, rm2_cpu, 1e-5, "running_mean");
+    CHECK_CLOSE(rv2_gpu, rv2_cpu, 1e-5, "running_var");
+    compare_op(
+        "gelu_batch_norm without affine parameters or residual",
+        [&](auto& t) {
+          const bool gpu = t[0].device().is_cuda();
+          return dl::gelu_batch_norm(t[0], gpu ? rm2_gpu : rm2_cpu, gpu ? rv2_gpu : rv2_cpu,
+                                     Tensor(), Tensor(), training);
+        },
+        {x}, {true}, gen);
+  }
   compare_op(
       "max_pool2d", [](auto& t) { return dl::max_pool2d(t[0], 3, 2, 1); },
       {Tensor::randn({2, 9, 8, 6}, gen)}, {true}, gen);
@@ -310,6 +333,41 @@ TEST_CASE("bf16 mixed precision on the GPU stays close to the fp32 CPU step", "[
     const double e = l2_rel_error(gpu.grads[i], cpu.grads[i]);
     INFO("relative L2 error of the gradient " << e);
     CHECK(e < 0.1);
+  }
+}
+
+TEST_CASE("a label outside the classes is a clear error on the GPU", "[cuda][ops]") {
+  const Tensor logits = Tensor::zeros({3, 10}).to(kGpu);
+  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 10, 2}, {3}).to(kGpu);
+  CHECK_THROWS_WITH(dl::cross_entropy(logits, labels), Catch::Contains("outside [0, 10)"));
+}
+
+TEST_CASE("optimizer state follows a model moved to the GPU after CPU steps", "[cuda][model]") {
+  dl::Generator gen = make_gen();
+  const uint64_t init_seed = gen.next_u64();
+  const Tensor images = Tensor::randn({4, 16, 16, 3}, gen);
+  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{3, 1, 4, 1}, {4});
+  auto run = [&](bool move) {
+    dl::Generator init(init_seed);
+    auto model = dl::models::make_model(convmixer_spec(), init);
+    dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});
+    auto step = [&](Device d) {
+      const Tensor loss = dl::cross_entropy(model->forward(images.to(d)), labels.to(d));
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+    };
+    step(kCpu);
+    if (move) model->to(kGpu);
+    step(move ? kGpu : kCpu);
+    std::vector<Tensor> params;
+    for (const Tensor& p : model->parameters()) params.push_back(p.to(kCpu));
+    return params;
+  };
+  const std::vector<Tensor> moved = run(true), cpu = run(false);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK_CLOSE(moved[i], cpu[i], 1e-3, "parameter after a CPU step and a GPU step");
   }
 }
 

@@ -84,22 +84,21 @@ TEST_CASE("OpProfiler times every op of a ConvMixer step, restores the ops and c
   CHECK(loss2 == plain_loss2);
   CHECK(profiled.params() == plain.params());
 
-  // Calls per op, over all shapes: the patch embedding (conv, GELU, BatchNorm), then per layer a
-  // depthwise conv, GELU, BatchNorm, residual add, pointwise conv, GELU, BatchNorm; pooling,
-  // linear, loss, and one AdamW call for all parameters. Backward: no conv2d_backward_data for
-  // the patch conv (the images need no gradient); one add per layer sums the two gradients that
-  // reach the residual's input; scale_by applies the loss's upstream gradient.
+  // Calls per op, over all shapes: the patch embedding (conv, fused GELU + BatchNorm), then per
+  // layer a depthwise conv, fused GELU + BatchNorm + residual, pointwise conv, fused GELU +
+  // BatchNorm; pooling, linear, loss, and one AdamW call for all parameters. Backward: no
+  // conv2d_backward_data for the patch conv (the images need no gradient); one add per layer sums
+  // the two gradients that reach the residual's input; scale_by applies the loss's upstream
+  // gradient.
   std::map<std::string, int64_t> calls;
   for (const OpTime& r : rows) calls[r.op] += r.calls;
   const std::map<std::string, int64_t> expected = {
       {"conv2d_forward", 1 + 2 * kDepth},
       {"conv2d_backward_data", 2 * kDepth},
       {"conv2d_backward_weight", 1 + 2 * kDepth},
-      {"gelu_forward", 1 + 2 * kDepth},
-      {"gelu_backward", 1 + 2 * kDepth},
-      {"batchnorm_forward_train", 1 + 2 * kDepth},
-      {"batchnorm_backward", 1 + 2 * kDepth},
-      {"add", 2 * kDepth},
+      {"gelu_batchnorm_forward_train", 1 + 2 * kDepth},
+      {"gelu_batchnorm_backward", 1 + 2 * kDepth},
+      {"add", kDepth},
       {"global_avg_pool_forward", 1},
       {"global_avg_pool_backward", 1},
       {"linear_forward", 1},

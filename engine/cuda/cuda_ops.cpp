@@ -474,6 +474,50 @@ class CudaOps final : public DeviceOps {
     });
   }
 
+  // --- fused GELU + BatchNorm (+ residual) ---
+
+  void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                    float eps, float momentum, Tensor& running_mean,
+                                    Tensor& running_var, const Tensor& residual, Tensor& y,
+                                    Tensor& save_mean, Tensor& save_invstd) override {
+    const int64_t c = h.size(-1), rows = h.numel() / c;
+    dispatch_float("gelu_batch_norm", h.dtype(), [&]<class T>() {
+      DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
+      cuda::gelu_batchnorm_forward_train(
+          ptr<T>(h), rows, c, ptr<float>(gamma), ptr<float>(beta), eps, momentum,
+          ptr<float>(running_mean), ptr<float>(running_var), ptr<T>(residual), ptr<T>(y),
+          ptr<float>(save_mean), ptr<float>(save_invstd), workspace.get(), cuda::stream());
+    });
+  }
+  void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
+                                   const Tensor& running_mean, const Tensor& running_var, float eps,
+                                   const Tensor& residual, Tensor& y, Tensor& save_mean,
+                                   Tensor& save_invstd) override {
+    const int64_t c = h.size(-1), rows = h.numel() / c;
+    dispatch_float("gelu_batch_norm", h.dtype(), [&]<class T>() {
+      cuda::gelu_batchnorm_forward_eval(ptr<T>(h), rows, c, ptr<float>(gamma), ptr<float>(beta),
+                                        ptr<float>(running_mean), ptr<float>(running_var), eps,
+                                        ptr<T>(residual), ptr<T>(y), cuda::stream());
+    });
+    DL_CUDA_CHECK(cudaMemcpyAsync(ptr<float>(save_mean), ptr<float>(running_mean),
+                                  static_cast<size_t>(c) * sizeof(float), cudaMemcpyDeviceToDevice,
+                                  cuda::stream()));
+    cuda::batchnorm_eval_invstd(ptr<float>(running_var), c, eps, ptr<float>(save_invstd),
+                                cuda::stream());
+  }
+  void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
+                               const Tensor& mean, const Tensor& invstd, bool batch_stats,
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+    const int64_t c = h.size(-1), rows = h.numel() / c;
+    dispatch_float("gelu_batch_norm backward", h.dtype(), [&]<class T>() {
+      DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
+      cuda::gelu_batchnorm_backward(ptr<T>(dy), ptr<T>(h), rows, c, ptr<float>(gamma),
+                                    ptr<float>(mean), ptr<float>(invstd), batch_stats, ptr<T>(dh),
+                                    ptr<float>(dgamma), ptr<float>(dbeta), workspace.get(),
+                                    cuda::stream());
+    });
+  }
+
   // --- pooling ---
 
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
