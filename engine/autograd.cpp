@@ -8,15 +8,26 @@
 
 namespace dl {
 
+void Node::save_version(const Tensor& t) {
+  if (t.defined()) saved_.push_back({t.impl().storage, t.impl().storage->version()});
+}
+
 std::vector<Tensor> Node::apply(const Tensor& grad_output) {
   DL_CHECK(backward_, "backward through a graph that was already released (node '", name_,
            "'): run the forward again before a second backward");
+  for (const SavedVersion& s : saved_)
+    DL_CHECK(s.storage->version() == s.version, "backward of '", name_,
+             "': a tensor it needs was modified in place after the forward (version ", s.version,
+             ", now ", s.storage->version(),
+             "); an in-place write (copy_, fill_, add_, an optimizer step) came between the "
+             "forward and this backward");
   return backward_(grad_output);
 }
 
 void Node::release() {
   backward_ = nullptr;
   inputs.clear();
+  saved_.clear();
 }
 
 bool any_requires_grad(std::initializer_list<Tensor> tensors) {
@@ -34,9 +45,10 @@ std::vector<bool> needs_grad(std::initializer_list<Tensor> inputs) {
 }
 
 void record(Tensor& output, const char* name, std::initializer_list<Tensor> inputs,
-            Node::Backward backward) {
+            Node::Backward backward, std::initializer_list<Tensor> saved) {
   if (!any_requires_grad(inputs)) return;
   auto node = std::make_shared<Node>(name, std::move(backward));
+  for (const Tensor& t : saved) node->save_version(t);
   for (const Tensor& t : inputs)
     node->inputs.push_back(t.defined() && t.requires_grad() ? t.impl().autograd : nullptr);
   auto meta = std::make_shared<AutogradMeta>();

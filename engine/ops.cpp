@@ -58,12 +58,14 @@ void add_(Tensor& dst, const Tensor& src, float alpha) {
   check_same("add_", dst, src);
   DL_CHECK(dst.is_contiguous(), "add_: destination must be contiguous");
   ops_for(dst).axpy(alpha, src.contiguous(), dst);
+  dst.mark_modified();
 }
 
 void scale_(Tensor& dst, float factor) {
   check_activation("scale_", dst, "tensor");
   DL_CHECK(dst.is_contiguous(), "scale_: tensor must be contiguous");
   ops_for(dst).scale(dst, factor, dst);
+  dst.mark_modified();
 }
 
 double squared_norm(const Tensor& x) {
@@ -87,13 +89,15 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   Tensor out = empty_like(a);
   ops_for(a).mul(ac, bc, out);
   const auto needs = needs_grad({a, b});
-  record(out, "mul", {a, b}, [ac = ac.detach(), bc = bc.detach(), needs](const Tensor& g) {
-    const Tensor gc = g.contiguous();
-    std::vector<Tensor> grads(2);
-    if (needs[0]) grads[0] = mul(gc, bc);
-    if (needs[1]) grads[1] = mul(gc, ac);
-    return grads;
-  });
+  record(out, "mul", {a, b},
+         [ac = ac.detach(), bc = bc.detach(), needs](const Tensor& g) {
+           const Tensor gc = g.contiguous();
+           std::vector<Tensor> grads(2);
+           if (needs[0]) grads[0] = mul(gc, bc);
+           if (needs[1]) grads[1] = mul(gc, ac);
+           return grads;
+         },
+         {ac, bc});
   return out;
 }
 
@@ -111,11 +115,13 @@ Tensor gelu(const Tensor& x) {
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);
   ops_for(x).gelu_forward(xc, out);
-  record(out, "gelu", {x}, [xc = xc.detach()](const Tensor& g) {
-    Tensor dx = empty_like(xc);
-    ops_for(xc).gelu_backward(xc, g.contiguous(), dx);
-    return std::vector<Tensor>{dx};
-  });
+  record(out, "gelu", {x},
+         [xc = xc.detach()](const Tensor& g) {
+           Tensor dx = empty_like(xc);
+           ops_for(xc).gelu_backward(xc, g.contiguous(), dx);
+           return std::vector<Tensor>{dx};
+         },
+         {xc});
   return out;
 }
 
@@ -124,11 +130,13 @@ Tensor relu(const Tensor& x) {
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);
   ops_for(x).relu_forward(xc, out);
-  record(out, "relu", {x}, [xc = xc.detach()](const Tensor& g) {
-    Tensor dx = empty_like(xc);
-    ops_for(xc).relu_backward(xc, g.contiguous(), dx);
-    return std::vector<Tensor>{dx};
-  });
+  record(out, "relu", {x},
+         [xc = xc.detach()](const Tensor& g) {
+           Tensor dx = empty_like(xc);
+           ops_for(xc).relu_backward(xc, g.contiguous(), dx);
+           return std::vector<Tensor>{dx};
+         },
+         {xc});
   return out;
 }
 
@@ -190,7 +198,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
            if (needs[1] || needs[2])
              ops_for(xc).conv2d_backward_weight(s, gc, xc, grads[1], grads[2]);
            return grads;
-         });
+         },
+         {xc, wc});
   return out;
 }
 
@@ -231,6 +240,12 @@ BatchNormInputs check_batch_norm(const char* op, const Tensor& x, const Tensor& 
           bias.defined() ? bias.contiguous() : Tensor::zeros({c}, DType::f32, dev)};
 }
 
+void mark_running_stats_modified(const Tensor& running_mean, const Tensor& running_var) {
+  if (!running_mean.defined()) return;
+  running_mean.mark_modified();
+  running_var.mark_modified();
+}
+
 }  // namespace
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
@@ -245,6 +260,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor rm = running_mean, rv = running_var;
   if (training) {
     ops_for(x).batchnorm_forward_train(xc, gamma, beta, eps, momentum, rm, rv, out, mean, invstd);
+    mark_running_stats_modified(rm, rv);
   } else {
     ops_for(x).batchnorm_forward_eval(xc, gamma, beta, rm, rv, eps, out, mean, invstd);
   }
@@ -257,7 +273,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
                                           dgamma, dbeta);
            return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor()};
-         });
+         },
+         {xc, gamma});
   return out;
 }
 
@@ -276,6 +293,7 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
   if (training) {
     ops_for(h).gelu_batchnorm_forward_train(hc, gamma, beta, eps, momentum, rm, rv, rc, out, mean,
                                             invstd);
+    mark_running_stats_modified(rm, rv);
   } else {
     ops_for(h).gelu_batchnorm_forward_eval(hc, gamma, beta, rm, rv, eps, rc, out, mean, invstd);
   }
@@ -289,7 +307,8 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
                                                dbeta);
            return std::vector<Tensor>{needs[0] ? dh : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor(), needs[3] ? g : Tensor()};
-         });
+         },
+         {hc, gamma});
   return out;
 }
 
@@ -369,7 +388,8 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
            if (needs[2]) grads[2] = Tensor::empty({out_f}, DType::f32, xc.device());
            if (needs[1] || needs[2]) ops_for(xc).linear_backward_weight(gc, xc, grads[1], grads[2]);
            return grads;
-         });
+         },
+         {xc, wc});
   return out;
 }
 

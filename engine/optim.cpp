@@ -95,7 +95,9 @@ void Optimizer::step() {
     for (Tensor& buffer : u.state->buffers)
       if (buffer.device() != u.param.device()) buffer = buffer.to(u.param.device());
   }
-  if (!pending.empty()) update(pending);
+  if (pending.empty()) return;
+  update(pending);
+  for (const PendingUpdate& u : pending) u.param.mark_modified();
 }
 
 void Optimizer::zero_grad() {

@@ -3,6 +3,7 @@
 // set_device_backend, so tensors, ops and modules move to the GPU without changes above this file.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "engine/dtype.h"
@@ -36,8 +37,14 @@ class Storage {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   Device device() const { return device_; }
+  // Counts the in-place writes to this memory (Tensor::mark_modified): autograd compares it with
+  // its value when a tensor was saved for a backward, so a saved tensor changed in between is an
+  // error instead of a wrong gradient.
+  uint64_t version() const { return version_; }
+  void bump_version() { ++version_; }
 
  private:
+  uint64_t version_ = 0;
   void* data_ = nullptr;
   size_t bytes_ = 0;
   Device device_;

@@ -87,7 +87,9 @@ double load_as_double(const void* p, DType dtype, int64_t i) {
 
 thread_local bool t_grad_mode = true;
 
-int64_t element_size(const Tensor& t) { return static_cast<int64_t>(dtype_size(t.dtype())); }
+int64_t element_size(const Tensor& t) {
+  return static_cast<int64_t>(dtype_size(t.dtype()));
+}
 
 // Calls f(i, offset) for each element in logical order: i counts elements, offset is the element's
 // position in storage (in elements, from the tensor's first element).
@@ -301,6 +303,7 @@ void Tensor::copy_(const Tensor& src) {
   DL_CHECK(src.dtype() == dtype(), "copy_: dtype ", dtype_name(src.dtype()), " into ",
            dtype_name(dtype()));
   const Tensor s = src.contiguous();
+  mark_modified();
   if (is_contiguous()) {
     copy_bytes(raw_data(), device(), s.raw_data(), s.device(), nbytes());
     return;
@@ -319,8 +322,13 @@ void Tensor::fill_(double value) {
   copy_(full(shape(), value, dtype()).to(device()));
 }
 
+void Tensor::mark_modified() const {
+  impl().storage->bump_version();
+}
+
 void Tensor::zero_() {
   if (is_contiguous()) {
+    mark_modified();
     device_backend(device()).memset_zero(raw_data(), nbytes());
   } else {
     copy_(zeros(shape(), dtype(), device()));

@@ -91,9 +91,13 @@ class Tensor {
   Tensor to(DType dtype) const;
   // Same data, no autograd history.
   Tensor detach() const;
+  // In-place writes; each marks the tensor modified (see mark_modified).
   void copy_(const Tensor& src);  // same shape; any devices
   void fill_(double value);
   void zero_();
+  // Records an in-place write to this tensor's memory (shared by all its views). Code that writes
+  // through data<T>() into a tensor that autograd may have saved calls this afterwards.
+  void mark_modified() const;
 
   float item() const;
   std::vector<float> to_vector() const;  // f32 elements in logical order, copied to the host

@@ -436,3 +436,56 @@ TEST_CASE("contiguous() of a strided view keeps the gradient path") {
   for (int r = 0; r < 3; ++r)
     for (int c = 0; c < 5; ++c) REQUIRE(g[r * 5 + c] == (c >= 1 && c < 4 ? 1.0f : 0.0f));
 }
+
+namespace dl {
+namespace {
+
+TEST_CASE("an in-place write to a tensor saved for backward makes the backward throw",
+          "[autograd]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  auto modified_error = Catch::Contains("modified in place after the forward");
+
+  // The input of gelu, written through add_, fill_ and copy_ (also through a view).
+  for (int how = 0; how < 4; ++how) {
+    INFO("write " << how);
+    Tensor x = Tensor::randn({4, 6}, gen).requires_grad_();
+    Tensor base = Tensor::randn({4, 6}, gen);
+    Tensor input = add(x, base).detach().requires_grad_();
+    const Tensor y = sum(gelu(input));
+    NoGradGuard no_grad;
+    if (how == 0) add_(input, Tensor::ones({4, 6}));
+    if (how == 1) input.fill_(2.0);
+    if (how == 2) input.copy_(Tensor::zeros({4, 6}));
+    if (how == 3) input.slice(0, 1, 2).copy_(Tensor::zeros({1, 6}));
+    CHECK_THROWS_WITH(y.backward(), modified_error);
+  }
+
+  // A weight updated by an optimizer step between the forward and the backward.
+  Tensor w = Tensor::randn({3, 6}, gen).requires_grad_();
+  const Tensor x = Tensor::randn({5, 6}, gen);
+  const Tensor loss = sum(linear(x, w, Tensor()));
+  {
+    NoGradGuard no_grad;
+    scale_(w, 0.5f);
+  }
+  CHECK_THROWS_WITH(loss.backward(), Catch::Contains("backward of 'linear'"));
+
+  // Writes to tensors the backward does not read are fine (add saves nothing), and so is the
+  // usual forward, backward, update, forward, backward.
+  Tensor a = Tensor::randn({4}, gen).requires_grad_(), b = Tensor::randn({4}, gen);
+  const Tensor s = sum(add(a, b));
+  b.fill_(3.0);
+  REQUIRE_NOTHROW(s.backward());
+  Tensor p = Tensor::randn({2, 3}, gen).requires_grad_();
+  for (int step = 0; step < 2; ++step) {
+    sum(gelu(p)).backward();
+    NoGradGuard no_grad;
+    add_(p, p.grad(), -0.1f);
+    p.set_grad(Tensor());
+  }
+}
+
+}  // namespace
+}  // namespace dl
