@@ -137,13 +137,9 @@ class CudaBackend final : public DeviceBackend {
 // cudaGetDeviceCount loads the driver but creates no context; init() does the rest on first use.
 // Leaked on purpose, like the Context.
 const bool registered = [] {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (count > 0) set_device_backend(DeviceKind::cuda, new CudaBackend);
-  return count > 0;
+  if (!cuda::device_present()) return false;
+  set_device_backend(DeviceKind::cuda, new CudaBackend);
+  return true;
 }();
 
 }  // namespace
@@ -155,6 +151,15 @@ void init() {
 
 bool available() {
   return init_result().context != nullptr;
+}
+
+bool device_present() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the error: "no device" is an answer here, not a failure
+    return false;
+  }
+  return count > 0;
 }
 
 cudaStream_t stream() {

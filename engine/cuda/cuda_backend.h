@@ -23,6 +23,9 @@ namespace dl::cuda {
 void init();
 // Whether init() succeeds; never throws.
 bool available();
+// Whether the machine has a CUDA device (cudaGetDeviceCount > 0). Loads the driver but creates no
+// context; never throws. The CUDA DeviceBackend and DeviceOps register before main when it holds.
+bool device_present();
 
 // The stream that every kernel, copy and library call of the engine is queued on.
 cudaStream_t stream();

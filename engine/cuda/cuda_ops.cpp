@@ -685,17 +685,12 @@ class CudaOps final : public DeviceOps {
   MultiTensorStep<cuda::SGDHyper> sgd_;
 };
 
-// Registers the ops before main when the machine has a CUDA device: the same test as the
-// DeviceBackend's registration in cuda_backend.cpp, so both are present or neither is. Leaked on
-// purpose, like the backend.
+// Registers the ops before main when the machine has a CUDA device (the same test as the
+// DeviceBackend's, so both are present or neither is). Leaked on purpose, like the backend.
 const bool registered = [] {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  if (count > 0) set_device_ops(DeviceKind::cuda, new CudaOps);
-  return count > 0;
+  if (!cuda::device_present()) return false;
+  set_device_ops(DeviceKind::cuda, new CudaOps);
+  return true;
 }();
 
 }  // namespace
