@@ -336,6 +336,32 @@ TEST_CASE("bf16 mixed precision on the GPU stays close to the fp32 CPU step", "[
   }
 }
 
+TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda][copy]") {
+  dl::Generator gen = make_gen();
+  // Many more uploads than staging slots, each source freed at once, interleaved with GPU work
+  // that reads earlier uploads; and one copy too large for a slot (the pageable path).
+  std::vector<std::vector<float>> expected;
+  std::vector<Tensor> uploaded;
+  Tensor running = Tensor::zeros({1000}).to(kGpu);
+  for (int i = 0; i < 24; ++i) {
+    const int64_t n = 1000 + 977 * i;
+    Tensor host = Tensor::randn({n}, gen);
+    expected.push_back(host.to_vector());
+    uploaded.push_back(host.to(kGpu));
+    host.fill_(-1.0);  // the source changes right after the copy: the device copy must not
+    running = dl::add(running, uploaded.back().slice(0, 0, 1000).contiguous());
+  }
+  std::vector<float> running_ref(1000, 0.0f);
+  for (size_t i = 0; i < uploaded.size(); ++i) {
+    INFO("upload " << i);
+    CHECK(uploaded[i].to_vector() == expected[i]);
+    for (size_t j = 0; j < running_ref.size(); ++j) running_ref[j] += expected[i][j];
+  }
+  CHECK(running.to_vector() == running_ref);  // the same float additions in the same order
+  const Tensor big = Tensor::randn({(int64_t{40} << 20) / 4}, gen);
+  CHECK(big.to(kGpu).to_vector() == big.to_vector());
+}
+
 TEST_CASE("a label outside the classes is a clear error on the GPU", "[cuda][ops]") {
   const Tensor logits = Tensor::zeros({3, 10}).to(kGpu);
   const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 10, 2}, {3}).to(kGpu);

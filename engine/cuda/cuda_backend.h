@@ -56,8 +56,8 @@ void reset_peak_memory();
 // Gives every cached (free) block back to the driver, after waiting for the stream.
 void empty_cache();
 
-// Page-locked host memory, for host<->device copies at full bus speed (the data loader's staging
-// buffers). Move-only; freed with the object.
+// Page-locked host memory, for host<->device copies at full bus speed (the staging buffers of
+// every host-to-device tensor copy, in cuda_backend.cpp). Move-only; freed with the object.
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
