@@ -200,17 +200,29 @@ class CpuOps final : public DeviceOps {
     if (dbias.defined()) cpu::sum_rows(f32(dy), m, n, f32(dbias));
   }
 
-  void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
+  // Labels on the CPU are always checked by the caller (ops.cpp), so labels_checked holds.
+  void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing, bool,
                      Tensor& loss, Tensor& dlogits) override {
     const int64_t n = logits.size(0), classes = logits.size(1);
     const int64_t* y = labels.data<int64_t>();
-    for (int64_t i = 0; i < n; ++i)
-      DL_CHECK(y[i] >= 0 && y[i] < classes, "cross_entropy: label ", y[i], " at index ", i,
-               " is outside [0, ", classes, ")");
     // The softmax goes into dlogits, which the backward then overwrites in place.
     f32(loss)[0] = static_cast<float>(
         cpu::cross_entropy_forward(f32(logits), y, n, classes, label_smoothing, f32(dlogits)));
     cpu::cross_entropy_backward(f32(dlogits), y, n, classes, label_smoothing, 1.0f, f32(dlogits));
+  }
+
+  void count_correct(const Tensor& logits, const Tensor& labels, Tensor& count) override {
+    const int64_t n = logits.size(0), classes = logits.size(1);
+    const float* z = f32(logits);
+    const int64_t* y = labels.data<int64_t>();
+    int32_t correct = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t best = 0;
+      for (int64_t c = 1; c < classes; ++c)
+        if (z[i * classes + c] > z[i * classes + best]) best = c;
+      correct += best == y[i];
+    }
+    count.data<int32_t>()[0] += correct;
   }
 
   void adamw_update(const std::vector<AdamWUpdate>& updates) override {

@@ -143,9 +143,13 @@ class DeviceOps {
 
   // --- loss: logits [n, classes], labels i64 [n] with values in [0, classes) ---
   // loss (one-element f32) = mean softmax cross-entropy with label smoothing; dlogits = its
-  // gradient for an upstream gradient of 1.
+  // gradient for an upstream gradient of 1. labels_checked: the caller has checked the labels'
+  // range (on the host); otherwise the device checks them and throws dl::Error for a bad one
+  // (on a GPU that check waits for the result).
   virtual void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
-                             Tensor& loss, Tensor& dlogits) = 0;
+                             bool labels_checked, Tensor& loss, Tensor& dlogits) = 0;
+  // count (one-element i32) += the number of rows whose first maximum is at the label.
+  virtual void count_correct(const Tensor& logits, const Tensor& labels, Tensor& count) = 0;
 
   // --- optimizers: one call updates every listed parameter in place ---
   virtual void adamw_update(const std::vector<AdamWUpdate>& updates) = 0;

@@ -393,27 +393,53 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   return out;
 }
 
+namespace {
+void check_labels(const char* op, const Tensor& logits, const Tensor& labels) {
+  DL_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.dim() == 1 &&
+               labels.size(0) == logits.size(0),
+           op, ": labels must be I64 [", logits.size(0), "]");
+}
+}  // namespace
+
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing) {
   check_activation("cross_entropy", logits, "logits");
   DL_CHECK(logits.dim() == 2, "cross_entropy: logits must be [N, classes], got ",
            shape_str(logits.shape()));
-  DL_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.dim() == 1 &&
-               labels.size(0) == logits.size(0),
-           "cross_entropy: labels must be I64 [", logits.size(0), "]");
+  check_labels("cross_entropy", logits, labels);
   DL_CHECK(label_smoothing >= 0.0f && label_smoothing <= 1.0f,
            "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
   const int64_t n = logits.size(0), classes = logits.size(1);
   DL_CHECK(n > 0 && classes > 0, "cross_entropy: empty logits ", shape_str(logits.shape()));
+  // Labels in host memory are checked here, so the device need not report back.
+  const bool on_host = labels.device().is_cpu();
+  if (on_host) {
+    const Tensor yc = labels.contiguous();
+    const int64_t* y = yc.data<int64_t>();
+    for (int64_t i = 0; i < n; ++i)
+      DL_CHECK(y[i] >= 0 && y[i] < classes, "cross_entropy: label ", y[i], " at index ", i,
+               " is outside [0, ", classes, ")");
+  }
   Tensor loss = Tensor::empty({}, DType::f32, logits.device());
   Tensor dlogits = empty_like(logits);
   ops_for(logits).cross_entropy(logits.contiguous(), labels.to(logits.device()).contiguous(),
-                                label_smoothing, loss, dlogits);
+                                label_smoothing, on_host, loss, dlogits);
   record(loss, "cross_entropy", {logits}, [dlogits](const Tensor& g) {
     Tensor scaled = empty_like(dlogits);
     ops_for(dlogits).scale_by(dlogits, g.contiguous(), scaled);
     return std::vector<Tensor>{scaled};
   });
   return loss;
+}
+
+Tensor count_correct(const Tensor& logits, const Tensor& labels) {
+  check_activation("count_correct", logits, "logits");
+  DL_CHECK(logits.dim() == 2 && logits.size(1) > 0,
+           "count_correct: logits must be [N, classes], got ", shape_str(logits.shape()));
+  check_labels("count_correct", logits, labels);
+  Tensor count = Tensor::zeros({}, DType::i32, logits.device());
+  ops_for(logits).count_correct(logits.contiguous(), labels.to(logits.device()).contiguous(),
+                                count);
+  return count;
 }
 
 }  // namespace dl

@@ -55,6 +55,12 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
 // x [N, in], weight [out, in], bias [out] or undefined.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias);
 // logits [N, classes], labels [N] (i64): mean softmax cross-entropy, optional label smoothing.
+// A label outside [0, classes) throws; labels in host memory are checked on the host, labels on
+// a GPU by the GPU (which then waits for the result): pass host labels in a training step.
 Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing = 0.0f);
+// The number of rows of logits [N, classes] whose first maximum is at the label (labels [N],
+// i64), as a one-element i32 tensor on the logits' device (not differentiable; read it when
+// convenient: on a GPU nothing waits until then).
+Tensor count_correct(const Tensor& logits, const Tensor& labels);
 
 }  // namespace dl

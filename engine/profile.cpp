@@ -214,6 +214,10 @@ class OpProfiler::TimedOps final : public DeviceOps {
     });
   }
 
+  void count_correct(const Tensor& logits, const Tensor& labels, Tensor& count) override {
+    timed("count_correct", dims(logits), [&] { inner_.count_correct(logits, labels, count); });
+  }
+
   // --- pooling ---
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
     timed("global_avg_pool_forward", dims(x), [&] { inner_.global_avg_pool_forward(x, y); });
@@ -248,9 +252,10 @@ class OpProfiler::TimedOps final : public DeviceOps {
 
   // --- loss ---
   void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
-                     Tensor& loss, Tensor& dlogits) override {
-    timed("cross_entropy", dims(logits),
-          [&] { inner_.cross_entropy(logits, labels, label_smoothing, loss, dlogits); });
+                     bool labels_checked, Tensor& loss, Tensor& dlogits) override {
+    timed("cross_entropy", dims(logits), [&] {
+      inner_.cross_entropy(logits, labels, label_smoothing, labels_checked, loss, dlogits);
+    });
   }
 
   // --- optimizers ---

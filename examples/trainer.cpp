@@ -67,24 +67,32 @@ int loader_workers(int requested, Device device) {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
 }
 
+// Loss and accuracy over the batches of an epoch. A batch's loss and correct count stay on the
+// model's device until flush() reads them, so a GPU step does not wait for its own results; the
+// sums are the same double additions in the same order whenever flush() runs.
 struct EpochStats {
   double loss_sum = 0.0;
   int64_t correct = 0, seen = 0;
-  void add(const Tensor& logits, const Tensor& labels, float loss) {
-    const std::vector<float> z = logits.to_vector();
-    const Tensor y = labels.to(Device::cpu());
-    const int64_t n = logits.size(0), classes = logits.size(1);
-    for (int64_t i = 0; i < n; ++i) {
-      int64_t best = 0;
-      for (int64_t c = 1; c < classes; ++c)
-        if (z[i * classes + c] > z[i * classes + best]) best = c;
-      correct += best == y.data<int64_t>()[i];
+  void add(const Tensor& logits, const Tensor& labels, const Tensor& loss) {
+    pending_.push_back({loss.detach(), count_correct(logits.detach(), labels), logits.size(0)});
+  }
+  void flush() {
+    for (const Pending& p : pending_) {
+      loss_sum += static_cast<double>(p.loss.item()) * p.n;
+      correct += static_cast<int64_t>(p.correct.item());
+      seen += p.n;
     }
-    loss_sum += static_cast<double>(loss) * n;
-    seen += n;
+    pending_.clear();
   }
   double loss() const { return seen ? loss_sum / seen : 0.0; }
   double accuracy() const { return seen ? static_cast<double>(correct) / seen : 0.0; }
+
+ private:
+  struct Pending {
+    Tensor loss, correct;
+    int64_t n;
+  };
+  std::vector<Pending> pending_;
 };
 
 EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device, DType activations) {
@@ -94,10 +102,10 @@ EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device, 
   data::Batch batch;
   loader.start_epoch(0);
   while (loader.next(batch)) {
-    const Tensor labels = batch.labels.to(device);
     const Tensor logits = model.forward(batch.images.to(activations).to(device));
-    stats.add(logits, labels, cross_entropy(logits, labels).item());
+    stats.add(logits, batch.labels, cross_entropy(logits, batch.labels));
   }
+  stats.flush();
   model.train();
   return stats;
 }
@@ -152,11 +160,12 @@ class Progress {
                    (long long)epoch_ + 1, (long long)epochs_, std::string(filled, '#').c_str(),
                    std::string(width - filled, '.').c_str(), (long long)done, (long long)total_,
                    rate, loss, format_duration(eta).c_str());
-    } else if (done % every == 0 || done == total_) {
+    } else if (done / every > printed_ / every || done == total_) {
       std::fprintf(stderr, "epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s\n",
                    (long long)epoch_ + 1, (long long)epochs_, (long long)done, (long long)total_,
                    rate, loss, format_duration(eta).c_str());
     }
+    printed_ = done;
   }
   void finish() {
     if (live_) std::fprintf(stderr, "\r\033[K");
@@ -169,6 +178,7 @@ class Progress {
   }
   bool live_;
   int64_t epoch_, epochs_, total_;
+  int64_t printed_ = 0;  // `done` at the last update
   double prior_seconds_;
   std::chrono::steady_clock::time_point start_;
 };
@@ -349,27 +359,41 @@ int train(const TrainConfig& cfg) {
     const bool resumed_epoch = epoch == pos.epoch && first > 0;
     Progress progress(live, epoch, cfg.epochs, steps_per_epoch, resumed_epoch ? pos.seconds : 0.0);
     EpochStats stats;
-    if (resumed_epoch) stats = {pos.loss_sum, pos.correct, pos.seen};
+    if (resumed_epoch) {
+      stats.loss_sum = pos.loss_sum;
+      stats.correct = pos.correct;
+      stats.seen = pos.seen;
+    }
     data::Batch batch;
     int64_t done = first;
     double lr = 0.0;
+    auto last_read = std::chrono::steady_clock::now();
     while (train_loader.next(batch)) {
       lr = schedule->lr(pos.step);
       opt->set_lr(lr);
-      const Tensor labels = batch.labels.to(device);
+      // The labels stay in host memory: cross_entropy checks them there, so the GPU need not
+      // report back.
       const Tensor logits = model->forward(batch.images.to(activations).to(device));
-      const Tensor loss = cross_entropy(logits, labels, cfg.label_smoothing);
+      const Tensor loss = cross_entropy(logits, batch.labels, cfg.label_smoothing);
       opt->zero_grad();
       loss.backward();
       if (cfg.clip_grad > 0) optim::clip_grad_norm(params, cfg.clip_grad);
       opt->step();
       ++pos.step, ++done, ++steps_this_run;
-      stats.add(logits, labels, loss.item());
-      DL_CHECK(std::isfinite(stats.loss_sum), "training diverged: the loss is not finite at step ",
-               pos.step, " (try a lower --lr or --clip-grad 1)");
-      progress.update(done, first, stats.seen, stats.loss());
+      stats.add(logits, batch.labels, loss);
       const bool stop =
           g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
+      // The step's results are read every half second, at the epoch's end and before a stop (on
+      // a GPU the host otherwise runs ahead); a diverged loss is caught there.
+      const auto now = std::chrono::steady_clock::now();
+      if (stop || done == steps_per_epoch || now - last_read >= std::chrono::milliseconds(500)) {
+        last_read = now;
+        stats.flush();
+        DL_CHECK(std::isfinite(stats.loss_sum),
+                 "training diverged: the loss is not finite by step ", pos.step,
+                 " (try a lower --lr or --clip-grad 1)");
+        progress.update(done, first, stats.seen, stats.loss());
+      }
       if (stop && done < steps_per_epoch) {
         progress.finish();
         save({.epoch = epoch,
@@ -384,6 +408,7 @@ int train(const TrainConfig& cfg) {
         return 130;
       }
     }
+    stats.flush();
     progress.finish();
     const double epoch_seconds = progress.seconds();
     const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;

@@ -362,6 +362,22 @@ TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda
   CHECK(big.to(kGpu).to_vector() == big.to_vector());
 }
 
+TEST_CASE("count_correct on the GPU matches the CPU, also for bf16 logits", "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  for (const int64_t n : {1, 37, 1000}) {
+    std::vector<int64_t> l(static_cast<size_t>(n));
+    for (auto& v : l) v = static_cast<int64_t>(gen.next_u64() % 10);
+    const Tensor labels = Tensor::from_vector(l, {n});
+    const Tensor logits = Tensor::randn({n, 10}, gen);
+    const float want = dl::count_correct(logits, labels).item();
+    INFO("n " << n);
+    CHECK(dl::count_correct(logits.to(kGpu), labels).item() == want);
+    const Tensor rounded = logits.to(DType::bf16);
+    CHECK(dl::count_correct(rounded.to(kGpu), labels.to(kGpu)).item() ==
+          dl::count_correct(rounded.to(DType::f32), labels).item());
+  }
+}
+
 TEST_CASE("a label outside the classes is a clear error on the GPU", "[cuda][ops]") {
   const Tensor logits = Tensor::zeros({3, 10}).to(kGpu);
   const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 10, 2}, {3}).to(kGpu);

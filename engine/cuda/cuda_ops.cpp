@@ -570,7 +570,7 @@ class CudaOps final : public DeviceOps {
   // --- loss ---
 
   void cross_entropy(const Tensor& logits, const Tensor& labels, float label_smoothing,
-                     Tensor& loss, Tensor& dlogits) override {
+                     bool labels_checked, Tensor& loss, Tensor& dlogits) override {
     const int64_t n = logits.size(0), classes = logits.size(1);
     const cudaStream_t stream = cuda::stream();
     DeviceMemory row_loss(static_cast<size_t>(n) * sizeof(float)), flag(sizeof(int32_t));
@@ -580,13 +580,21 @@ class CudaOps final : public DeviceOps {
           ptr<T>(logits), ptr<int64_t>(labels), n, classes, label_smoothing, 1.0f,
           row_loss.as<float>(), ptr<float>(loss), ptr<T>(dlogits), flag.as<int32_t>(), stream);
     });
-    // Reading the bad-label flag back makes every call wait for the GPU (one stream
-    // synchronisation per training step): the price of an error at the call that caused it.
+    if (labels_checked) return;
+    // Labels that only the GPU has seen: reading the bad-label flag back makes the call wait for
+    // the GPU, the price of an error at the call that caused it.
     int32_t bad_label = 0;
     DL_CUDA_CHECK(
         cudaMemcpyAsync(&bad_label, flag.get(), sizeof bad_label, cudaMemcpyDeviceToHost, stream));
     cuda::synchronize();
     DL_CHECK(bad_label == 0, "cross_entropy: a label is outside [0, ", classes, ")");
+  }
+
+  void count_correct(const Tensor& logits, const Tensor& labels, Tensor& count) override {
+    dispatch_float("count_correct", logits.dtype(), [&]<class T>() {
+      cuda::count_correct(ptr<T>(logits), ptr<int64_t>(labels), logits.size(0), logits.size(1),
+                          ptr<int32_t>(count), cuda::stream());
+    });
   }
 
   // --- optimizers ---
