@@ -78,7 +78,11 @@ class CpuOps final : public DeviceOps {
   void sum(const Tensor& x, Tensor& out) override {
     f32(out)[0] = static_cast<float>(cpu::sum(f32(x), x.numel()));
   }
-  double squared_norm(const Tensor& x) override { return cpu::sum_squares(f32(x), x.numel()); }
+  std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
+    std::vector<double> out;
+    for (const Tensor& x : xs) out.push_back(cpu::sum_squares(f32(x), x.numel()));
+    return out;
+  }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
     cpu::transpose_batched(f32(in), batch, rows, cols, f32(out));

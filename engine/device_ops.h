@@ -72,9 +72,9 @@ class DeviceOps {
   virtual void relu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) = 0;
   // out (a one-element f32 tensor) = the sum of x's elements.
   virtual void sum(const Tensor& x, Tensor& out) = 0;
-  // The sum of the squares of x's f32 elements, accumulated in double, returned to the host
-  // (a GPU waits for it).
-  virtual double squared_norm(const Tensor& x) = 0;
+  // For each f32 tensor, the sum of the squares of its elements, accumulated in double, returned
+  // to the host (a GPU waits once for all of them).
+  virtual std::vector<double> squared_norms(const std::vector<Tensor>& xs) = 0;
   // out[b, j, i] = in[b, i, j] for `batch` row-major [rows, cols] matrices.
   virtual void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                                  Tensor& out) = 0;

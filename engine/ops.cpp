@@ -69,8 +69,19 @@ void scale_(Tensor& dst, float factor) {
 }
 
 double squared_norm(const Tensor& x) {
-  DL_CHECK(x.defined() && x.dtype() == DType::f32, "squared_norm: expected an F32 tensor");
-  return ops_for(x).squared_norm(x.contiguous());
+  return squared_norms({x})[0];
+}
+
+std::vector<double> squared_norms(const std::vector<Tensor>& xs) {
+  std::vector<Tensor> contiguous;
+  for (const Tensor& x : xs) {
+    DL_CHECK(x.defined() && x.dtype() == DType::f32, "squared_norm: expected F32 tensors");
+    DL_CHECK(x.device() == xs.front().device(), "squared_norms: tensors on ",
+             xs.front().device().str(), " and ", x.device().str());
+    contiguous.push_back(x.contiguous());
+  }
+  if (xs.empty()) return {};
+  return ops_for(xs.front()).squared_norms(contiguous);
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {

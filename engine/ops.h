@@ -18,6 +18,8 @@ void add_(Tensor& dst, const Tensor& src, float alpha = 1.0f);
 void scale_(Tensor& dst, float factor);
 // Sum of squares of all elements, in double.
 double squared_norm(const Tensor& x);
+// The same for each tensor (all f32, on one device), with one wait for a GPU.
+std::vector<double> squared_norms(const std::vector<Tensor>& xs);
 
 // --- elementwise ---
 Tensor add(const Tensor& a, const Tensor& b);  // same shapes

@@ -266,13 +266,10 @@ void AdamW::update(const std::vector<PendingUpdate>& pending) {
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   DL_CHECK(max_norm >= 0, "Invalid max_norm: ", max_norm);
   std::vector<Tensor> grads;
+  for (const Tensor& p : params)
+    if (p.grad().defined()) grads.push_back(p.grad());
   double sum_sq = 0;
-  for (const Tensor& p : params) {
-    Tensor g = p.grad();
-    if (!g.defined()) continue;
-    sum_sq += squared_norm(g);
-    grads.push_back(g);
-  }
+  for (const double s : squared_norms(grads)) sum_sq += s;
   const double total = std::sqrt(sum_sq);
   if (!std::isfinite(total)) return total;
   const double clip_coef = max_norm / (total + 1e-6);

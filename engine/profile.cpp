@@ -136,9 +136,10 @@ class OpProfiler::TimedOps final : public DeviceOps {
   void sum(const Tensor& x, Tensor& out) override {
     timed("sum", dims(x), [&] { inner_.sum(x, out); });
   }
-  double squared_norm(const Tensor& x) override {
-    double result = 0;
-    timed("squared_norm", dims(x), [&] { result = inner_.squared_norm(x); });
+  std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
+    std::vector<double> result;
+    timed("squared_norms", std::to_string(xs.size()) + " tensors",
+          [&] { result = inner_.squared_norms(xs); });
     return result;
   }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,

@@ -337,15 +337,21 @@ class CudaOps final : public DeviceOps {
       cuda::sum(ptr<T>(x), x.numel(), ptr<float>(out), workspace.get(), cuda::stream());
     });
   }
-  double squared_norm(const Tensor& x) override {
-    DeviceMemory workspace(cuda::reduce_workspace_bytes(x.numel())), result(sizeof(double));
-    cuda::squared_norm(ptr<float>(x), x.numel(), result.as<double>(), workspace.get(),
-                       cuda::stream());
-    double norm = 0.0;
-    DL_CUDA_CHECK(
-        cudaMemcpyAsync(&norm, result.get(), sizeof norm, cudaMemcpyDeviceToHost, cuda::stream()));
+  // One reduction per tensor into its own slot of a device array, then one copy back.
+  std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
+    std::vector<double> norms(xs.size(), 0.0);
+    if (xs.empty()) return norms;
+    int64_t largest = 0;
+    for (const Tensor& x : xs) largest = std::max(largest, x.numel());
+    DeviceMemory workspace(cuda::reduce_workspace_bytes(largest)),
+        results(xs.size() * sizeof(double));
+    for (size_t i = 0; i < xs.size(); ++i)
+      cuda::squared_norm(ptr<float>(xs[i]), xs[i].numel(), results.as<double>() + i,
+                         workspace.get(), cuda::stream());
+    DL_CUDA_CHECK(cudaMemcpyAsync(norms.data(), results.get(), xs.size() * sizeof(double),
+                                  cudaMemcpyDeviceToHost, cuda::stream()));
     cuda::synchronize();
-    return norm;
+    return norms;
   }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
