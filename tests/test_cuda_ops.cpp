@@ -126,6 +126,12 @@ TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops
   Tensor big = Tensor::randn({1 << 20}, gen);
   CHECK(std::abs(dl::squared_norm(big.to(kGpu)) - dl::squared_norm(big)) <=
         1e-6 * dl::squared_norm(big));
+  const std::vector<Tensor> several = {Tensor::randn({7}, gen), big, Tensor::randn({3, 5}, gen)};
+  std::vector<Tensor> several_gpu;
+  for (const Tensor& t : several) several_gpu.push_back(t.to(kGpu));
+  const std::vector<double> want = dl::squared_norms(several), got = dl::squared_norms(several_gpu);
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < want.size(); ++i) CHECK(std::abs(got[i] - want[i]) <= 1e-6 * want[i]);
   Tensor g = big.to(kGpu), c = big.clone();
   dl::add_(g, Tensor::ones({1 << 20}).to(kGpu), 0.5f);
   dl::add_(c, Tensor::ones({1 << 20}), 0.5f);
