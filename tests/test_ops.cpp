@@ -1202,6 +1202,32 @@ TEST_CASE("cross_entropy: bad labels and arguments throw", "[ops][loss]") {
   check_error([&] { cross_entropy(logits, labels({0, 1, 2}), 1.5f); }, "smoothing above 1");
 }
 
+TEST_CASE("count_correct: first maximum against the label, ties and NaN", "[ops][loss]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  const int64_t n = 301, classes = 7;
+  std::vector<float> z(static_cast<size_t>(n * classes));
+  for (float& v : z) v = static_cast<float>(gen.below(4));       // many ties
+  z[5 * classes + 0] = std::numeric_limits<float>::quiet_NaN();  // a NaN in column 0 never loses
+  std::vector<int64_t> y(static_cast<size_t>(n));
+  for (auto& v : y) v = static_cast<int64_t>(gen.below(classes));
+  int64_t want = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t best = 0;  // the first maximum; comparisons with NaN are false
+    for (int64_t c = 1; c < classes; ++c)
+      if (z[i * classes + c] > z[i * classes + best]) best = c;
+    want += best == y[i];
+  }
+  const Tensor count =
+      count_correct(Tensor::from_vector(z, {n, classes}), Tensor::from_vector(y, {n}));
+  CHECK(count.dtype() == DType::i32);
+  CHECK(static_cast<int64_t>(count.item()) == want);
+  check_error([&] { count_correct(Tensor::randn({3, 4}), Tensor::zeros({3})); }, "f32 labels");
+  check_error([&] { count_correct(Tensor::randn({3}), Tensor::zeros({3}, DType::i64)); },
+              "1-d logits");
+}
+
 // --- elementwise errors ------------------------------------------------------------------------
 
 TEST_CASE("elementwise and reductions: bad inputs throw", "[ops]") {
