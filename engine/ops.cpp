@@ -421,19 +421,22 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
            "cross_entropy: label_smoothing must be in [0, 1], got ", label_smoothing);
   const int64_t n = logits.size(0), classes = logits.size(1);
   DL_CHECK(n > 0 && classes > 0, "cross_entropy: empty logits ", shape_str(logits.shape()));
-  // Labels in host memory are checked here, so the device need not report back.
-  const bool on_host = labels.device().is_cpu();
-  if (on_host) {
-    const Tensor yc = labels.contiguous();
-    const int64_t* y = yc.data<int64_t>();
+  // Labels in host memory (given there, or moved there for CPU logits) are checked here, so the
+  // device need not report back.
+  const Tensor device_labels = labels.to(logits.device()).contiguous();
+  const Tensor host_labels = labels.device().is_cpu()   ? labels.contiguous()
+                             : logits.device().is_cpu() ? device_labels
+                                                        : Tensor();
+  if (host_labels.defined()) {
+    const int64_t* y = host_labels.data<int64_t>();
     for (int64_t i = 0; i < n; ++i)
       DL_CHECK(y[i] >= 0 && y[i] < classes, "cross_entropy: label ", y[i], " at index ", i,
                " is outside [0, ", classes, ")");
   }
   Tensor loss = Tensor::empty({}, DType::f32, logits.device());
   Tensor dlogits = empty_like(logits);
-  ops_for(logits).cross_entropy(logits.contiguous(), labels.to(logits.device()).contiguous(),
-                                label_smoothing, on_host, loss, dlogits);
+  ops_for(logits).cross_entropy(logits.contiguous(), device_labels, label_smoothing,
+                                host_labels.defined(), loss, dlogits);
   record(loss, "cross_entropy", {logits}, [dlogits](const Tensor& g) {
     Tensor scaled = empty_like(dlogits);
     ops_for(dlogits).scale_by(dlogits, g.contiguous(), scaled);

@@ -348,6 +348,10 @@ TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda
   // that reads earlier uploads; and one copy too large for a slot (the pageable path).
   std::vector<std::vector<float>> expected;
   std::vector<Tensor> uploaded;
+  // Milliseconds of queued GPU work first, so that the uploads wait behind it and the ring's
+  // slots are reused while earlier copies are still queued.
+  Tensor busy = Tensor::zeros({int64_t{1} << 26}, DType::f32, kGpu);
+  for (int i = 0; i < 20; ++i) busy = dl::gelu(busy);
   Tensor running = Tensor::zeros({1000}).to(kGpu);
   for (int i = 0; i < 24; ++i) {
     const int64_t n = 1000 + 977 * i;
@@ -385,9 +389,14 @@ TEST_CASE("count_correct on the GPU matches the CPU, also for bf16 logits", "[cu
 }
 
 TEST_CASE("a label outside the classes is a clear error on the GPU", "[cuda][ops]") {
-  const Tensor logits = Tensor::zeros({3, 10}).to(kGpu);
-  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 10, 2}, {3}).to(kGpu);
-  CHECK_THROWS_WITH(dl::cross_entropy(logits, labels), Catch::Contains("outside [0, 10)"));
+  const Tensor logits = Tensor::zeros({3, 10});
+  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 10, 2}, {3});
+  const auto message = Catch::Contains("outside [0, 10)");
+  // Labels on the GPU (the GPU checks), in host memory (the host checks), and GPU labels for
+  // CPU logits.
+  CHECK_THROWS_WITH(dl::cross_entropy(logits.to(kGpu), labels.to(kGpu)), message);
+  CHECK_THROWS_WITH(dl::cross_entropy(logits.to(kGpu), labels), message);
+  CHECK_THROWS_WITH(dl::cross_entropy(logits, labels.to(kGpu)), message);
 }
 
 TEST_CASE("optimizer state follows a model moved to the GPU after CPU steps", "[cuda][model]") {

@@ -1,5 +1,6 @@
 #include "engine/cuda/cuda_backend.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -117,30 +118,32 @@ void release_cached(Context& ctx) {
 // first waits until the stream is idle, so every batch upload stalled the host behind all the
 // queued kernels. Here the host copies the data into a pinned slot (at host memcpy speed), queues
 // the transfer from the slot and records an event after it; a slot is reused only once its event
-// has passed (a ring of kSlots, so the wait is for a transfer kSlots uploads ago). The caller's
-// memory is free when copy_to_device returns, and the host keeps running ahead of the GPU.
+// has passed. With kSlots slots and a training step's four uploads (images, labels twice, the
+// backward's seed), the host can run about two steps ahead of the GPU. The caller's memory is free
+// when copy_to_device returns. Slots grow to the largest copy they have staged.
 class StagingRing {
  public:
   // A batch of 512 fp32 CIFAR-10 images is 6 MiB; larger copies take the pageable path.
-  static constexpr size_t kSlotBytes = size_t{32} << 20;
-  static constexpr int kSlots = 4;
+  static constexpr size_t kMaxBytes = size_t{32} << 20;
+  static constexpr int kSlots = 8;
 
   void copy_to_device(void* dst, const void* src, size_t bytes, cudaStream_t stream) {
     const std::lock_guard<std::mutex> lock(mutex_);
     Slot& slot = slots_[next_];
     next_ = (next_ + 1) % kSlots;
-    if (slot.buffer.data() == nullptr) {
-      slot.buffer = PinnedBuffer(kSlotBytes);
+    if (slot.done == nullptr) {
       DL_CUDA_CHECK(cudaEventCreateWithFlags(&slot.done, cudaEventDisableTiming));
     } else {
       DL_CUDA_CHECK(cudaEventSynchronize(slot.done));
     }
+    if (slot.buffer.bytes() < bytes) slot.buffer = PinnedBuffer(std::max(bytes, kMinSlotBytes));
     std::memcpy(slot.buffer.data(), src, bytes);
     DL_CUDA_CHECK(cudaMemcpyAsync(dst, slot.buffer.data(), bytes, cudaMemcpyHostToDevice, stream));
     DL_CUDA_CHECK(cudaEventRecord(slot.done, stream));
   }
 
  private:
+  static constexpr size_t kMinSlotBytes = size_t{1} << 20;
   struct Slot {
     PinnedBuffer buffer;
     cudaEvent_t done = nullptr;
@@ -151,7 +154,7 @@ class StagingRing {
 };
 
 // The DeviceBackend that Storage uses for DeviceKind::cuda. Host-to-device copies go through the
-// staging ring and stay queued (up to StagingRing::kSlotBytes); device-to-host copies wait for
+// staging ring and stay queued (up to StagingRing::kMaxBytes); device-to-host copies wait for
 // the stream, since the host reads the result next; device-to-device copies and memsets stay
 // queued.
 class CudaBackend final : public DeviceBackend {
@@ -160,7 +163,7 @@ class CudaBackend final : public DeviceBackend {
   void deallocate(void* ptr, size_t bytes) override { cuda::deallocate(ptr, bytes); }
   void copy(void* dst, Device to, const void* src, Device from, size_t bytes) override {
     if (bytes == 0) return;
-    if (from.is_cpu() && bytes <= StagingRing::kSlotBytes) {
+    if (from.is_cpu() && bytes <= StagingRing::kMaxBytes) {
       staging_.copy_to_device(dst, src, bytes, stream());
       return;
     }

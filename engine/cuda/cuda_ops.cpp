@@ -11,9 +11,9 @@
 // see cuda_backend.h), so a steady-state training step makes no cudaMalloc. Not thread-safe, like
 // LtGemm and CudnnConv2d: the engine's ops run on one thread.
 //
-// Ops that wait for the GPU: squared_norm (returns a host value), cross_entropy (reads back the
-// bad-label flag), synchronize(), and an optimizer update while the previous update's pinned
-// staging copy is still in flight. The rest only queue work.
+// Ops that wait for the GPU: squared_norms (returns host values), cross_entropy on labels that
+// only the GPU holds (reads back the bad-label flag), synchronize(), and an optimizer update
+// while the previous update's pinned staging copy is still in flight. The rest only queue work.
 #include "engine/cuda/cuda_ops.h"
 
 #include <cublasLt.h>
