@@ -83,6 +83,19 @@ class CpuOps final : public DeviceOps {
     for (const Tensor& x : xs) out.push_back(cpu::sum_squares(f32(x), x.numel()));
     return out;
   }
+  void clip_grad_norm(const std::vector<Tensor>& grads, double max_norm,
+                      Tensor& total_norm) override {
+    double sum_sq = 0;
+    for (const Tensor& g : grads) sum_sq += cpu::sum_squares(f32(g), g.numel());
+    const double total = std::sqrt(sum_sq);
+    f32(total_norm)[0] = static_cast<float>(total);
+    const double coef = max_norm / (total + 1e-6);
+    if (!std::isfinite(total) || coef >= 1) return;
+    for (const Tensor& g : grads) {
+      Tensor t = g;
+      cpu::scale(f32(t), static_cast<float>(coef), f32(t), t.numel());
+    }
+  }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
     cpu::transpose_batched(f32(in), batch, rows, cols, f32(out));

@@ -75,6 +75,12 @@ class DeviceOps {
   // For each f32 tensor, the sum of the squares of its elements, accumulated in double, returned
   // to the host (a GPU waits once for all of them).
   virtual std::vector<double> squared_norms(const std::vector<Tensor>& xs) = 0;
+  // torch.nn.utils.clip_grad_norm_ over f32 gradients: total = sqrt of the sum of their squared
+  // norms (fp64); when max_norm / (total + 1e-6) < 1 and total is finite, every gradient is
+  // scaled by that coefficient (rounded to f32) in place. total_norm (one-element f32) receives
+  // the total. Nothing is read back to the host.
+  virtual void clip_grad_norm(const std::vector<Tensor>& grads, double max_norm,
+                              Tensor& total_norm) = 0;
   // out[b, j, i] = in[b, i, j] for `batch` row-major [rows, cols] matrices.
   virtual void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                                  Tensor& out) = 0;

@@ -263,19 +263,22 @@ void AdamW::update(const std::vector<PendingUpdate>& pending) {
 
 // --- gradient clipping ---
 
-double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+Tensor clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   DL_CHECK(max_norm >= 0, "Invalid max_norm: ", max_norm);
   std::vector<Tensor> grads;
-  for (const Tensor& p : params)
-    if (p.grad().defined()) grads.push_back(p.grad());
-  double sum_sq = 0;
-  for (const double s : squared_norms(grads)) sum_sq += s;
-  const double total = std::sqrt(sum_sq);
-  if (!std::isfinite(total)) return total;
-  const double clip_coef = max_norm / (total + 1e-6);
-  if (clip_coef < 1) {
-    for (Tensor& g : grads) scale_(g, static_cast<float>(clip_coef));
+  for (const Tensor& p : params) {
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    DL_CHECK(g.dtype() == DType::f32 && g.is_contiguous(),
+             "clip_grad_norm: gradients must be contiguous F32 tensors");
+    DL_CHECK(grads.empty() || g.device() == grads.front().device(), "clip_grad_norm: gradients on ",
+             grads.front().device().str(), " and ", g.device().str());
+    grads.push_back(g);
   }
+  if (grads.empty()) return Tensor::zeros({});
+  Tensor total = Tensor::empty({}, DType::f32, grads.front().device());
+  device_ops(grads.front().device()).clip_grad_norm(grads, max_norm, total);
+  for (const Tensor& g : grads) g.mark_modified();
   return total;
 }
 

@@ -83,7 +83,8 @@ class Optimizer {
  private:
   // Names of the per-parameter buffers, in ParamState::buffers order.
   virtual std::vector<std::string> buffer_names() const = 0;
-  // Updates every pending parameter, all on one device: the device's ops do it in one call (one launch on a GPU).
+  // Updates every pending parameter, all on one device: the device's ops do it in one call (one
+  // launch on a GPU).
   virtual void update(const std::vector<PendingUpdate>& pending) = 0;
 
   std::vector<ParamGroup> groups_;
@@ -119,10 +120,11 @@ class AdamW : public Optimizer {
   AdamWOptions options_;
 };
 
-// PyTorch's clip_grad_norm_: the L2 norm over all defined gradients; when it exceeds max_norm
-// the gradients are scaled in place by max_norm / (norm + 1e-6). Returns the norm. A non-finite
-// norm is returned without scaling anything.
-double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+// PyTorch's clip_grad_norm_: the L2 norm over all defined gradients (accumulated in double);
+// when it exceeds max_norm the gradients are scaled in place by max_norm / (norm + 1e-6). A
+// non-finite norm scales nothing. Returns the norm as a one-element F32 tensor on the gradients'
+// device, as PyTorch returns it in the gradients' dtype: on a GPU nothing waits until it is read.
+Tensor clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 
 // Learning rate per optimizer step. Position convention of the ConvMixer recipe: the update at
 // 0-based step s uses the curve at s + 1 steps, so the first update has a nonzero lr and the last

@@ -136,6 +136,11 @@ class OpProfiler::TimedOps final : public DeviceOps {
   void sum(const Tensor& x, Tensor& out) override {
     timed("sum", dims(x), [&] { inner_.sum(x, out); });
   }
+  void clip_grad_norm(const std::vector<Tensor>& grads, double max_norm,
+                      Tensor& total_norm) override {
+    timed("clip_grad_norm", std::to_string(grads.size()) + " tensors",
+          [&] { inner_.clip_grad_norm(grads, max_norm, total_norm); });
+  }
   std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
     std::vector<double> result;
     timed("squared_norms", std::to_string(xs.size()) + " tensors",

@@ -132,6 +132,22 @@ TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops
   const std::vector<double> want = dl::squared_norms(several), got = dl::squared_norms(several_gpu);
   REQUIRE(got.size() == want.size());
   for (size_t i = 0; i < want.size(); ++i) CHECK(std::abs(got[i] - want[i]) <= 1e-6 * want[i]);
+  // Gradient clipping on the GPU: the same norm and the same scaled gradients as on the CPU.
+  for (const double max_norm : {0.5, 1e9}) {
+    INFO("clip_grad_norm, max_norm " << max_norm);
+    std::vector<Tensor> cpu_params, gpu_params;
+    for (const Tensor& t : several) {
+      cpu_params.push_back(Tensor::zeros(t.shape()));
+      cpu_params.back().set_grad(t.clone());
+      gpu_params.push_back(Tensor::zeros(t.shape()).to(kGpu));
+      gpu_params.back().set_grad(t.to(kGpu));
+    }
+    const float cpu_norm = dl::optim::clip_grad_norm(cpu_params, max_norm).item();
+    const float gpu_norm = dl::optim::clip_grad_norm(gpu_params, max_norm).item();
+    CHECK(std::abs(gpu_norm - cpu_norm) <= 1e-6 * cpu_norm);
+    for (size_t i = 0; i < several.size(); ++i)
+      CHECK_CLOSE(gpu_params[i].grad(), cpu_params[i].grad(), 1e-6, "clipped gradient");
+  }
   Tensor g = big.to(kGpu), c = big.clone();
   dl::add_(g, Tensor::ones({1 << 20}).to(kGpu), 0.5f);
   dl::add_(c, Tensor::ones({1 << 20}), 0.5f);

@@ -353,6 +353,21 @@ class CudaOps final : public DeviceOps {
     cuda::synchronize();
     return norms;
   }
+  void clip_grad_norm(const std::vector<Tensor>& grads, double max_norm,
+                      Tensor& total_norm) override {
+    int64_t largest = 0;
+    for (const Tensor& g : grads) largest = std::max(largest, g.numel());
+    DeviceMemory workspace(cuda::reduce_workspace_bytes(largest)),
+        squares(std::max<size_t>(grads.size(), 1) * sizeof(double)), coefficient(sizeof(float));
+    for (size_t i = 0; i < grads.size(); ++i)
+      cuda::squared_norm(ptr<float>(grads[i]), grads[i].numel(), squares.as<double>() + i,
+                         workspace.get(), cuda::stream());
+    cuda::clip_coefficient(squares.as<double>(), static_cast<int64_t>(grads.size()), max_norm,
+                           ptr<float>(total_norm), coefficient.as<float>(), cuda::stream());
+    for (const Tensor& g : grads)
+      cuda::scale_by(ptr<float>(g), coefficient.as<float>(), ptr<float>(g), g.numel(),
+                     cuda::stream());
+  }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
     dispatch_float("transpose", in.dtype(), [&]<class T>() {

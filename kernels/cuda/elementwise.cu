@@ -418,6 +418,24 @@ void squared_norm(const float* x, int64_t n, double* out, void* workspace, cudaS
   launch_reduce<float, true>(x, n, out, workspace, stream);
 }
 
+namespace {
+__global__ void clip_coefficient_kernel(const double* squares, int64_t count, double max_norm,
+                                        float* total_norm, float* coefficient) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < count; ++i) sum += squares[i];
+  const double total = sqrt(sum);
+  const double coef = max_norm / (total + 1e-6);
+  *total_norm = static_cast<float>(total);
+  *coefficient = isfinite(total) && coef < 1.0 ? static_cast<float>(coef) : 1.0f;
+}
+}  // namespace
+
+void clip_coefficient(const double* squares, int64_t count, double max_norm, float* total_norm,
+                      float* coefficient, cudaStream_t stream) {
+  clip_coefficient_kernel<<<1, 1, 0, stream>>>(squares, count, max_norm, total_norm, coefficient);
+  DL_CUDA_CHECK_LAUNCH();
+}
+
 #define DL_INSTANTIATE_ELEMENTWISE(T)                                                        \
   template void add<T>(const T*, const T*, T*, int64_t, cudaStream_t);                       \
   template void mul<T>(const T*, const T*, T*, int64_t, cudaStream_t);                       \

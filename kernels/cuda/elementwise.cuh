@@ -77,5 +77,11 @@ template <class T>
 void sum(const T* x, int64_t n, float* out, void* workspace, cudaStream_t stream);
 // out[0] = the sum of x[i]^2 over n fp32 elements, in fp64 (e.g. a gradient norm), the same way.
 void squared_norm(const float* x, int64_t n, double* out, void* workspace, cudaStream_t stream);
+// Gradient clipping's scalars (torch.nn.utils.clip_grad_norm_), in one thread: total = sqrt of
+// the sum of squares[0..count) added in order in fp64; *total_norm = total rounded to fp32;
+// *coefficient = max_norm / (total + 1e-6) rounded to fp32 when that is below 1 and total is
+// finite, else 1 (scaling by 1 changes nothing). Reads count doubles, writes 8 bytes.
+void clip_coefficient(const double* squares, int64_t count, double max_norm, float* total_norm,
+                      float* coefficient, cudaStream_t stream);
 
 }  // namespace dl::cuda
