@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: train ConvMixer-256/8 on CIFAR-10 with the recipe's defaults (--device auto: the
-# GPU once the CUDA op path is wired in, the CPU until then). Extra arguments go to the trainer
-# (see `train --help`), e.g. scripts/train.sh --epochs 5 --subset 2000.
+# GPU when the build found CUDA and cuDNN and a GPU is present, else the CPU). Extra arguments go
+# to the trainer (see `train --help`), e.g. scripts/train.sh --epochs 5 --subset 2000, or
+# --precision bf16 on a GPU.
 # Data: $DATA, else data/cifar-10-batches-bin (scripts/get_cifar10.sh), else data/cifar10
 # (image folders), else this workplace's ../shared/data/cifar10-jpeg.tar.gz extracted into data/.
 set -euo pipefail
