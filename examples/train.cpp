@@ -85,7 +85,7 @@ void declare_flags(cli::Flags& f) {
   f.add("label-smoothing", "0", "cross-entropy label smoothing");
   f.add("clip-grad", "0", "clip the gradient norm to this value (0: off)");
   f.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision needs the CUDA path)");
-  f.add("tf32", "false", "allow TF32 in fp32 GEMMs (CUDA path)");
+  f.add("tf32", "false", "allow TF32 in fp32 GEMMs and convolutions (CUDA path)");
   f.add("device", "auto", "auto, cuda or cpu");
   f.add("threads", "0", "CPU threads (0: all cores)");
   f.add("workers", "0",
