@@ -21,25 +21,6 @@ const float* f32(const Tensor& t) {
   return t.defined() ? t.data<float>() : nullptr;
 }
 
-cpu::Conv2dShape conv_shape(const ConvArgs& s) {
-  return {.n = s.n,
-          .h = s.h,
-          .w = s.w,
-          .c_in = s.c_in,
-          .c_out = s.c_out,
-          .kh = s.kh,
-          .kw = s.kw,
-          .stride = s.stride,
-          .pad = s.pad,
-          .groups = s.groups};
-}
-
-cpu::Pool2dShape pool_shape(const PoolArgs& s) {
-  cpu::Pool2dShape p;
-  p.n = s.n, p.h = s.h, p.w = s.w, p.c = s.c, p.k = s.k, p.stride = s.stride, p.pad = s.pad;
-  return p;
-}
-
 class CpuOps final : public DeviceOps {
  public:
   bool supports_bf16() const override { return false; }
@@ -103,16 +84,16 @@ class CpuOps final : public DeviceOps {
 
   void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
                       Tensor& y) override {
-    cpu::conv2d_forward(conv_shape(s), f32(x), f32(weight), f32(bias), f32(y));
+    cpu::conv2d_forward(s, f32(x), f32(weight), f32(bias), f32(y));
   }
   void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
                             Tensor& dx) override {
-    cpu::conv2d_backward_data(conv_shape(s), f32(dy), f32(weight), f32(dx));
+    cpu::conv2d_backward_data(s, f32(dy), f32(weight), f32(dx));
   }
   void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
                               Tensor& dbias) override {
     if (dweight.defined()) {
-      cpu::conv2d_backward_weight(conv_shape(s), f32(dy), f32(x), f32(dweight), f32(dbias));
+      cpu::conv2d_backward_weight(s, f32(dy), f32(x), f32(dweight), f32(dbias));
     } else {
       cpu::sum_rows(f32(dy), dy.numel() / s.c_out, s.c_out, f32(dbias));
     }
@@ -188,11 +169,11 @@ class CpuOps final : public DeviceOps {
                                   f32(dx));
   }
   void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y, Tensor& argmax) override {
-    cpu::max_pool2d_forward(pool_shape(s), f32(x), f32(y), argmax.data<int32_t>());
+    cpu::max_pool2d_forward(s, f32(x), f32(y), argmax.data<int32_t>());
   }
   void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
                            Tensor& dx) override {
-    cpu::max_pool2d_backward(pool_shape(s), f32(dy), argmax.data<int32_t>(), f32(dx));
+    cpu::max_pool2d_backward(s, f32(dy), argmax.data<int32_t>(), f32(dx));
   }
 
   void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,

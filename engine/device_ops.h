@@ -15,22 +15,15 @@
 #include <vector>
 
 #include "engine/tensor.h"
+#include "kernels/cpu/conv2d.h"
+#include "kernels/cpu/pool.h"
 
 namespace dl {
 
-struct ConvArgs {
-  int64_t n = 1, h = 1, w = 1, c_in = 1, c_out = 1;
-  int64_t kh = 1, kw = 1, stride = 1, pad = 0, groups = 1;
-  int64_t h_out() const { return (h + 2 * pad - kh) / stride + 1; }
-  int64_t w_out() const { return (w + 2 * pad - kw) / stride + 1; }
-  bool depthwise() const { return groups == c_in && c_out == c_in; }
-};
-
-struct PoolArgs {
-  int64_t n = 1, h = 1, w = 1, c = 1, k = 2, stride = 2, pad = 0;
-  int64_t h_out() const { return (h + 2 * pad - k) / stride + 1; }
-  int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
-};
+// A convolution's and a pooling's geometry: the plain structs of the CPU kernels (kernels/cpu),
+// which every device's ops take; the CUDA ops convert them to their kernels' own.
+using ConvArgs = cpu::Conv2dShape;
+using PoolArgs = cpu::Pool2dShape;
 
 // One parameter's AdamW update (PyTorch's formulas; see engine/optim.h). `step` counts this update.
 struct AdamWUpdate {

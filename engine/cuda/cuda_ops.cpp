@@ -12,8 +12,7 @@
 // LtGemm and CudnnConv2d: the engine's ops run on one thread.
 //
 // Ops that wait for the GPU: squared_norms (returns host values), cross_entropy on labels that
-// only the GPU holds (reads back the bad-label flag), synchronize(), and an optimizer update
-// while the previous update's pinned staging copy is still in flight. The rest only queue work.
+// only the GPU holds (reads back the bad-label flag) and synchronize(). The rest only queue work.
 #include "engine/cuda/cuda_ops.h"
 
 #include <cublasLt.h>
@@ -24,11 +23,13 @@
 #include <cstring>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/device_ops.h"
 #include "engine/error.h"
+#include "engine/storage.h"
 #include "kernels/cuda/batchnorm.cuh"
 #include "kernels/cuda/check.h"
 #include "kernels/cuda/cudnn_conv.cuh"
@@ -99,6 +100,8 @@ class DeviceMemory {
   DeviceMemory() = default;
   explicit DeviceMemory(size_t bytes) { reserve(bytes); }
   ~DeviceMemory() { cuda::deallocate(ptr_, bytes_); }
+  DeviceMemory(DeviceMemory&& other) noexcept
+      : ptr_(std::exchange(other.ptr_, nullptr)), bytes_(std::exchange(other.bytes_, 0)) {}
   DeviceMemory(const DeviceMemory&) = delete;
   DeviceMemory& operator=(const DeviceMemory&) = delete;
 
@@ -223,9 +226,8 @@ int32_t hyper_index(std::vector<Hyper>& hyper, const Hyper& h) {
 
 // One multi-tensor optimizer step (kernels/cuda/optimizer.cuh). The device chunk array is rebuilt
 // only when the tensors (every pointer, size and hyper index) differ from the previous call's;
-// otherwise a call copies just its hyper-parameter array. Both copies leave from pinned staging
-// memory, so they stay asynchronous; the `staged_` event marks when the last copy has read it,
-// and the next call waits for that (normally long past) before writing it again.
+// otherwise a call copies just its hyper-parameter array. Both are host-to-device copies through
+// the backend (cuda_backend.cpp), which stages them in pinned memory: nothing waits.
 template <class Hyper>
 class MultiTensorStep {
  public:
@@ -233,36 +235,18 @@ class MultiTensorStep {
 
   void run(const std::vector<cuda::OptimTensor>& tensors, const std::vector<Hyper>& hyper,
            Launch launch) {
-    const cudaStream_t stream = cuda::stream();
-    const bool rebuild = !same_tensors(tensors, tensors_);
-    std::vector<cuda::OptimChunk> chunks;
-    if (rebuild) chunks = cuda::make_optim_chunks(tensors);
     const size_t hyper_bytes = hyper.size() * sizeof(Hyper);
-    const size_t chunks_offset = (hyper_bytes + 15) / 16 * 16;
-    const size_t chunk_bytes = chunks.size() * sizeof(cuda::OptimChunk);
-
-    if (staged_ == nullptr) {
-      DL_CUDA_CHECK(cudaEventCreateWithFlags(&staged_, cudaEventDisableTiming));
-    } else {
-      DL_CUDA_CHECK(cudaEventSynchronize(staged_));
-    }
-    if (staging_.bytes() < chunks_offset + chunk_bytes)
-      staging_ = cuda::PinnedBuffer(chunks_offset + chunk_bytes);
-    auto* staging = static_cast<char*>(staging_.data());
-    std::memcpy(staging, hyper.data(), hyper_bytes);
     hyper_.reserve(hyper_bytes);
-    DL_CUDA_CHECK(
-        cudaMemcpyAsync(hyper_.get(), staging, hyper_bytes, cudaMemcpyHostToDevice, stream));
-    if (rebuild) {
-      std::memcpy(staging + chunks_offset, chunks.data(), chunk_bytes);
+    copy_bytes(hyper_.get(), Device::cuda(), hyper.data(), Device::cpu(), hyper_bytes);
+    if (!same_tensors(tensors, tensors_)) {
+      const std::vector<cuda::OptimChunk> chunks = cuda::make_optim_chunks(tensors);
+      const size_t chunk_bytes = chunks.size() * sizeof(cuda::OptimChunk);
       chunks_.reserve(chunk_bytes);
-      DL_CUDA_CHECK(cudaMemcpyAsync(chunks_.get(), staging + chunks_offset, chunk_bytes,
-                                    cudaMemcpyHostToDevice, stream));
+      copy_bytes(chunks_.get(), Device::cuda(), chunks.data(), Device::cpu(), chunk_bytes);
       tensors_ = tensors;
       num_chunks_ = static_cast<int64_t>(chunks.size());
     }
-    DL_CUDA_CHECK(cudaEventRecord(staged_, stream));
-    launch(chunks_.as<cuda::OptimChunk>(), num_chunks_, hyper_.as<Hyper>(), stream);
+    launch(chunks_.as<cuda::OptimChunk>(), num_chunks_, hyper_.as<Hyper>(), cuda::stream());
   }
 
  private:
@@ -270,8 +254,6 @@ class MultiTensorStep {
   DeviceMemory chunks_;
   int64_t num_chunks_ = 0;
   DeviceMemory hyper_;
-  cuda::PinnedBuffer staging_;
-  cudaEvent_t staged_ = nullptr;
 };
 
 class CudaOps final : public DeviceOps {
@@ -341,27 +323,16 @@ class CudaOps final : public DeviceOps {
   std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
     std::vector<double> norms(xs.size(), 0.0);
     if (xs.empty()) return norms;
-    int64_t largest = 0;
-    for (const Tensor& x : xs) largest = std::max(largest, x.numel());
-    DeviceMemory workspace(cuda::reduce_workspace_bytes(largest)),
-        results(xs.size() * sizeof(double));
-    for (size_t i = 0; i < xs.size(); ++i)
-      cuda::squared_norm(ptr<float>(xs[i]), xs[i].numel(), results.as<double>() + i,
-                         workspace.get(), cuda::stream());
-    DL_CUDA_CHECK(cudaMemcpyAsync(norms.data(), results.get(), xs.size() * sizeof(double),
+    const DeviceMemory squares = squares_on_device(xs);
+    DL_CUDA_CHECK(cudaMemcpyAsync(norms.data(), squares.get(), xs.size() * sizeof(double),
                                   cudaMemcpyDeviceToHost, cuda::stream()));
     cuda::synchronize();
     return norms;
   }
   void clip_grad_norm(const std::vector<Tensor>& grads, double max_norm,
                       Tensor& total_norm) override {
-    int64_t largest = 0;
-    for (const Tensor& g : grads) largest = std::max(largest, g.numel());
-    DeviceMemory workspace(cuda::reduce_workspace_bytes(largest)),
-        squares(std::max<size_t>(grads.size(), 1) * sizeof(double)), coefficient(sizeof(float));
-    for (size_t i = 0; i < grads.size(); ++i)
-      cuda::squared_norm(ptr<float>(grads[i]), grads[i].numel(), squares.as<double>() + i,
-                         workspace.get(), cuda::stream());
+    const DeviceMemory squares = squares_on_device(grads);
+    DeviceMemory coefficient(sizeof(float));
     cuda::clip_coefficient(squares.as<double>(), static_cast<int64_t>(grads.size()), max_norm,
                            ptr<float>(total_norm), coefficient.as<float>(), cuda::stream());
     for (const Tensor& g : grads)
@@ -712,6 +683,19 @@ class CudaOps final : public DeviceOps {
   std::unique_ptr<cuda::CudnnConv2d> conv_[2];
   MultiTensorStep<cuda::AdamWHyper> adamw_;
   MultiTensorStep<cuda::SGDHyper> sgd_;
+
+  // Each f32 tensor's sum of squares (fp64) in its own slot of a device array, one reduction
+  // after another over one workspace.
+  static DeviceMemory squares_on_device(const std::vector<Tensor>& xs) {
+    int64_t largest = 0;
+    for (const Tensor& x : xs) largest = std::max(largest, x.numel());
+    DeviceMemory workspace(cuda::reduce_workspace_bytes(largest));
+    DeviceMemory squares(std::max<size_t>(xs.size(), 1) * sizeof(double));
+    for (size_t i = 0; i < xs.size(); ++i)
+      cuda::squared_norm(ptr<float>(xs[i]), xs[i].numel(), squares.as<double>() + i,
+                         workspace.get(), cuda::stream());
+    return squares;
+  }
 };
 
 // Registers the ops before main when the machine has a CUDA device (the same test as the
