@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "engine/device_ops.h"
+#include "engine/device_registry.h"
 #include "engine/error.h"
 #include "kernels/cpu/batchnorm.h"
 #include "kernels/cpu/conv2d.h"
@@ -247,24 +248,20 @@ class CpuOps final : public DeviceOps {
   }
 };
 
-DeviceOps*& ops_slot(DeviceKind kind) {
+DeviceRegistry<DeviceOps>& ops_registry() {
   static CpuOps cpu;
-  static DeviceOps* slots[2] = {&cpu, nullptr};
-  return slots[static_cast<int>(kind)];
+  static DeviceRegistry<DeviceOps> registry(&cpu);
+  return registry;
 }
 
 }  // namespace
 
 void set_device_ops(DeviceKind kind, DeviceOps* ops) {
-  ops_slot(kind) = ops;
+  ops_registry().set(kind, ops);
 }
 
 DeviceOps& device_ops(Device device) {
-  DeviceOps* ops = ops_slot(device.kind);
-  DL_CHECK(ops != nullptr, "device ", device.str(),
-           " is not available: this build has no CUDA path (configure on a machine with nvcc) "
-           "or no GPU was found; use --device cpu");
-  return *ops;
+  return ops_registry().get(device);
 }
 
 }  // namespace dl

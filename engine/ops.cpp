@@ -47,6 +47,24 @@ DeviceOps& ops_for(const Tensor& t) {
   return device_ops(t.device());
 }
 
+// y = f(x) elementwise; the backward computes dx from x and dy.
+Tensor pointwise_activation(const char* name, const Tensor& x,
+                            void (DeviceOps::*forward)(const Tensor&, Tensor&),
+                            void (DeviceOps::*backward)(const Tensor&, const Tensor&, Tensor&)) {
+  check_activation(name, x, "x");
+  const Tensor xc = x.contiguous();
+  Tensor out = empty_like(x);
+  (ops_for(x).*forward)(xc, out);
+  record(out, name, {x},
+         [xc = xc.detach(), backward](const Tensor& g) {
+           Tensor dx = empty_like(xc);
+           (ops_for(xc).*backward)(xc, g.contiguous(), dx);
+           return std::vector<Tensor>{dx};
+         },
+         {xc});
+  return out;
+}
+
 }  // namespace
 
 void require_op_support(Device device) {
@@ -122,33 +140,11 @@ Tensor scale(const Tensor& x, float factor) {
 }
 
 Tensor gelu(const Tensor& x) {
-  check_activation("gelu", x, "x");
-  const Tensor xc = x.contiguous();
-  Tensor out = empty_like(x);
-  ops_for(x).gelu_forward(xc, out);
-  record(out, "gelu", {x},
-         [xc = xc.detach()](const Tensor& g) {
-           Tensor dx = empty_like(xc);
-           ops_for(xc).gelu_backward(xc, g.contiguous(), dx);
-           return std::vector<Tensor>{dx};
-         },
-         {xc});
-  return out;
+  return pointwise_activation("gelu", x, &DeviceOps::gelu_forward, &DeviceOps::gelu_backward);
 }
 
 Tensor relu(const Tensor& x) {
-  check_activation("relu", x, "x");
-  const Tensor xc = x.contiguous();
-  Tensor out = empty_like(x);
-  ops_for(x).relu_forward(xc, out);
-  record(out, "relu", {x},
-         [xc = xc.detach()](const Tensor& g) {
-           Tensor dx = empty_like(xc);
-           ops_for(xc).relu_backward(xc, g.contiguous(), dx);
-           return std::vector<Tensor>{dx};
-         },
-         {xc});
-  return out;
+  return pointwise_activation("relu", x, &DeviceOps::relu_forward, &DeviceOps::relu_backward);
 }
 
 Tensor sum(const Tensor& x) {

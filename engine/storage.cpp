@@ -4,6 +4,7 @@
 #include <cstring>
 #include <new>
 
+#include "engine/device_registry.h"
 #include "engine/error.h"
 
 namespace dl {
@@ -28,24 +29,20 @@ class CpuBackend final : public DeviceBackend {
   }
 };
 
-DeviceBackend*& backend_slot(DeviceKind kind) {
+DeviceRegistry<DeviceBackend>& backends() {
   static CpuBackend cpu;
-  static DeviceBackend* slots[2] = {&cpu, nullptr};
-  return slots[static_cast<int>(kind)];
+  static DeviceRegistry<DeviceBackend> registry(&cpu);
+  return registry;
 }
 
 }  // namespace
 
 void set_device_backend(DeviceKind kind, DeviceBackend* backend) {
-  backend_slot(kind) = backend;
+  backends().set(kind, backend);
 }
 
 DeviceBackend& device_backend(Device device) {
-  DeviceBackend* b = backend_slot(device.kind);
-  DL_CHECK(b != nullptr, "device ", device.str(),
-           " is not available: this build has no CUDA path (configure on a machine with nvcc) "
-           "or no GPU was found; use --device cpu");
-  return *b;
+  return backends().get(device);
 }
 
 void copy_bytes(void* dst, Device to, const void* src, Device from, size_t bytes) {

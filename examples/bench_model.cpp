@@ -61,13 +61,13 @@ int run(int argc, char** argv) {
 #endif
   // bf16: the images are converted on the host before the copy, as the trainer does.
   const DType activations = precision == "bf16" ? DType::bf16 : DType::f32;
-  cpu::set_num_threads(static_cast<int>(flags.integer("threads")));
+  cpu::set_num_threads(static_cast<int>(flags.integer("threads", 0)));
   const int64_t batch = flags.integer("batch"), steps = flags.integer("steps");
   DL_CHECK(batch > 0 && steps > 0, "--batch and --steps must be positive");
   const bool profile = flags.boolean("profile");
   const int64_t profile_steps = flags.integer("profile-steps");
   DL_CHECK(!profile || profile_steps > 0, "--profile-steps must be positive");
-  Generator gen(static_cast<uint64_t>(flags.integer("seed")));
+  Generator gen(static_cast<uint64_t>(flags.integer("seed", 0)));
   models::ConvMixerConfig config;
   config.dim = flags.integer("dim"), config.depth = flags.integer("depth");
   config.kernel = flags.integer("kernel"), config.patch = flags.integer("patch");

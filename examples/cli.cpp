@@ -1,11 +1,37 @@
 #include "examples/cli.h"
 
+#include <cmath>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "engine/error.h"
 
 namespace dl::cli {
+
+namespace {
+
+bool is_boolean_word(const std::string& v, bool* value = nullptr) {
+  const bool yes = v == "true" || v == "1" || v == "yes" || v == "on";
+  const bool no = v == "false" || v == "0" || v == "no" || v == "off";
+  if (value) *value = yes;
+  return yes || no;
+}
+
+// The whole of `text` as a finite number; nothing when it is not one.
+std::optional<double> to_real(const std::string& text) {
+  size_t used = 0;
+  double out = 0;
+  try {
+    out = std::stod(text, &used);
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  if (text.empty() || used != text.size() || !std::isfinite(out)) return std::nullopt;
+  return out;
+}
+
+}  // namespace
 
 void Flags::add(const std::string& name, const std::string& default_value,
                 const std::string& help) {
@@ -35,7 +61,9 @@ bool Flags::parse(int argc, char** argv) {
     DL_CHECK(it != flags_.end(), "unknown flag --", name, " (see --help)");
     const bool is_bool = it->second.default_value == "true" || it->second.default_value == "false";
     if (eq == std::string::npos) {
-      if (is_bool && (i + 1 == argc || std::string(argv[i + 1]).rfind("--", 0) == 0)) {
+      // A boolean flag takes the next argument only when it is a boolean word, so that
+      // "--json image.png" reads as "--json true image.png".
+      if (is_bool && (i + 1 == argc || !is_boolean_word(argv[i + 1]))) {
         value = "true";
       } else {
         DL_CHECK(i + 1 < argc, "flag --", name, " needs a value");
@@ -88,22 +116,34 @@ int64_t Flags::integer(const std::string& name) const {
 
 double Flags::real(const std::string& name) const {
   const std::string v = str(name);
-  size_t used = 0;
-  double out = 0;
-  try {
-    out = std::stod(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  DL_CHECK(!v.empty() && used == v.size(), "flag --", name, ": '", v, "' is not a number");
-  return out;
+  const std::optional<double> out = to_real(v);
+  DL_CHECK(out.has_value(), "flag --", name, ": '", v, "' is not a finite number");
+  return *out;
+}
+
+std::pair<double, double> Flags::real_range(const std::string& name, double default_max) const {
+  const std::string v = str(name);
+  const size_t comma = v.find(',');
+  const std::optional<double> min = to_real(v.substr(0, comma));
+  const std::optional<double> max = comma == std::string::npos ? std::optional<double>(default_max)
+                                                               : to_real(v.substr(comma + 1));
+  DL_CHECK(min.has_value() && max.has_value(), "flag --", name, ": '", v,
+           "' is not MIN or MIN,MAX (finite numbers)");
+  return {*min, *max};
+}
+
+int64_t Flags::integer(const std::string& name, int64_t min) const {
+  const int64_t v = integer(name);
+  DL_CHECK(v >= min, "flag --", name, " must be at least ", min, ", got ", v);
+  return v;
 }
 
 bool Flags::boolean(const std::string& name) const {
   const std::string v = str(name);
-  if (v == "true" || v == "1" || v == "yes" || v == "on") return true;
-  if (v == "false" || v == "0" || v == "no" || v == "off") return false;
-  throw Error("flag --" + name + ": '" + v + "' is not a boolean (true/false)");
+  bool value = false;
+  DL_CHECK(is_boolean_word(v, &value), "flag --", name, ": '", v,
+           "' is not a boolean (true/false)");
+  return value;
 }
 
 std::string Flags::usage() const {

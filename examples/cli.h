@@ -1,6 +1,6 @@
 // A small command-line flag parser for the example binaries: --name value or --name=value
-// (a boolean flag alone means true), defaults shown by --help, one clear error for an unknown
-// flag or a bad value.
+// (a boolean flag alone means true; it takes the next argument only when that is true/false/...),
+// defaults shown by --help, one clear error for an unknown flag or a bad value.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -30,8 +30,13 @@ class Flags {
   void set(const std::string& name, const std::string& value);
   // Every flag and its value, in declaration order.
   std::vector<std::pair<std::string, std::string>> values() const;
-  int64_t integer(const std::string& name) const;  // throws naming the flag on a bad number
-  double real(const std::string& name) const;
+  // The value read as a number or a boolean; each throws naming the flag when the value is not
+  // one (or is below `min`).
+  int64_t integer(const std::string& name) const;
+  int64_t integer(const std::string& name, int64_t min) const;
+  double real(const std::string& name) const;  // finite
+  // "MIN,MAX" as two numbers, or "MIN" alone with `default_max`.
+  std::pair<double, double> real_range(const std::string& name, double default_max) const;
   bool boolean(const std::string& name) const;  // true/false/1/0/yes/no/on/off
   std::string usage() const;
 

@@ -48,11 +48,10 @@ int run(int argc, char** argv) {
   flags.allow_positional("IMAGE");
   if (!flags.parse(argc, argv)) return 0;
   const std::string checkpoint = flags.str("checkpoint");
-  int64_t top = flags.integer("top");
+  int64_t top = flags.integer("top", 1);
   const bool json = flags.boolean("json");
   const std::vector<std::string>& images = flags.positional();
   DL_CHECK(!checkpoint.empty(), "--checkpoint is required (see --help)");
-  DL_CHECK(top > 0, "--top must be positive, got ", top);
   DL_CHECK(!images.empty(), "no images given (see --help)");
 
   const auto metadata = io::read_checkpoint_metadata(checkpoint);

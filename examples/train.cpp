@@ -5,6 +5,7 @@
 // appended to the metrics file, and an atomic checkpoint; Ctrl-C writes a checkpoint at the
 // current batch and exits, and --resume continues from it (bit-identical on the CPU).
 #include <csignal>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 #include <set>
@@ -96,18 +97,34 @@ void declare_flags(cli::Flags& f) {
   f.add("test-subset", "0", "evaluate on this many test images only (0: all)");
   f.add("eval-every", "1", "evaluate on the test split every N epochs (and after the last)");
   f.add("crop", "none", "none, random (pad 4 + crop) or resized (RandomResizedCrop)");
-  f.add("scale", "1.0", "resized crop: smallest area fraction");
+  f.add("scale", "0.08,1",
+        "resized crop: the range of the crop's area fraction, MIN,MAX (or MIN: up to 1)");
   f.add("hflip", "true", "random horizontal flips");
   f.add("ra-n", "2", "RandAugment operations per image (0: off)");
   f.add("ra-m", "12", "RandAugment magnitude (0..30)");
   f.add("jitter", "0", "colour jitter strength (0: off)");
   f.add("reprob", "0", "random-erasing probability");
   f.add("cache-dir", "", "cache the decoded data set here (empty: no cache)");
-  f.add("checkpoint-dir", "runs/convmixer", "checkpoints and metrics are written here");
+  f.add("checkpoint-dir", "",
+        "checkpoints and metrics are written here (empty: a new runs/<model>-<UTC date-time>)");
   f.add("resume", "", "continue from this checkpoint (a file, or a checkpoint directory)");
   f.add("progress", "auto", "progress bar: auto (on a terminal), on or off");
   f.add("stop-after-steps", "0",
         "stop with a checkpoint after this many steps (0: run to the end)");
+}
+
+// A new run's own directory (with -2, -3, ... when a run started in the same second), so that
+// starting another run never collides with a saved one.
+std::string new_run_dir(const std::string& model) {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &utc);
+  const std::string base = "runs/" + model + "-" + stamp;
+  std::string dir = base;
+  for (int n = 2; std::filesystem::exists(dir); ++n) dir = base + "-" + std::to_string(n);
+  return dir;
 }
 
 examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
@@ -130,11 +147,13 @@ examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
   c.device = f.str("device");
   c.threads = static_cast<int>(f.integer("threads"));
   c.workers = static_cast<int>(f.integer("workers"));
-  c.seed = static_cast<uint64_t>(f.integer("seed"));
+  c.seed = static_cast<uint64_t>(f.integer("seed", 0));
   c.subset = f.integer("subset"), c.test_subset = f.integer("test-subset");
   c.eval_every = f.integer("eval-every");
   c.augmentation.crop = f.str("crop");
-  c.augmentation.resized_scale_min = static_cast<float>(f.real("scale"));
+  const auto [scale_min, scale_max] = f.real_range("scale", 1.0);
+  c.augmentation.resized_scale_min = static_cast<float>(scale_min);
+  c.augmentation.resized_scale_max = static_cast<float>(scale_max);
   c.augmentation.hflip = f.boolean("hflip");
   c.augmentation.randaugment_n = static_cast<int>(f.integer("ra-n"));
   c.augmentation.randaugment_m = static_cast<int>(f.integer("ra-m"));
@@ -163,6 +182,8 @@ int main(int argc, char** argv) {
     if (!flags.parse(argc, argv)) return 0;
     reject_inapplicable(flags);
     if (!flags.str("resume").empty()) restore_run_flags(flags);
+    if (flags.str("checkpoint-dir").empty())
+      flags.set("checkpoint-dir", new_run_dir(flags.str("model")));
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

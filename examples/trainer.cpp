@@ -61,7 +61,6 @@ Device resolve_device(const std::string& name) {
 // --workers 0: on the GPU every core but two augments (measured on a 16-core H100 machine: 14
 // workers keep up with the 16k images/s of the fp32 step); on the CPU the step needs the cores.
 int loader_workers(int requested, Device device) {
-  DL_CHECK(requested >= 0, "--workers must be 0 (automatic) or positive, got ", requested);
   if (requested > 0) return requested;
   if (device.is_cpu()) return 2;
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
@@ -214,14 +213,46 @@ std::string join(const std::vector<T>& items) {
 
 }  // namespace
 
+void validate(const TrainConfig& cfg) {
+  DL_CHECK(cfg.epochs > 0, "--epochs must be positive, got ", cfg.epochs);
+  DL_CHECK(cfg.batch > 0, "--batch must be positive, got ", cfg.batch);
+  DL_CHECK(cfg.eval_every > 0, "--eval-every must be positive, got ", cfg.eval_every);
+  DL_CHECK(cfg.optimizer == "adamw" || cfg.optimizer == "sgd",
+           "--optimizer must be adamw or sgd, got '", cfg.optimizer, "'");
+  DL_CHECK(cfg.lr >= 0, "--lr must be non-negative, got ", cfg.lr);
+  DL_CHECK(cfg.weight_decay >= 0, "--wd must be non-negative, got ", cfg.weight_decay);
+  DL_CHECK(cfg.momentum >= 0, "--momentum must be non-negative, got ", cfg.momentum);
+  DL_CHECK(cfg.warmup_epochs >= 0 && cfg.warmup_epochs <= cfg.epochs,
+           "--warmup-epochs must lie in [0, --epochs = ", cfg.epochs, "], got ", cfg.warmup_epochs);
+  // The schedule's own checks (its name among them), on a stand-in one-step epoch.
+  optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, 1, cfg.warmup_epochs);
+  DL_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing <= 1,
+           "--label-smoothing must be in [0, 1], got ", cfg.label_smoothing);
+  DL_CHECK(cfg.clip_grad >= 0, "--clip-grad must be 0 (off) or positive, got ", cfg.clip_grad);
+  DL_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
+           "--precision must be fp32 or bf16, got '", cfg.precision, "'");
+  DL_CHECK(cfg.threads >= 0, "--threads must be 0 (all cores) or positive, got ", cfg.threads);
+  DL_CHECK(cfg.workers >= 0, "--workers must be 0 (automatic) or positive, got ", cfg.workers);
+  DL_CHECK(cfg.subset >= 0, "--subset must be 0 (all) or positive, got ", cfg.subset);
+  DL_CHECK(cfg.test_subset >= 0, "--test-subset must be 0 (all) or positive, got ",
+           cfg.test_subset);
+  DL_CHECK(cfg.progress == "auto" || cfg.progress == "on" || cfg.progress == "off",
+           "--progress must be auto, on or off, got '", cfg.progress, "'");
+  DL_CHECK(cfg.stop_after_steps >= 0, "--stop-after-steps must be 0 (off) or positive, got ",
+           cfg.stop_after_steps);
+  models::ModelSpec spec = cfg.model;
+  spec.classes = std::max<int64_t>(spec.classes, 1);  // taken from the data later
+  models::validate(spec);
+  data::validate_options(cfg.augmentation);
+}
+
 void request_stop() {
   g_stop_requested = true;
 }
 
 int train(const TrainConfig& cfg) {
+  validate(cfg);
   const Device device = resolve_device(cfg.device);
-  DL_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
-           "--precision must be fp32 or bf16, got '", cfg.precision, "'");
   DL_CHECK(cfg.precision == "fp32" || device.is_cuda(),
            "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
   DL_CHECK(!cfg.tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
@@ -232,10 +263,6 @@ int train(const TrainConfig& cfg) {
   // GPU), fp32 parameters, gradients, statistics and optimizer state.
   const DType activations = cfg.precision == "bf16" ? DType::bf16 : DType::f32;
   cpu::set_num_threads(cfg.threads);
-  DL_CHECK(cfg.epochs > 0, "--epochs must be positive, got ", cfg.epochs);
-  DL_CHECK(cfg.eval_every > 0, "--eval-every must be positive, got ", cfg.eval_every);
-  DL_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing <= 1,
-           "--label-smoothing must be in [0, 1], got ", cfg.label_smoothing);
 
   // --- data ---
   std::cerr << "loading " << cfg.data << " ...\n";
@@ -290,14 +317,12 @@ int train(const TrainConfig& cfg) {
   if (cfg.optimizer == "adamw") {
     opt = std::make_unique<optim::AdamW>(
         model->parameters(), optim::AdamWOptions{.lr = cfg.lr, .weight_decay = cfg.weight_decay});
-  } else if (cfg.optimizer == "sgd") {
+  } else {
     opt = std::make_unique<optim::SGD>(model->parameters(),
                                        optim::SGDOptions{.lr = cfg.lr,
                                                          .momentum = cfg.momentum,
                                                          .weight_decay = cfg.weight_decay,
                                                          .nesterov = cfg.nesterov});
-  } else {
-    throw Error("--optimizer must be adamw or sgd, got '" + cfg.optimizer + "'");
   }
 
   data::LoaderOptions train_options{.batch_size = cfg.batch,
@@ -349,7 +374,8 @@ int train(const TrainConfig& cfg) {
 
   std::cerr << "training " << spec.describe() << " on " << device.str() << " (" << cfg.precision
             << "), " << train_set.size() << " train / " << test_set.size() << " test images, "
-            << steps_per_epoch << " steps per epoch\n";
+            << steps_per_epoch << " steps per epoch; checkpoint and metrics in " << dir.string()
+            << "\n";
   const std::vector<Tensor> params = model->parameters();
   int64_t steps_this_run = 0;
   for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {

@@ -40,6 +40,10 @@ struct TrainConfig {
   std::vector<std::pair<std::string, std::string>> flags;
 };
 
+// Checks every field that can be checked without the data or the device (the flag each comes from
+// is named); train() calls it before loading anything.
+void validate(const TrainConfig& config);
+
 // Runs (or resumes) training. Returns 0 when all epochs are done, 130 when stopped early by
 // request_stop() or stop_after_steps (a checkpoint of the exact position is written first; a stop
 // requested before the first step writes nothing). Everything is validated before the checkpoint

@@ -46,7 +46,22 @@ ModelSpec ModelSpec::from_metadata(const std::map<std::string, std::string>& met
   return s;
 }
 
+void validate(const ModelSpec& s) {
+  DL_CHECK(s.name == "convmixer" || s.name == "resnet", "unknown model '", s.name,
+           "' (known: convmixer, resnet)");
+  DL_CHECK(s.dim > 0, "model dim (--dim) must be positive, got ", s.dim);
+  DL_CHECK(s.depth >= 0, "model depth (--depth) must be non-negative, got ", s.depth);
+  DL_CHECK(s.classes > 0 && s.in_channels > 0, "a model needs classes and input channels, got ",
+           s.classes, " and ", s.in_channels);
+  if (s.name == "convmixer") {
+    DL_CHECK(s.kernel >= 1 && s.kernel % 2 == 1, "ConvMixer kernel (--kernel) must be odd, got ",
+             s.kernel);
+    DL_CHECK(s.patch > 0, "ConvMixer patch (--patch) must be positive, got ", s.patch);
+  }
+}
+
 std::shared_ptr<nn::Module> make_model(const ModelSpec& s, Generator& gen) {
+  validate(s);
   if (s.name == "convmixer")
     return std::make_shared<ConvMixer>(ConvMixerConfig{.dim = s.dim,
                                                        .depth = s.depth,
@@ -55,12 +70,10 @@ std::shared_ptr<nn::Module> make_model(const ModelSpec& s, Generator& gen) {
                                                        .classes = s.classes,
                                                        .in_channels = s.in_channels},
                                        gen);
-  if (s.name == "resnet")
-    return std::make_shared<SmallResNet>(
-        SmallResNetConfig{
-            .width = s.dim, .blocks = s.depth, .classes = s.classes, .in_channels = s.in_channels},
-        gen);
-  throw Error("unknown model '" + s.name + "' (known: convmixer, resnet)");
+  return std::make_shared<SmallResNet>(
+      SmallResNetConfig{
+          .width = s.dim, .blocks = s.depth, .classes = s.classes, .in_channels = s.in_channels},
+      gen);
 }
 
 }  // namespace dl::models

@@ -26,7 +26,10 @@ struct ModelSpec {
                                  const std::string& source);
 };
 
-// Throws dl::Error for an unknown name, listing the known ones.
+// Throws dl::Error for an unknown name (listing the known ones) or a field out of range.
+void validate(const ModelSpec& spec);
+
+// validate(spec), then builds the model with parameters drawn from `gen`.
 std::shared_ptr<nn::Module> make_model(const ModelSpec& spec, Generator& gen);
 
 }  // namespace dl::models

@@ -2,7 +2,7 @@
 """Plots a training run's metrics (the JSON lines train appends to <checkpoint-dir>/metrics.jsonl)
 as a PNG with loss and accuracy curves. Needs matplotlib (Debian: python3-matplotlib).
 
-usage: scripts/plot_metrics.py runs/convmixer/metrics.jsonl [-o curves.png]
+usage: scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl [-o curves.png]
 """
 import argparse
 import json

@@ -2,6 +2,7 @@
 // hand-built bytes, and one hand-built malformed file per validation rule.
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -224,7 +225,8 @@ TEST_CASE("safetensors: round trip of several dtypes and shapes", "[safetensors]
   dl::io::save_safetensors(tmp.str(), {});
   const dl::io::SafetensorsFile none = dl::io::load_safetensors(tmp.str());
   CHECK((none.tensors.empty() && none.metadata.empty()));
-  CHECK(read_file(tmp.str()) == le64(8) + "{}      ");
+  const std::string empty_header = R"({"__metadata__":{"engine.data_crc32":"00000000"}})";
+  CHECK(read_file(tmp.str()) == le64(56) + empty_header + std::string(56 - 49, ' '));
 }
 
 TEST_CASE("safetensors: byte layout matches hand-built bytes", "[safetensors]") {
@@ -233,9 +235,10 @@ TEST_CASE("safetensors: byte layout matches hand-built bytes", "[safetensors]") 
                            {{"b", Tensor::from_vector(std::vector<float>{1.0f, -2.0f}, {2})},
                             {"a", Tensor::from_vector(std::vector<int64_t>{258}, {})}},
                            {{"k", "v"}});
-  const std::string header =
-      R"({"__metadata__":{"k":"v"},"a":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
+  // The CRC-32 of the 16 data bytes, from Python's binascii.crc32.
+  const std::string header = R"({"__metadata__":{"engine.data_crc32":"74454ce1","k":"v"},)"
+                             R"("a":{"dtype":"I64","shape":[],"data_offsets":[0,8]},)"
+                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}})";
   const std::string padded = header + std::string((8 - header.size() % 8) % 8, ' ');
   const std::string data = std::string("\x02\x01\0\0\0\0\0\0", 8) +   // int64 258
                            std::string("\0\0\x80\x3f\0\0\0\xc0", 8);  // 1.0f, -2.0f
@@ -452,6 +455,37 @@ TEST_CASE("safetensors: random corruption never crashes", "[safetensors]") {
       CHECK_THAT(e.what(), Contains(tmp.str() + ": "));
     }
   }
+}
+
+TEST_CASE("safetensors: a changed data byte is caught by the recorded CRC-32", "[safetensors]") {
+  const uint64_t seed = dl::test::fresh_seed();
+  INFO("seed " << seed);
+  std::mt19937_64 rng(seed);
+  dl::Generator gen(seed);
+  TempPath tmp;
+  dl::io::save_safetensors(tmp.str(), {{"w", Tensor::randn({64}, gen)}}, {{"k", "v"}});
+  const std::string good = read_file(tmp.str());
+  uint64_t header_bytes = 0;
+  std::memcpy(&header_bytes, good.data(), 8);
+  const size_t data_start = 8 + header_bytes;
+  REQUIRE(good.size() == data_start + 64 * 4);
+
+  std::string bytes = good;
+  const size_t at = data_start + rng() % (64 * 4);
+  bytes[at] = static_cast<char>(bytes[at] ^ (1 << (rng() % 8)));  // one flipped bit
+  write_file(tmp.str(), bytes);
+  CHECK_THROWS_WITH(dl::io::load_safetensors(tmp.str()),
+                    Contains(tmp.str() + ": the tensor data is damaged"));
+
+  // A file without the key (another writer's) is read as it is, changed bytes and all.
+  const std::string key = R"("engine.data_crc32":)";
+  const size_t key_at = bytes.find(key);
+  REQUIRE(key_at != std::string::npos);
+  bytes.replace(key_at, key.size(), std::string(R"("engine.data_crc3X":)"));
+  write_file(tmp.str(), bytes);
+  const auto loaded = dl::io::load_safetensors(tmp.str());
+  CHECK(loaded.metadata.at("engine.data_crc3X").size() == 8);
+  CHECK(loaded.metadata.at("k") == "v");
 }
 
 TEST_CASE("copy_checked: copies matching tensors and names mismatches", "[safetensors]") {

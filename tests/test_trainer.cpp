@@ -207,6 +207,36 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
   }
 }
 
+TEST_CASE("Bad settings are refused, naming the flag, before any data is read") {
+  TempDir tmp;
+  auto config = tiny_config(tmp.path / "no-such-data", tmp.path / "run");
+  const auto refused = [&](auto change, const std::string& message) {
+    auto bad = config;
+    change(bad);
+    REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains(message));
+  };
+  refused([](auto& c) { c.subset = -5; }, "--subset must be 0 (all) or positive");
+  refused([](auto& c) { c.test_subset = -1; }, "--test-subset must be 0 (all) or positive");
+  refused([](auto& c) { c.progress = "sometimes"; }, "--progress must be auto, on or off");
+  refused([](auto& c) { c.clip_grad = -1; }, "--clip-grad must be 0 (off) or positive");
+  refused([](auto& c) { c.threads = -3; }, "--threads must be 0 (all cores) or positive");
+  refused([](auto& c) { c.batch = 0; }, "--batch must be positive");
+  refused([](auto& c) { c.optimizer = "adam"; }, "--optimizer must be adamw or sgd");
+  refused([](auto& c) { c.schedule = "linear"; }, "Unknown LR schedule 'linear'");
+  refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
+  refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
+  refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "randaugment_m must be in [0, 30]");
+  refused(
+      [](auto& c) {
+        c.schedule = "cosine";
+        c.warmup_epochs = 3;
+      },
+      "--warmup-epochs must lie in [0, --epochs = 2]");
+  // With good settings the same call gets as far as the data, which does not exist.
+  REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("no-such-data"));
+  CHECK_FALSE(fs::exists(tmp.path / "run"));
+}
+
 TEST_CASE("predict classifies images like the model in process, and names unreadable files") {
   TempDir tmp;
   Generator gen(test::fresh_seed());
@@ -224,9 +254,10 @@ TEST_CASE("predict classifies images like the model in process, and names unread
   std::ofstream(bad) << "not an image";
   const fs::path out = tmp.path / "out.jsonl", err = tmp.path / "err.txt";
   const fs::path ckpt = run / "last.safetensors";
-  const std::string cmd = std::string(DL_PREDICT_BIN) + " --json --checkpoint " + ckpt.string() +
-                          " " + png.string() + " " + bad.string() + " " + png.string() + " > " +
-                          out.string() + " 2> " + err.string();
+  // --json right before the first image, as the README writes it: a flag, not the image's name.
+  const std::string cmd = std::string(DL_PREDICT_BIN) + " --checkpoint " + ckpt.string() +
+                          " --json " + png.string() + " " + bad.string() + " " + png.string() +
+                          " > " + out.string() + " 2> " + err.string();
   const int status = std::system(cmd.c_str());
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) == 1);  // one unreadable image
@@ -291,4 +322,23 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   REQUIRE(resumed == 0);
   REQUIRE_THAT(out3, Catch::Contains("convmixer dim=8 depth=1 kernel=3 patch=4"));
   REQUIRE(metrics_without_timing(run).size() == 2);
+
+  // Without --checkpoint-dir each run gets a directory of its own under runs/.
+  const std::string tiny = data + " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 1 --ra-n 0";
+  const fs::path work = tmp.path / "work";
+  fs::create_directories(work);
+  const auto here = fs::current_path();
+  fs::current_path(work);
+  const auto [fresh, out4] = train(tiny + " --seed 1");
+  const auto [another, out5] = train(tiny + " --seed 2");
+  fs::current_path(here);
+  INFO(out4 << out5);
+  REQUIRE((fresh == 0 && another == 0));
+  std::vector<fs::path> runs;
+  for (const auto& entry : fs::directory_iterator(work / "runs")) runs.push_back(entry.path());
+  REQUIRE(runs.size() == 2);
+  for (const auto& dir : runs) {
+    CHECK(dir.filename().string().rfind("convmixer-20", 0) == 0);
+    CHECK(fs::exists(dir / "last.safetensors"));
+  }
 }

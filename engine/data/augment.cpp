@@ -354,8 +354,7 @@ std::vector<float> cifar10_std() {
   return {0.2471f, 0.2435f, 0.2616f};
 }
 
-void validate(const AugmentConfig& config, int channels) {
-  DL_CHECK(channels == 1 || channels == 3, "images must have 1 or 3 channels, got ", channels);
+void validate_options(const AugmentConfig& config) {
   DL_CHECK(config.crop == "none" || config.crop == "random" || config.crop == "resized",
            "AugmentConfig.crop must be \"none\", \"random\" or \"resized\", got \"", config.crop,
            "\"");
@@ -377,6 +376,11 @@ void validate(const AugmentConfig& config, int channels) {
   DL_CHECK(config.jitter >= 0.0f, "AugmentConfig.jitter must be non-negative, got ", config.jitter);
   DL_CHECK(config.erasing_p >= 0.0f && config.erasing_p <= 1.0f,
            "AugmentConfig.erasing_p must be in [0, 1], got ", config.erasing_p);
+}
+
+void validate(const AugmentConfig& config, int channels) {
+  DL_CHECK(channels == 1 || channels == 3, "images must have 1 or 3 channels, got ", channels);
+  validate_options(config);
   DL_CHECK(config.mean.size() == static_cast<size_t>(channels) &&
                config.std.size() == static_cast<size_t>(channels),
            "AugmentConfig.mean and .std need one value per channel (", channels, "), got ",

@@ -34,7 +34,9 @@ struct AugmentConfig {
   std::vector<float> mean = cifar10_mean(), std = cifar10_std();  // per channel
 };
 
-// Throws dl::Error naming the first bad field for images with `channels` channels.
+// Throws dl::Error naming the first bad field, leaving out mean and std (which depend on the data).
+void validate_options(const AugmentConfig& config);
+// validate_options, then mean and std against images with `channels` channels.
 void validate(const AugmentConfig& config, int channels);
 
 // Training transform of one image: in is uint8 [h, w, c], out is float [h, w, c] normalised.

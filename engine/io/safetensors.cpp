@@ -13,6 +13,8 @@
 #include <memory>
 #include <tuple>
 
+#include <zlib.h>
+
 #include "engine/error.h"
 #include "engine/io/json.h"
 
@@ -24,6 +26,20 @@ static_assert(std::endian::native == std::endian::little, "safetensors I/O assum
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference implementation's limit
 constexpr const char* kMetadataKey = "__metadata__";
+// The writer records the CRC-32 of the data buffer under this metadata key; the reader checks it
+// when present (files from other writers have none) and does not return it with the metadata.
+constexpr const char* kChecksumKey = "engine.data_crc32";
+
+std::string hex32(uint32_t v) {
+  char text[9];
+  std::snprintf(text, sizeof text, "%08x", v);
+  return text;
+}
+
+uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
+  return static_cast<uint32_t>(
+      crc32_z(crc, static_cast<const Bytef*>(data), static_cast<z_size_t>(bytes)));
+}
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw Error(path + ": " + what);
@@ -150,12 +166,14 @@ void save_safetensors(const std::string& path,
     DL_CHECK(sorted[i].first != sorted[i - 1].first, path, ": tensor name '", sorted[i].first,
              "' appears twice");
 
+  uint32_t crc = crc32_update(0, nullptr, 0);
+  for (const auto& [name, t] : sorted) crc = crc32_update(crc, t.raw_data(), t.nbytes());
+  std::map<std::string, std::string> meta_with_checksum = metadata;
+  meta_with_checksum[kChecksumKey] = hex32(crc);
   JsonValue::Object header;
-  if (!metadata.empty()) {
-    JsonValue::Object meta;
-    for (const auto& [k, v] : metadata) meta.emplace_back(k, v);
-    header.emplace_back(kMetadataKey, std::move(meta));
-  }
+  JsonValue::Object meta;
+  for (const auto& [k, v] : meta_with_checksum) meta.emplace_back(k, v);
+  header.emplace_back(kMetadataKey, std::move(meta));
   int64_t offset = 0;
   for (const auto& [name, t] : sorted) {
     const int64_t end = offset + static_cast<int64_t>(t.nbytes());
@@ -254,6 +272,24 @@ SafetensorsFile load_safetensors(const std::string& path) {
     Tensor t = Tensor::empty(e.shape, e.dtype);
     if (t.nbytes() > 0) read_at(data_start + e.begin, t.raw_data(), t.nbytes());
     out.tensors.emplace_back(e.name, std::move(t));
+  }
+  auto recorded = out.metadata.find(kChecksumKey);
+  if (recorded != out.metadata.end()) {
+    // check_layout made the entries tile the buffer; in offset order they are the buffer.
+    std::vector<size_t> order(entries.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return entries[a].begin < entries[b].begin; });
+    uint32_t crc = crc32_update(0, nullptr, 0);
+    for (size_t i : order) {
+      const Tensor& t = out.tensors[i].second;
+      crc = crc32_update(crc, t.raw_data(), t.nbytes());
+    }
+    if (recorded->second != hex32(crc))
+      fail(path, "the tensor data is damaged (its CRC-32 is " + hex32(crc) + ", the file records " +
+                     recorded->second +
+                     "): the file was changed or corrupted after it was written");
+    out.metadata.erase(recorded);
   }
   return out;
 }

@@ -20,12 +20,14 @@ struct SafetensorsFile {
 
 // Writes atomically (a temp file "<path>.tmp.<pid>", fsync, then rename over path). Tensors are
 // copied to the CPU, made contiguous and laid out in name order without gaps; names must be unique
-// and non-empty. The header is padded with spaces to a multiple of 8 bytes.
+// and non-empty. The header is padded with spaces to a multiple of 8 bytes. The metadata gains
+// "engine.data_crc32", the CRC-32 of the data buffer (other readers ignore it).
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata = {});
 
-// Reads and validates the whole file; every problem is a dl::Error naming the file.
+// Reads and validates the whole file; every problem is a dl::Error naming the file. When the file
+// records "engine.data_crc32", damaged tensor data is such an error; the key is not returned.
 SafetensorsFile load_safetensors(const std::string& path);
 
 // dst.copy_(src) after checking that dtype and shape agree; a mismatch throws a dl::Error naming

@@ -1,0 +1,81 @@
+// The example binaries' flag parser (examples/cli.h): value forms, boolean flags next to file
+// names, and one clear error for each kind of bad input.
+#include <catch2/catch.hpp>
+#include <string>
+#include <vector>
+
+#include "engine/error.h"
+#include "examples/cli.h"
+
+using namespace dl;
+using Catch::Contains;
+
+namespace {
+
+// Parses `args` (without the program name) into flags --json (bool), --top, --lr, --scale.
+cli::Flags parsed(std::vector<std::string> args) {
+  cli::Flags f("prog", "test");
+  f.add("json", "false", "");
+  f.add("top", "3", "");
+  f.add("lr", "0.05", "");
+  f.add("scale", "0.08,1", "");
+  f.allow_positional("IMAGE");
+  args.insert(args.begin(), "prog");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  REQUIRE(f.parse(static_cast<int>(argv.size()), argv.data()));
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("A boolean flag takes the next argument only when it is a boolean word") {
+  SECTION("followed by a file name: true, and the file stays positional") {
+    const auto f = parsed({"--top", "2", "--json", "cat.png", "dog.png"});
+    CHECK(f.boolean("json"));
+    CHECK(f.positional() == std::vector<std::string>{"cat.png", "dog.png"});
+  }
+  SECTION("followed by a boolean word") {
+    const auto f = parsed({"--json", "false", "cat.png"});
+    CHECK_FALSE(f.boolean("json"));
+    CHECK(f.positional() == std::vector<std::string>{"cat.png"});
+  }
+  SECTION("last, or followed by another flag, or with =") {
+    CHECK(parsed({"--json"}).boolean("json"));
+    CHECK(parsed({"--json", "--top", "1"}).boolean("json"));
+    CHECK_FALSE(parsed({"--json=off"}).boolean("json"));
+    CHECK_FALSE(parsed({}).given("json"));
+  }
+}
+
+TEST_CASE("Numbers and ranges are read whole, and bad ones name the flag") {
+  CHECK(parsed({"--top=7"}).integer("top") == 7);
+  CHECK(parsed({"--top", "7"}).integer("top", 1) == 7);
+  CHECK_THROWS_WITH(parsed({"--top", "0"}).integer("top", 1),
+                    Contains("--top must be at least 1, got 0"));
+  CHECK_THROWS_WITH(parsed({"--top", "7x"}).integer("top"), Contains("'7x' is not an integer"));
+  CHECK(parsed({"--lr", "1e-3"}).real("lr") == 1e-3);
+  for (const char* bad : {"nan", "inf", "0.1.2", ""})
+    CHECK_THROWS_WITH(parsed({"--lr", bad}).real("lr"), Contains("is not a finite number"));
+  CHECK(parsed({}).real_range("scale", 1.0) == std::pair<double, double>(0.08, 1.0));
+  CHECK(parsed({"--scale", "0.35"}).real_range("scale", 1.0) ==
+        std::pair<double, double>(0.35, 1.0));
+  CHECK(parsed({"--scale=0.2,0.5"}).real_range("scale", 1.0) ==
+        std::pair<double, double>(0.2, 0.5));
+  CHECK_THROWS_WITH(parsed({"--scale", "0.2,"}).real_range("scale", 1.0),
+                    Contains("--scale: '0.2,' is not MIN or MIN,MAX"));
+  CHECK_THROWS_WITH(parsed({"--json=maybe"}).boolean("json"),
+                    Contains("--json: 'maybe' is not a boolean"));
+}
+
+TEST_CASE("Unknown flags, missing values and stray arguments are refused") {
+  cli::Flags f("prog", "test");
+  f.add("top", "3", "");
+  std::string prog = "prog", unknown = "--tpo", top = "--top", extra = "x.png";
+  char* a1[] = {prog.data(), unknown.data()};
+  CHECK_THROWS_WITH(f.parse(2, a1), Contains("unknown flag --tpo"));
+  char* a2[] = {prog.data(), top.data()};
+  CHECK_THROWS_WITH(f.parse(2, a2), Contains("flag --top needs a value"));
+  char* a3[] = {prog.data(), extra.data()};
+  CHECK_THROWS_WITH(f.parse(2, a3), Contains("unexpected argument 'x.png'"));
+}
