@@ -1,10 +1,10 @@
 // predict: classifies PNG/JPEG files with a trained checkpoint. Each image is decoded with
-// stb_image, resized to the model's input size (stb_image_resize), normalised as in training
+// stb_image, resized to the model's input size (antialiased bilinear, engine/data/resize.h, the
+// filter scripts/pytorch_reference.py applies with PyTorch), normalised as in training
 // (the checkpoint records mean and std) and classified; prints the top-K classes, or with --json
 // one object per image with the logits and probabilities. An unreadable image is reported by
 // name, the others are still classified, and the exit status is non-zero at the end.
 #include <stb_image.h>
-#include <stb_image_resize.h>
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +12,7 @@
 #include <iostream>
 #include <sstream>
 
+#include "engine/data/resize.h"
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
@@ -87,17 +88,12 @@ int run(int argc, char** argv) {
       ++failures;
       continue;
     }
-    std::vector<unsigned char> resized(static_cast<size_t>(height) * width * channels);
-    if (w == width && h == height) {
-      std::copy(pixels, pixels + resized.size(), resized.begin());
-    } else {
-      stbir_resize_uint8(pixels, w, h, 0, resized.data(), width, height, 0, channels);
-    }
-    stbi_image_free(pixels);
     Tensor input = Tensor::empty({1, height, width, channels});
     float* x = input.data<float>();
-    for (size_t i = 0; i < resized.size(); ++i)
-      x[i] = (resized[i] / 255.0f - mean[i % channels]) / std_dev[i % channels];
+    data::resize_bilinear_antialiased(pixels, h, w, channels, height, width, x);
+    stbi_image_free(pixels);
+    for (int64_t i = 0; i < input.numel(); ++i)
+      x[i] = (x[i] / 255.0f - mean[i % channels]) / std_dev[i % channels];
     const std::vector<float> logits = model->forward(input.to(device)).to_vector();
     const float zmax = *std::max_element(logits.begin(), logits.end());
     double denom = 0.0;

@@ -96,6 +96,35 @@ cross_device() {
   diff "$out/predict-cpu.txt" "$out/predict-cuda.txt" && echo "predict: same classes on cpu and cuda"
 }
 [[ -n ${DATA:-} ]] && step cross-device cross_device
+# predict and scripts/pytorch_reference.py predict give the same logits for PNGs of the model's
+# size and of other sizes (the resize is the same filter on both sides), on the cross-device run's
+# checkpoint. PNGs because JPEG decoders (stb_image, libjpeg) differ by a level or two.
+predict_parity() {
+  local pngs=$out/predict-pngs
+  mkdir -p "$pngs"
+  mapfile -t images < <(find "$DATA/test" -name '*.jpg' | sort | head -6)
+  python3 - "$pngs" "${images[@]}" <<'PY' || return 1
+import sys
+from PIL import Image
+for i, path in enumerate(sys.argv[2:]):
+    image = Image.open(path).convert("RGB")
+    image.save(f"{sys.argv[1]}/{i}-32x32.png")
+    image.resize((61, 45), Image.BICUBIC).save(f"{sys.argv[1]}/{i}-61x45.png")
+    image.resize((20, 24), Image.BICUBIC).save(f"{sys.argv[1]}/{i}-20x24.png")
+PY
+  local ckpt=$out/cross-run/last.safetensors
+  "$build/examples/predict" --checkpoint "$ckpt" --json "$pngs"/*.png >"$out/predict-engine.jsonl" &&
+    python3 scripts/pytorch_reference.py predict --checkpoint "$ckpt" "$pngs"/*.png \
+      >"$out/predict-pytorch.jsonl" || return 1
+  python3 - "$out/predict-engine.jsonl" "$out/predict-pytorch.jsonl" <<'PY'
+import json, sys
+engine, torch = ([json.loads(line) for line in open(p)] for p in sys.argv[1:])
+worst = max(abs(a - b) for e, t in zip(engine, torch) for a, b in zip(e["logits"], t["logits"]))
+print(f"{len(engine)} images, largest logit difference {worst:.2e} (allowed 1e-4)")
+sys.exit(0 if len(engine) == len(torch) > 0 and worst <= 1e-4 else 1)
+PY
+}
+[[ -n ${DATA:-} ]] && step predict-parity predict_parity
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
 cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops)

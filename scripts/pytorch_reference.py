@@ -28,6 +28,7 @@ import json
 import struct
 import sys
 import time
+import zlib
 
 import torch
 import torch.nn as nn
@@ -153,6 +154,9 @@ def load_safetensors(path):
     (n,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + n])
     metadata = header.pop("__metadata__", {})
+    recorded = metadata.pop("engine.data_crc32", None)
+    if recorded is not None and f"{zlib.crc32(data[8 + n:]):08x}" != recorded:
+        sys.exit(f"{path}: the tensor data is damaged (CRC-32 mismatch)")
     tensors = {}
     for name, entry in header.items():
         begin, end = entry["data_offsets"]
@@ -185,14 +189,20 @@ def predict(args):
     classes = meta["data.classes"].split(",")
     mean = torch.tensor([float(v) for v in meta["data.mean"].split(",")])
     std = torch.tensor([float(v) for v in meta["data.std"].split(",")])
-    mode = "RGB" if dims["in_channels"] == 3 else "L"
     for path in args.images:
-        image = Image.open(path).convert(mode)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).float() / 255.0
-        x = x.reshape(height, width, -1)
-        x = ((x - mean) / std).permute(2, 0, 1).unsqueeze(0)
+        # The engine's predict: stb_image's pixels (a 1-channel model gets stb's grey level,
+        # (77 R + 150 G + 29 B) >> 8), the antialiased bilinear resize in float, then /255 and
+        # normalisation. PNGs decode identically here; JPEG decoders differ by a level or two.
+        rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).copy())
+        pixels = rgb.int()
+        if dims["in_channels"] == 1:
+            pixels = ((pixels[..., 0] * 77 + pixels[..., 1] * 150 + pixels[..., 2] * 29) >> 8)
+            pixels = pixels.unsqueeze(-1)
+        x = pixels.float().permute(2, 0, 1).unsqueeze(0)
+        if tuple(x.shape[2:]) != (height, width):
+            x = torch.nn.functional.interpolate(x, size=(height, width), mode="bilinear",
+                                                antialias=True, align_corners=False)
+        x = (x / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
         with torch.no_grad():
             logits = model(x)[0].double()
         probs = torch.softmax(logits, 0)

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/data/augment.h"
+#include "engine/data/resize.h"
 #include "engine/error.h"
 #include "test_util.h"
 
@@ -572,4 +573,59 @@ TEST_CASE("bad augmentation settings throw one clear error", "[augment]") {
   REQUIRE_THROWS_WITH(validate(AugmentConfig{}, 4), Contains("1 or 3 channels"));
   REQUIRE_THROWS_WITH(apply_randaugment_op("Blur", 0.0f, px.data(), 4, 4, 3, nullptr),
                       Contains("unknown RandAugment op 'Blur'"));
+}
+
+// PIL's BILINEAR resize (Image.resize, and interpolate(antialias=True)) written out in 2D in
+// double: each output pixel is a weighted average of the input with separable triangle weights.
+double resize_reference(const Image& in, int out_h, int out_w, int y, int x, int k) {
+  const auto weight = [](int j, int i, int in_size, int out_size) {
+    const double scale = static_cast<double>(in_size) / out_size;
+    const double support = std::max(scale, 1.0), centre = scale * (i + 0.5);
+    if (j < static_cast<int>(centre - support + 0.5) ||
+        j >= static_cast<int>(centre + support + 0.5))
+      return 0.0;
+    return std::max(0.0, 1.0 - std::abs(j + 0.5 - centre) / support);
+  };
+  double sum = 0.0, total = 0.0;
+  for (int j = 0; j < in.h; ++j)
+    for (int i = 0; i < in.w; ++i) {
+      const double wt = weight(j, y, in.h, out_h) * weight(i, x, in.w, out_w);
+      sum += wt * in.at(j, i, k);
+      total += wt;
+    }
+  return sum / total;
+}
+
+TEST_CASE("Antialiased bilinear resize follows PIL's filter") {
+  Generator gen(test::fresh_seed());
+  SECTION("worked by hand: 4 pixels to 2") {
+    Image in(1, 4, 1);
+    in.px = {0, 100, 200, 40};
+    std::vector<float> out(2, -1.0f);
+    resize_bilinear_antialiased(in.px.data(), 1, 4, 1, 1, 2, out.data());
+    // Scale 2: the triangle spans 2 pixels each side; weights (3, 3, 1)/7 and (1, 3, 3)/7.
+    CHECK(out[0] == Approx(500.0 / 7).epsilon(1e-6));
+    CHECK(out[1] == Approx(820.0 / 7).epsilon(1e-6));
+  }
+  SECTION("the same size is an exact copy") {
+    const Image in = random_image(7, 5, 3, gen);
+    std::vector<float> out(in.px.size(), -1.0f);
+    resize_bilinear_antialiased(in.px.data(), 7, 5, 3, 7, 5, out.data());
+    for (size_t i = 0; i < out.size(); ++i) REQUIRE(out[i] == in.px[i]);
+  }
+  SECTION("shrinking, growing and both, against the 2-D reference") {
+    for (auto [h, w, out_h, out_w] : {std::tuple{37, 53, 32, 32}, std::tuple{9, 12, 32, 32},
+                                      std::tuple{50, 20, 32, 28}, std::tuple{32, 96, 32, 32}}) {
+      const int c = 1 + 2 * static_cast<int>(gen.below(2));
+      const Image in = random_image(h, w, c, gen);
+      std::vector<float> out(static_cast<size_t>(out_h) * out_w * c, -1.0f);
+      resize_bilinear_antialiased(in.px.data(), h, w, c, out_h, out_w, out.data());
+      INFO(h << "x" << w << "x" << c << " to " << out_h << "x" << out_w);
+      for (int y = 0; y < out_h; ++y)
+        for (int x = 0; x < out_w; ++x)
+          for (int k = 0; k < c; ++k)
+            REQUIRE(out[(static_cast<size_t>(y) * out_w + x) * c + k] ==
+                    Approx(resize_reference(in, out_h, out_w, y, x, k)).margin(1e-3));
+    }
+  }
 }
