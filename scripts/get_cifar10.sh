@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Downloads the official CIFAR-10 binary release, checks its MD5 and extracts it into data/
 # (data/cifar-10-batches-bin/). Offline, it says how to place the files by hand.
+# CIFAR10_URL names a mirror (any URL curl reads, file:// too); DEST another folder than data/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-url=https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
+url=${CIFAR10_URL:-https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz}
 md5=c32a1d4ab5d03f1284b67883e8d87530
-archive=data/cifar-10-binary.tar.gz
-mkdir -p data
-if [[ -f data/cifar-10-batches-bin/test_batch.bin ]]; then
-  echo "data/cifar-10-batches-bin already present"
+dest=${DEST:-data}
+archive=$dest/cifar-10-binary.tar.gz
+mkdir -p "$dest"
+if [[ -f $dest/cifar-10-batches-bin/test_batch.bin ]]; then
+  echo "$dest/cifar-10-batches-bin already present"
   exit 0
 fi
 if [[ ! -f $archive ]]; then
@@ -20,7 +22,7 @@ if [[ ! -f $archive ]]; then
     cat >&2 <<MSG
 could not download $url (offline?).
 Place the files by hand: download cifar-10-binary.tar.gz on a connected machine, copy it to
-$archive and run this script again; or extract it so that data/cifar-10-batches-bin/ holds
+$archive and run this script again; or extract it so that $dest/cifar-10-batches-bin/ holds
 data_batch_1.bin ... data_batch_5.bin and test_batch.bin.
 MSG
     exit 1
@@ -31,5 +33,5 @@ echo "$md5  $archive" | md5sum -c - || {
   echo "$archive is damaged (MD5 mismatch): delete it and run again" >&2
   exit 1
 }
-tar xzf "$archive" -C data
-echo "CIFAR-10 ready in data/cifar-10-batches-bin"
+tar xzf "$archive" -C "$dest"
+echo "CIFAR-10 ready in $dest/cifar-10-batches-bin"

@@ -207,6 +207,31 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
   }
 }
 
+TEST_CASE("--eval-every evaluates every N epochs and after the last") {
+  TempDir tmp;
+  Generator gen(test::fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);
+  auto config = tiny_config(tmp.path / "cifar", tmp.path / "run");
+  config.epochs = 5;
+  config.eval_every = 2;
+  REQUIRE(examples::train(config) == 0);
+  std::vector<int64_t> evaluated;
+  std::ifstream in(tmp.path / "run" / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    const io::JsonValue entry = io::parse_json(line);
+    bool has_loss = false, has_acc = false;
+    int64_t epoch = 0;
+    for (const auto& [key, value] : entry.as_object()) {
+      has_loss |= key == "test_loss";
+      has_acc |= key == "test_acc";
+      if (key == "epoch") epoch = value.as_int();
+    }
+    REQUIRE(has_loss == has_acc);
+    if (has_acc) evaluated.push_back(epoch);
+  }
+  CHECK(evaluated == std::vector<int64_t>{2, 4, 5});
+}
+
 TEST_CASE("Bad settings are refused, naming the flag, before any data is read") {
   TempDir tmp;
   auto config = tiny_config(tmp.path / "no-such-data", tmp.path / "run");
