@@ -241,7 +241,7 @@ void validate(const TrainConfig& cfg) {
   DL_CHECK(cfg.stop_after_steps >= 0, "--stop-after-steps must be 0 (off) or positive, got ",
            cfg.stop_after_steps);
   models::ModelSpec spec = cfg.model;
-  spec.classes = std::max<int64_t>(spec.classes, 1);  // taken from the data later
+  spec.classes = spec.in_channels = 1;  // stand-ins: both are taken from the data later
   models::validate(spec);
   data::validate_options(cfg.augmentation);
 }
