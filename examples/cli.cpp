@@ -11,6 +11,7 @@ namespace dl::cli {
 
 namespace {
 
+// Whether `v` spells a boolean (true/1/yes/on, false/0/no/off); its value goes to *value.
 bool is_boolean_word(const std::string& v, bool* value = nullptr) {
   const bool yes = v == "true" || v == "1" || v == "yes" || v == "on";
   const bool no = v == "false" || v == "0" || v == "no" || v == "off";
@@ -132,9 +133,10 @@ std::pair<double, double> Flags::real_range(const std::string& name, double defa
   return {*min, *max};
 }
 
-int64_t Flags::integer(const std::string& name, int64_t min) const {
+int64_t Flags::integer(const std::string& name, int64_t min, int64_t max) const {
   const int64_t v = integer(name);
   DL_CHECK(v >= min, "flag --", name, " must be at least ", min, ", got ", v);
+  DL_CHECK(v <= max, "flag --", name, " must be at most ", max, ", got ", v);
   return v;
 }
 

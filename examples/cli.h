@@ -3,6 +3,7 @@
 // defaults shown by --help, one clear error for an unknown flag or a bad value.
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <string>
 #include <utility>
@@ -31,9 +32,10 @@ class Flags {
   // Every flag and its value, in declaration order.
   std::vector<std::pair<std::string, std::string>> values() const;
   // The value read as a number or a boolean; each throws naming the flag when the value is not
-  // one (or is below `min`).
+  // one (or is outside [min, max]).
   int64_t integer(const std::string& name) const;
-  int64_t integer(const std::string& name, int64_t min) const;
+  int64_t integer(const std::string& name, int64_t min,
+                  int64_t max = std::numeric_limits<int64_t>::max()) const;
   double real(const std::string& name) const;  // finite
   // "MIN,MAX" as two numbers, or "MIN" alone with `default_max`.
   std::pair<double, double> real_range(const std::string& name, double default_max) const;

@@ -5,9 +5,9 @@
 // appended to the metrics file, and an atomic checkpoint; Ctrl-C writes a checkpoint at the
 // current batch and exits, and --resume continues from it (bit-identical on the CPU).
 #include <csignal>
-#include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 #include <set>
 
 #include "engine/error.h"
@@ -113,18 +113,10 @@ void declare_flags(cli::Flags& f) {
         "stop with a checkpoint after this many steps (0: run to the end)");
 }
 
-// A new run's own directory (with -2, -3, ... when a run started in the same second), so that
-// starting another run never collides with a saved one.
-std::string new_run_dir(const std::string& model) {
-  const std::time_t now = std::time(nullptr);
-  std::tm utc{};
-  gmtime_r(&now, &utc);
-  char stamp[32];
-  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &utc);
-  const std::string base = "runs/" + model + "-" + stamp;
-  std::string dir = base;
-  for (int n = 2; std::filesystem::exists(dir); ++n) dir = base + "-" + std::to_string(n);
-  return dir;
+// An integer flag that must fit an int (the range checks are the trainer's).
+int int_flag(const cli::Flags& f, const std::string& name) {
+  return static_cast<int>(
+      f.integer(name, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()));
 }
 
 examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
@@ -145,8 +137,8 @@ examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
   c.precision = f.str("precision");
   c.tf32 = f.boolean("tf32");
   c.device = f.str("device");
-  c.threads = static_cast<int>(f.integer("threads"));
-  c.workers = static_cast<int>(f.integer("workers"));
+  c.threads = int_flag(f, "threads");
+  c.workers = int_flag(f, "workers");
   c.seed = static_cast<uint64_t>(f.integer("seed", 0));
   c.subset = f.integer("subset"), c.test_subset = f.integer("test-subset");
   c.eval_every = f.integer("eval-every");
@@ -155,8 +147,8 @@ examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
   c.augmentation.resized_scale_min = static_cast<float>(scale_min);
   c.augmentation.resized_scale_max = static_cast<float>(scale_max);
   c.augmentation.hflip = f.boolean("hflip");
-  c.augmentation.randaugment_n = static_cast<int>(f.integer("ra-n"));
-  c.augmentation.randaugment_m = static_cast<int>(f.integer("ra-m"));
+  c.augmentation.randaugment_n = int_flag(f, "ra-n");
+  c.augmentation.randaugment_m = int_flag(f, "ra-m");
   c.augmentation.jitter = static_cast<float>(f.real("jitter"));
   c.augmentation.erasing_p = static_cast<float>(f.real("reprob"));
   c.cache_dir = f.str("cache-dir");
@@ -182,8 +174,6 @@ int main(int argc, char** argv) {
     if (!flags.parse(argc, argv)) return 0;
     reject_inapplicable(flags);
     if (!flags.str("resume").empty()) restore_run_flags(flags);
-    if (flags.str("checkpoint-dir").empty())
-      flags.set("checkpoint-dir", new_run_dir(flags.str("model")));
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

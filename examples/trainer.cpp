@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iomanip>
@@ -182,6 +183,22 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
 };
 
+// A new run's own directory, runs/<model>-<UTC date-time> (then -2, -3, ... when that exists),
+// created here so that two runs started in the same second cannot both take it.
+fs::path claim_new_run_dir(const std::string& model) {
+  const std::time_t now = std::time(nullptr);
+  std::tm utc{};
+  gmtime_r(&now, &utc);
+  char stamp[32];
+  std::strftime(stamp, sizeof stamp, "%Y%m%d-%H%M%S", &utc);
+  const std::string base = "runs/" + model + "-" + stamp;
+  fs::create_directories("runs");
+  for (int n = 1;; ++n) {
+    const fs::path dir = n == 1 ? base : base + "-" + std::to_string(n);
+    if (fs::create_directory(dir)) return dir;
+  }
+}
+
 // Mean and standard deviation per channel of a uint8 image set, on the [0, 1] scale.
 void dataset_statistics(const data::ImageDataset& d, std::vector<float>& mean,
                         std::vector<float>& std_dev) {
@@ -303,12 +320,13 @@ int train(const TrainConfig& cfg) {
     DL_CHECK(train_set.height % spec.patch == 0 && train_set.width % spec.patch == 0, "--patch ",
              spec.patch, " does not divide the ", train_set.height, "x", train_set.width,
              " images of ", cfg.data);
-  // A resumed run keeps writing where it was; a new run never overwrites a saved one.
-  const fs::path dir =
-      resume.empty() ? fs::path(cfg.checkpoint_dir) : fs::path(resume).parent_path();
-  const fs::path last = dir / "last.safetensors";
-  DL_CHECK(!resume.empty() || !fs::exists(last), last.string(), " already exists: pass --resume ",
-           dir.string(), " to continue that run, or choose another --checkpoint-dir");
+  // A resumed run keeps writing where it was; a new run never overwrites a saved one. Without a
+  // --checkpoint-dir the run's own directory is created just before training starts.
+  fs::path dir = resume.empty() ? fs::path(cfg.checkpoint_dir) : fs::path(resume).parent_path();
+  fs::path last = dir / "last.safetensors";
+  DL_CHECK(!resume.empty() || dir.empty() || !fs::exists(last), last.string(),
+           " already exists: pass --resume ", dir.string(),
+           " to continue that run, or choose another --checkpoint-dir");
 
   Generator gen(cfg.seed);
   std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
@@ -364,6 +382,10 @@ int train(const TrainConfig& cfg) {
   };
   if (g_stop_requested) return 130;  // interrupted while loading: nothing trained, nothing saved
 
+  if (dir.empty()) {
+    dir = claim_new_run_dir(spec.name);
+    last = dir / "last.safetensors";
+  }
   fs::create_directories(dir);
   const RunLock lock(dir);
 

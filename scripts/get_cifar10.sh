@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Downloads the official CIFAR-10 binary release, checks its MD5 and extracts it into data/
 # (data/cifar-10-batches-bin/). Offline, it says how to place the files by hand.
-# CIFAR10_URL names a mirror (any URL curl reads, file:// too); DEST another folder than data/.
+# CIFAR10_URL names a mirror (any URL curl reads, file:// too; wget, used without curl, reads no
+# file:// URL); DEST another folder than data/ (a relative one is taken from the repository root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

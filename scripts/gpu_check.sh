@@ -100,15 +100,16 @@ cross_device() {
 # size and of other sizes (the resize is the same filter on both sides), on the cross-device run's
 # checkpoint. PNGs because JPEG decoders (stb_image, libjpeg) differ by a level or two.
 predict_parity() {
-  local pngs=$out/predict-pngs
+  local pngs=$out/predict-pngs images
   mkdir -p "$pngs"
   mapfile -t images < <(find "$DATA/test" -name '*.jpg' | sort | head -6)
+  ((${#images[@]} > 0)) || { echo "no test JPEGs under $DATA/test"; return 1; }
   python3 - "$pngs" "${images[@]}" <<'PY' || return 1
 import sys
 from PIL import Image
 for i, path in enumerate(sys.argv[2:]):
     image = Image.open(path).convert("RGB")
-    image.save(f"{sys.argv[1]}/{i}-32x32.png")
+    image.save(f"{sys.argv[1]}/{i}-original.png")
     image.resize((61, 45), Image.BICUBIC).save(f"{sys.argv[1]}/{i}-61x45.png")
     image.resize((20, 24), Image.BICUBIC).save(f"{sys.argv[1]}/{i}-20x24.png")
 PY

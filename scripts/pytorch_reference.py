@@ -477,7 +477,7 @@ def train_transforms(args, size, mean, std):
     if args.crop == "random":
         t.append(T.RandomCrop(size, padding=4))
     elif args.crop == "resized":
-        t.append(T.RandomResizedCrop(size, scale=(args.scale, 1.0), ratio=(1.0, 1.0)))
+        t.append(T.RandomResizedCrop(size, scale=args.scale, ratio=(1.0, 1.0)))
     elif args.crop != "none":
         sys.exit(f"--crop must be none, random or resized, got '{args.crop}'")
     if args.hflip:
@@ -654,6 +654,16 @@ def evaluate(run, model, loader, device, precision):
     return loss_sum / seen, correct / seen
 
 
+def scale_range(text):
+    """train's --scale: "MIN,MAX", or "MIN" up to 1."""
+    parts = [float(v) for v in text.split(",")]
+    if len(parts) == 1:
+        parts.append(1.0)
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"'{text}' is not MIN or MIN,MAX")
+    return tuple(parts)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -698,10 +708,12 @@ def main():
             ("lr", 0.05, "peak learning rate (onecycle)"), ("wd", 0.005, "AdamW weight decay"),
             ("label-smoothing", 0.0, "cross-entropy label smoothing"),
             ("clip-grad", 0.0, "clip the gradient norm to this value (0: off)"),
-            ("scale", 1.0, "resized crop: smallest area fraction"),
             ("jitter", 0.0, "colour jitter strength (0: off)"),
             ("reprob", 0.0, "random-erasing probability")):
         t.add_argument(f"--{flag}", type=float, default=default, help=help_text)
+    t.add_argument("--scale", default=(0.08, 1.0), type=scale_range,
+                   help="resized crop: the range of the crop's area fraction, MIN,MAX (or MIN: "
+                        "up to 1)")
     t.add_argument("--crop", default="none",
                    help="none, random (pad 4 + crop) or resized (RandomResizedCrop)")
     t.add_argument("--hflip", default=True, type=lambda v: v.lower() in ("1", "true", "yes", "on"),

@@ -53,6 +53,8 @@ TEST_CASE("Numbers and ranges are read whole, and bad ones name the flag") {
   CHECK(parsed({"--top", "7"}).integer("top", 1) == 7);
   CHECK_THROWS_WITH(parsed({"--top", "0"}).integer("top", 1),
                     Contains("--top must be at least 1, got 0"));
+  CHECK_THROWS_WITH(parsed({"--top", "5"}).integer("top", 1, 4),
+                    Contains("--top must be at most 4, got 5"));
   CHECK_THROWS_WITH(parsed({"--top", "7x"}).integer("top"), Contains("'7x' is not an integer"));
   CHECK(parsed({"--lr", "1e-3"}).real("lr") == 1e-3);
   for (const char* bad : {"nan", "inf", "0.1.2", ""})

@@ -477,6 +477,9 @@ TEST_CASE("safetensors: a changed data byte is caught by the recorded CRC-32", "
   CHECK_THROWS_WITH(dl::io::load_safetensors(tmp.str()),
                     Contains(tmp.str() + ": the tensor data is damaged"));
 
+  CHECK_THROWS_WITH(dl::io::save_safetensors(tmp.str(), {}, {{"engine.data_crc32", "0"}}),
+                    Contains("is the writer's own"));
+
   // A file without the key (another writer's) is read as it is, changed bytes and all.
   const std::string key = R"("engine.data_crc32":)";
   const size_t key_at = bytes.find(key);

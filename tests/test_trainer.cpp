@@ -250,7 +250,7 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.schedule = "linear"; }, "Unknown LR schedule 'linear'");
   refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
   refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
-  refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "randaugment_m must be in [0, 30]");
+  refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "RandAugment magnitude");
   refused(
       [](auto& c) {
         c.schedule = "cosine";
@@ -320,9 +320,10 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   Generator gen(3);
   write_cifar(tmp.path / "cifar", 16, gen);
   const fs::path run = tmp.path / "run", log = tmp.path / "log.txt";
-  auto train = [&](const std::string& args) {
-    const std::string cmd =
-        std::string(DL_TRAIN_BIN) + " --progress off " + args + " > " + log.string() + " 2>&1";
+  auto train = [&](const std::string& args, const fs::path& cwd = {}) {
+    const std::string cmd = (cwd.empty() ? "" : "cd " + cwd.string() + " && ") +
+                            std::string(DL_TRAIN_BIN) + " --progress off " + args + " > " +
+                            log.string() + " 2>&1";
     const int status = std::system(cmd.c_str());
     REQUIRE(WIFEXITED(status));
     std::ifstream in(log);
@@ -352,11 +353,8 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   const std::string tiny = data + " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 1 --ra-n 0";
   const fs::path work = tmp.path / "work";
   fs::create_directories(work);
-  const auto here = fs::current_path();
-  fs::current_path(work);
-  const auto [fresh, out4] = train(tiny + " --seed 1");
-  const auto [another, out5] = train(tiny + " --seed 2");
-  fs::current_path(here);
+  const auto [fresh, out4] = train(tiny + " --seed 1", work);
+  const auto [another, out5] = train(tiny + " --seed 2", work);
   INFO(out4 << out5);
   REQUIRE((fresh == 0 && another == 0));
   std::vector<fs::path> runs;

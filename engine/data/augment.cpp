@@ -356,26 +356,34 @@ std::vector<float> cifar10_std() {
 
 void validate_options(const AugmentConfig& config) {
   DL_CHECK(config.crop == "none" || config.crop == "random" || config.crop == "resized",
-           "AugmentConfig.crop must be \"none\", \"random\" or \"resized\", got \"", config.crop,
-           "\"");
-  DL_CHECK(config.crop_padding >= 0, "AugmentConfig.crop_padding must be non-negative, got ",
+           "crop mode (AugmentConfig.crop) must be \"none\", \"random\" or \"resized\", got \"",
+           config.crop, "\"");
+  DL_CHECK(config.crop_padding >= 0,
+           "crop padding (AugmentConfig.crop_padding) must be non-negative, got ",
            config.crop_padding);
   DL_CHECK(config.resized_scale_min > 0.0f &&
                config.resized_scale_min <= config.resized_scale_max &&
                config.resized_scale_max <= 1.0f,
-           "AugmentConfig resized scale range must satisfy 0 < min <= max <= 1, got (",
+           "random-resized-crop scale range (AugmentConfig.resized_scale_min/max) must satisfy "
+           "0 < min <= max <= 1, got (",
            config.resized_scale_min, ", ", config.resized_scale_max, ")");
   DL_CHECK(config.resized_ratio_min > 0.0f && config.resized_ratio_min <= config.resized_ratio_max,
-           "AugmentConfig resized ratio range must satisfy 0 < min <= max, got (",
+           "random-resized-crop ratio range (AugmentConfig.resized_ratio_min/max) must satisfy "
+           "0 < min <= max, got (",
            config.resized_ratio_min, ", ", config.resized_ratio_max, ")");
-  DL_CHECK(config.randaugment_n >= 0, "AugmentConfig.randaugment_n must be non-negative, got ",
-           config.randaugment_n);
+  DL_CHECK(
+      config.randaugment_n >= 0,
+      "RandAugment operations per image (AugmentConfig.randaugment_n) must be non-negative, got ",
+      config.randaugment_n);
   DL_CHECK(config.randaugment_m >= 0 && config.randaugment_m < kBins,
-           "AugmentConfig.randaugment_m must be in [0, ", kBins - 1, "], got ",
-           config.randaugment_m);
-  DL_CHECK(config.jitter >= 0.0f, "AugmentConfig.jitter must be non-negative, got ", config.jitter);
+           "RandAugment magnitude (AugmentConfig.randaugment_m) must be in [0, ", kBins - 1,
+           "], got ", config.randaugment_m);
+  DL_CHECK(config.jitter >= 0.0f,
+           "colour jitter strength (AugmentConfig.jitter) must be non-negative, got ",
+           config.jitter);
   DL_CHECK(config.erasing_p >= 0.0f && config.erasing_p <= 1.0f,
-           "AugmentConfig.erasing_p must be in [0, 1], got ", config.erasing_p);
+           "random-erasing probability (AugmentConfig.erasing_p) must be in [0, 1], got ",
+           config.erasing_p);
 }
 
 void validate(const AugmentConfig& config, int channels) {

@@ -30,13 +30,17 @@ constexpr const char* kMetadataKey = "__metadata__";
 // when present (files from other writers have none) and does not return it with the metadata.
 constexpr const char* kChecksumKey = "engine.data_crc32";
 
+// Eight lower-case hex digits, as the checksum is recorded.
 std::string hex32(uint32_t v) {
   char text[9];
   std::snprintf(text, sizeof text, "%08x", v);
   return text;
 }
 
+// zlib's CRC-32 continued over `bytes` more bytes; the CRC of nothing is 0. Empty tensors are
+// skipped: zlib treats a null pointer as "start again".
 uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
+  if (bytes == 0) return crc;
   return static_cast<uint32_t>(
       crc32_z(crc, static_cast<const Bytef*>(data), static_cast<z_size_t>(bytes)));
 }
@@ -166,8 +170,10 @@ void save_safetensors(const std::string& path,
     DL_CHECK(sorted[i].first != sorted[i - 1].first, path, ": tensor name '", sorted[i].first,
              "' appears twice");
 
-  uint32_t crc = crc32_update(0, nullptr, 0);
+  uint32_t crc = 0;
   for (const auto& [name, t] : sorted) crc = crc32_update(crc, t.raw_data(), t.nbytes());
+  DL_CHECK(!metadata.count(kChecksumKey), path, ": the metadata key '", kChecksumKey,
+           "' is the writer's own");
   std::map<std::string, std::string> meta_with_checksum = metadata;
   meta_with_checksum[kChecksumKey] = hex32(crc);
   JsonValue::Object header;
@@ -280,7 +286,7 @@ SafetensorsFile load_safetensors(const std::string& path) {
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::sort(order.begin(), order.end(),
               [&](size_t a, size_t b) { return entries[a].begin < entries[b].begin; });
-    uint32_t crc = crc32_update(0, nullptr, 0);
+    uint32_t crc = 0;
     for (size_t i : order) {
       const Tensor& t = out.tensors[i].second;
       crc = crc32_update(crc, t.raw_data(), t.nbytes());
