@@ -40,8 +40,9 @@ void reject_inapplicable(const cli::Flags& f) {
 
 // On resume, these may differ from the run's (they do not change what it computes); the last
 // three are never taken from the checkpoint.
-const std::set<std::string> kFreeOnResume = {
-    "data", "device", "threads", "workers", "cache-dir", "progress", "resume", "stop-after-steps"};
+const std::set<std::string> kFreeOnResume = {"data",     "device",    "threads",
+                                             "workers",  "cache-dir", "save-every-minutes",
+                                             "progress", "resume",    "stop-after-steps"};
 const std::set<std::string> kNotRestored = {"progress", "resume", "stop-after-steps"};
 
 // On --resume, flags not given take the values the run was started with; given ones must agree.
@@ -109,6 +110,9 @@ void declare_flags(cli::Flags& f) {
         "checkpoints and metrics are written here (empty: a new runs/<model>-<UTC date-time>)");
   f.add("resume", "", "continue from this checkpoint (a file, or a checkpoint directory)");
   f.add("progress", "auto", "progress bar: auto (on a terminal), on or off");
+  f.add("save-every-minutes", "10",
+        "also write the checkpoint mid-epoch this often, so a crash loses at most this much "
+        "(0: at epoch ends only)");
   f.add("stop-after-steps", "0",
         "stop with a checkpoint after this many steps (0: run to the end)");
 }
@@ -156,6 +160,7 @@ examples::TrainConfig config_from(const cli::Flags& f, int argc, char** argv) {
   c.resume = f.str("resume");
   c.progress = f.str("progress");
   c.stop_after_steps = f.integer("stop-after-steps");
+  c.save_every_minutes = f.real("save-every-minutes");
   for (int i = 0; i < argc; ++i) {
     if (i) c.command += ' ';
     c.command += argv[i];

@@ -199,6 +199,43 @@ fs::path claim_new_run_dir(const std::string& model) {
   }
 }
 
+// Checkpoints are written to "<name>.tmp.<pid>" and renamed; a process killed mid-write leaves its
+// temporary file behind. The caller holds the directory's RunLock, so no writer is using one.
+void remove_stale_temporaries(const fs::path& dir) {
+  for (const auto& entry : fs::directory_iterator(dir))
+    if (entry.path().filename().string().find(".safetensors.tmp.") != std::string::npos)
+      fs::remove(entry.path());
+}
+
+// A run stopped between appending an epoch's metrics line and writing that epoch's checkpoint
+// trains the epoch again after --resume; dropping the lines of epochs the checkpoint has not
+// finished (and a line a crash cut short) keeps one line per epoch. Rewritten atomically.
+void keep_metrics_of_finished_epochs(const fs::path& path, int64_t finished_epochs) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept;
+  bool dropped = false;
+  for (std::string line; std::getline(in, line);) {
+    int64_t epoch = 0;
+    try {
+      const io::JsonValue entry = io::parse_json(line);
+      for (const auto& [key, value] : entry.as_object())
+        if (key == "epoch") epoch = value.as_int();
+    } catch (const Error&) {
+      epoch = -1;  // a line cut short by a crash
+    }
+    if (epoch >= 1 && epoch <= finished_epochs) {
+      kept += line + "\n";
+    } else {
+      dropped = true;
+    }
+  }
+  if (!dropped) return;
+  const fs::path tmp = path.string() + ".tmp";
+  std::ofstream(tmp, std::ios::trunc) << kept;
+  fs::rename(tmp, path);
+}
+
 // Mean and standard deviation per channel of a uint8 image set, on the [0, 1] scale.
 void dataset_statistics(const data::ImageDataset& d, std::vector<float>& mean,
                         std::vector<float>& std_dev) {
@@ -257,6 +294,8 @@ void validate(const TrainConfig& cfg) {
            "--progress must be auto, on or off, got '", cfg.progress, "'");
   DL_CHECK(cfg.stop_after_steps >= 0, "--stop-after-steps must be 0 (off) or positive, got ",
            cfg.stop_after_steps);
+  DL_CHECK(cfg.save_every_minutes >= 0, "--save-every-minutes must be 0 (off) or positive, got ",
+           cfg.save_every_minutes);
   models::ModelSpec spec = cfg.model;
   spec.classes = spec.in_channels = 1;  // stand-ins: both are taken from the data later
   models::validate(spec);
@@ -388,9 +427,11 @@ int train(const TrainConfig& cfg) {
   }
   fs::create_directories(dir);
   const RunLock lock(dir);
+  remove_stale_temporaries(dir);
 
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";
+  if (!resume.empty()) keep_metrics_of_finished_epochs(metrics_path, pos.epoch);
   std::ofstream metrics(metrics_path, std::ios::app);
   DL_CHECK(metrics, "cannot open ", metrics_path.string(), " for writing");
 
@@ -400,6 +441,9 @@ int train(const TrainConfig& cfg) {
             << "\n";
   const std::vector<Tensor> params = model->parameters();
   int64_t steps_this_run = 0;
+  const auto save_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+      std::chrono::duration<double>(cfg.save_every_minutes * 60.0));
+  auto last_save = std::chrono::steady_clock::now();
   for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
     const int64_t first = epoch == pos.epoch ? pos.batch : 0;
     train_loader.start_epoch(epoch, first);
@@ -431,10 +475,12 @@ int train(const TrainConfig& cfg) {
       stats.add(logits, batch.labels, loss);
       const bool stop =
           g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
-      // The step's results are read every half second, at the epoch's end and before a stop (on
-      // a GPU the host otherwise runs ahead); a diverged loss is caught there.
       const auto now = std::chrono::steady_clock::now();
-      if (stop || done == steps_per_epoch || now - last_read >= std::chrono::milliseconds(500)) {
+      const bool save_due = save_every.count() > 0 && now - last_save >= save_every;
+      // The step's results are read every half second, at the epoch's end and before a save (on
+      // a GPU the host otherwise runs ahead); a diverged loss is caught there.
+      if (stop || save_due || done == steps_per_epoch ||
+          now - last_read >= std::chrono::milliseconds(500)) {
         last_read = now;
         stats.flush();
         DL_CHECK(std::isfinite(stats.loss_sum),
@@ -442,8 +488,8 @@ int train(const TrainConfig& cfg) {
                  " (try a lower --lr or --clip-grad 1)");
         progress.update(done, first, stats.seen, stats.loss());
       }
-      if (stop && done < steps_per_epoch) {
-        progress.finish();
+      // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.
+      if ((stop || save_due) && done < steps_per_epoch) {
         save({.epoch = epoch,
               .batch = done,
               .step = pos.step,
@@ -451,9 +497,13 @@ int train(const TrainConfig& cfg) {
               .seconds = progress.seconds(),
               .correct = stats.correct,
               .seen = stats.seen});
-        std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
-                  << last.string() << "; continue with --resume " << dir.string() << "\n";
-        return 130;
+        last_save = now;
+        if (stop) {
+          progress.finish();
+          std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
+                    << last.string() << "; continue with --resume " << dir.string() << "\n";
+          return 130;
+        }
       }
     }
     stats.flush();
@@ -489,6 +539,7 @@ int train(const TrainConfig& cfg) {
 #endif
     metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
     save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
+    last_save = std::chrono::steady_clock::now();
     const bool stop =
         g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
     if (stop && epoch + 1 < cfg.epochs) {

@@ -31,11 +31,12 @@ struct TrainConfig {
   int64_t subset = 0, test_subset = 0, eval_every = 1;
   data::AugmentConfig augmentation;  // mean/std are filled in from the data
   std::string cache_dir;
-  std::string checkpoint_dir;     // empty: a new runs/<model>-<UTC date-time>
-  std::string resume;             // a checkpoint file or directory; empty: a new run
-  std::string progress = "auto";  // auto (bar on a terminal), on or off
-  int64_t stop_after_steps = 0;   // stop with a checkpoint after this many steps of this run
-  std::string command;            // recorded in the checkpoint's metadata
+  std::string checkpoint_dir;      // empty: a new runs/<model>-<UTC date-time>
+  std::string resume;              // a checkpoint file or directory; empty: a new run
+  std::string progress = "auto";   // auto (bar on a terminal), on or off
+  int64_t stop_after_steps = 0;    // stop with a checkpoint after this many steps of this run
+  double save_every_minutes = 10;  // also checkpoint mid-epoch this often (0: epoch ends only)
+  std::string command;             // recorded in the checkpoint's metadata
   // The run's flags (name, value), recorded in the checkpoint so a resume can restore them.
   std::vector<std::pair<std::string, std::string>> flags;
 };

@@ -128,6 +128,73 @@ TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted
   }
 }
 
+TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends bit-identical") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  TempDir tmp;
+  Generator gen(seed);
+  write_cifar(tmp.path / "cifar", 16, gen);  // 80 training images: 5 steps per epoch
+  const useconds_t kill_delay = static_cast<useconds_t>(gen.below(150000));
+  INFO("killed " << kill_delay << " us after the first checkpoint");
+  const std::vector<std::string> common = {"--data",     (tmp.path / "cifar").string(),
+                                           "--dim",      "8",
+                                           "--depth",    "1",
+                                           "--kernel",   "3",
+                                           "--patch",    "4",
+                                           "--epochs",   "20",
+                                           "--batch",    "16",
+                                           "--progress", "off",
+                                           "--threads",  "1",
+                                           "--seed",     std::to_string(seed % 100000)};
+  // Runs train with `common` and `extra`. With `kill_when`: reads that checkpoint's position as
+  // soon as it exists, then kills the run with SIGKILL a random 0-150 ms later (the
+  // checkpointing run takes about 0.5 s on the development machine).
+  int64_t first_saved_batch = -1;
+  const auto run = [&](std::vector<std::string> extra, const fs::path& kill_when = {}) {
+    std::vector<std::string> args = {DL_TRAIN_BIN};
+    args.insert(args.end(), common.begin(), common.end());
+    args.insert(args.end(), extra.begin(), extra.end());
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int null = ::open("/dev/null", O_WRONLY);
+      dup2(null, STDOUT_FILENO), dup2(null, STDERR_FILENO);
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    if (!kill_when.empty()) {
+      while (!fs::exists(kill_when) && waitpid(pid, nullptr, WNOHANG) == 0) usleep(200);
+      if (fs::exists(kill_when)) {
+        const io::SafetensorsFile file = io::load_safetensors(kill_when.string());
+        const Tensor* position = file.find("trainer.position");
+        if (position) first_saved_batch = position->data<int64_t>()[1];
+      }
+      usleep(kill_delay);
+      kill(pid, SIGKILL);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return status;
+  };
+  const fs::path straight = tmp.path / "straight", killed = tmp.path / "killed";
+  const int done = run({"--checkpoint-dir", straight.string()});
+  REQUIRE((WIFEXITED(done) && WEXITSTATUS(done) == 0));
+  // A checkpoint after every step: the kill lands between or inside any of them.
+  const int crashed = run({"--checkpoint-dir", killed.string(), "--save-every-minutes", "1e-9"},
+                          killed / "last.safetensors");
+  REQUIRE((WIFSIGNALED(crashed) && WTERMSIG(crashed) == SIGKILL));
+  CHECK(first_saved_batch > 0);  // the first checkpoint was a mid-epoch one
+  const int resumed = run({"--resume", killed.string()});
+  REQUIRE((WIFEXITED(resumed) && WEXITSTATUS(resumed) == 0));
+  require_identical(last_checkpoint(killed), last_checkpoint(straight));
+  REQUIRE(metrics_without_timing(killed) == metrics_without_timing(straight));
+  for (const auto& entry : fs::directory_iterator(killed))
+    CHECK(entry.path().filename().string().find(".tmp.") == std::string::npos);
+}
+
 TEST_CASE("Checkpoint misuse gives one clear error") {
   TempDir tmp;
   Generator gen(1);
