@@ -8,6 +8,10 @@ names), used to
   fixture-resnet
             write tests/fixtures/resnet_reference.safetensors: the same record, without the AdamW
             steps, for a SmallResNet (width 4, 1 block per stage) on 1x12x12 images;
+  fixture-resize
+            write tests/fixtures/resize_reference.safetensors: a random uint8 image and what
+            interpolate(mode="bilinear", antialias=True) makes of it at several sizes (predict's
+            resize, engine/data/resize.h);
   bench     time PyTorch training steps on synthetic data (compare with examples/bench_model):
             --precision fp32|bf16 (bf16 autocast, fp32 master weights), --compile, --tf32
             (off by default: true fp32), channels-last; prints step_ms=, peak_mem_mb= (CUDA)
@@ -283,6 +287,21 @@ def fixture_resnet(args):
                 generator="scripts/pytorch_reference.py fixture-resnet")
     save_safetensors(args.out, out, meta)
     print(f"wrote {args.out}: {len(out)} tensors, loss {out['train.loss'].item():.6f}")
+
+
+def fixture_resize(args):
+    torch.manual_seed(1234)
+    image = torch.randint(0, 256, (23, 37, 3), dtype=torch.uint8)  # [h, w, c], as stb decodes
+    out = {"input": image}
+    x = image.float().permute(2, 0, 1).unsqueeze(0)
+    for h, w in ((8, 8), (32, 32), (9, 60), (23, 37), (64, 16)):
+        y = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", antialias=True,
+                                            align_corners=False)
+        out[f"resized_{h}x{w}"] = y[0].permute(1, 2, 0).contiguous()
+    meta = dict(torch_version=torch.__version__,
+                generator="scripts/pytorch_reference.py fixture-resize")
+    save_safetensors(args.out, out, meta)
+    print(f"wrote {args.out}: {len(out)} tensors")
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
@@ -674,6 +693,8 @@ def main():
     r = sub.add_parser("fixture-resnet", help="write the SmallResNet parity fixture")
     r.add_argument("--out", default="tests/fixtures/resnet_reference.safetensors")
     r.add_argument("--label-smoothing", type=float, default=0.0)
+    z = sub.add_parser("fixture-resize", help="write the antialiased-resize fixture")
+    z.add_argument("--out", default="tests/fixtures/resize_reference.safetensors")
     b = sub.add_parser("bench", help="time PyTorch training steps on synthetic data")
     for flag, default in (("dim", 256), ("depth", 8), ("kernel", 5), ("patch", 2), ("batch", 64),
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
@@ -735,7 +756,7 @@ def main():
     p.add_argument("images", nargs="+")
     args = parser.parse_args()
     {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
-     "predict": predict}[args.command](args)
+     "fixture-resize": fixture_resize, "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":

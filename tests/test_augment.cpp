@@ -13,6 +13,7 @@
 #include "engine/data/augment.h"
 #include "engine/data/resize.h"
 #include "engine/error.h"
+#include "engine/io/safetensors.h"
 #include "test_util.h"
 
 using namespace dl;
@@ -594,6 +595,30 @@ double resize_reference(const Image& in, int out_h, int out_w, int y, int x, int
       total += wt;
     }
   return sum / total;
+}
+
+TEST_CASE("Antialiased bilinear resize equals PyTorch's interpolate(antialias=True)") {
+  // tests/fixtures/resize_reference.safetensors: `scripts/pytorch_reference.py fixture-resize`.
+  const io::SafetensorsFile file =
+      io::load_safetensors(std::string(DL_FIXTURE_DIR) + "/resize_reference.safetensors");
+  const Tensor* input = file.find("input");
+  REQUIRE(input != nullptr);
+  const int h = static_cast<int>(input->size(0)), w = static_cast<int>(input->size(1));
+  const int c = static_cast<int>(input->size(2));
+  int checked = 0;
+  for (const auto& [name, expected] : file.tensors) {
+    if (name.rfind("resized_", 0) != 0) continue;
+    INFO(name);
+    const int out_h = static_cast<int>(expected.size(0)),
+              out_w = static_cast<int>(expected.size(1));
+    std::vector<float> out(static_cast<size_t>(out_h) * out_w * c, -1.0f);
+    resize_bilinear_antialiased(input->data<uint8_t>(), h, w, c, out_h, out_w, out.data());
+    const float* ref = expected.data<float>();
+    for (size_t i = 0; i < out.size(); ++i)
+      REQUIRE(out[i] == Approx(ref[i]).margin(1e-4));  // float rounding, of 255
+    ++checked;
+  }
+  CHECK(checked == 5);
 }
 
 TEST_CASE("Antialiased bilinear resize follows PIL's filter") {
