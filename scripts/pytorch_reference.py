@@ -12,6 +12,10 @@ names), used to
             write tests/fixtures/resize_reference.safetensors: a random uint8 image and what
             interpolate(mode="bilinear", antialias=True) makes of it at several sizes (predict's
             resize, engine/data/resize.h);
+  fixture-augment
+            write tests/fixtures/augment_reference.safetensors: torchvision's RandAugment ops
+            (_apply_op, its magnitude table, both signs), hflip and resized_crop applied to random
+            uint8 RGB and grey images, to compare the engine's augmentation bit for bit;
   bench     time PyTorch training steps on synthetic data (compare with examples/bench_model):
             --precision fp32|bf16 (bf16 autocast, fp32 master weights), --compile, --tf32
             (off by default: true fp32), channels-last; prints step_ms=, peak_mem_mb= (CUDA)
@@ -300,6 +304,38 @@ def fixture_resize(args):
         out[f"resized_{h}x{w}"] = y[0].permute(1, 2, 0).contiguous()
     meta = dict(torch_version=torch.__version__,
                 generator="scripts/pytorch_reference.py fixture-resize")
+    save_safetensors(args.out, out, meta)
+    print(f"wrote {args.out}: {len(out)} tensors")
+
+
+def fixture_augment(args):
+    import torchvision
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.autoaugment import RandAugment, _apply_op
+    torch.manual_seed(1234)
+    h, w, bins = 19, 23, (0, 6, 12, 23, 30)
+    images = {"rgb": torch.randint(0, 256, (3, h, w), dtype=torch.uint8),
+              "grey": torch.randint(0, 256, (1, h, w), dtype=torch.uint8)}
+    out = {f"input.{k}": v.permute(1, 2, 0).contiguous() for k, v in images.items()}
+    space = RandAugment()._augmentation_space(31, (h, w))
+    for op, (magnitudes, signed) in space.items():
+        for b in bins:
+            magnitude = float(magnitudes[b].item()) if magnitudes.ndim > 0 else 0.0
+            out[f"magnitude.{op}.{b}"] = torch.tensor(magnitude, dtype=torch.float32)
+            for sign in ((1, -1) if signed else (1,)):
+                for name, img in images.items():
+                    y = _apply_op(img, op, sign * magnitude, InterpolationMode.NEAREST, None)
+                    out[f"{name}.{op}.{b}.{'+' if sign > 0 else '-'}"] = \
+                        y.permute(1, 2, 0).contiguous()
+    boxes = ((0, 0, h, w), (2, 3, 11, 17), (5, 0, 7, 7), (1, 9, 18, 14))
+    for i, (top, left, ch, cw) in enumerate(boxes):
+        out[f"resized_crop.{i}.box"] = torch.tensor([top, left, ch, cw], dtype=torch.int64)
+        y = TF.resized_crop(images["rgb"], top, left, ch, cw, [h, w], InterpolationMode.BILINEAR)
+        out[f"resized_crop.{i}"] = y.permute(1, 2, 0).contiguous()
+    out["hflip"] = TF.hflip(images["rgb"]).permute(1, 2, 0).contiguous()
+    meta = dict(torch_version=torch.__version__, torchvision_version=torchvision.__version__,
+                generator="scripts/pytorch_reference.py fixture-augment")
     save_safetensors(args.out, out, meta)
     print(f"wrote {args.out}: {len(out)} tensors")
 
@@ -695,6 +731,8 @@ def main():
     r.add_argument("--label-smoothing", type=float, default=0.0)
     z = sub.add_parser("fixture-resize", help="write the antialiased-resize fixture")
     z.add_argument("--out", default="tests/fixtures/resize_reference.safetensors")
+    a = sub.add_parser("fixture-augment", help="write the torchvision augmentation fixture")
+    a.add_argument("--out", default="tests/fixtures/augment_reference.safetensors")
     b = sub.add_parser("bench", help="time PyTorch training steps on synthetic data")
     for flag, default in (("dim", 256), ("depth", 8), ("kernel", 5), ("patch", 2), ("batch", 64),
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
@@ -756,7 +794,8 @@ def main():
     p.add_argument("images", nargs="+")
     args = parser.parse_args()
     {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
-     "fixture-resize": fixture_resize, "predict": predict}[args.command](args)
+     "fixture-resize": fixture_resize, "fixture-augment": fixture_augment,
+     "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":

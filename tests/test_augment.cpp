@@ -597,6 +597,62 @@ double resize_reference(const Image& in, int out_h, int out_w, int y, int x, int
   return sum / total;
 }
 
+TEST_CASE("RandAugment ops, their magnitudes, hflip and resized_crop equal torchvision's") {
+  // tests/fixtures/augment_reference.safetensors: `scripts/pytorch_reference.py fixture-augment`
+  // (torchvision's _apply_op, RandAugment's magnitude table, F.hflip, F.resized_crop on uint8
+  // tensors). Every output byte must match.
+  const io::SafetensorsFile file =
+      io::load_safetensors(std::string(DL_FIXTURE_DIR) + "/augment_reference.safetensors");
+  const auto entry = [&](const std::string& name) -> const Tensor& {
+    const Tensor* t = file.find(name);
+    INFO(name);
+    REQUIRE(t != nullptr);
+    return *t;
+  };
+  const auto bytes = [](const Tensor& t) {
+    return std::vector<uint8_t>(t.data<uint8_t>(), t.data<uint8_t>() + t.numel());
+  };
+  const Tensor& rgb = entry("input.rgb");
+  const int h = static_cast<int>(rgb.size(0)), w = static_cast<int>(rgb.size(1));
+  int compared = 0;
+  for (const std::string& op : randaugment_ops()) {
+    for (int bin : {0, 6, 12, 23, 30}) {
+      const std::string key = op + "." + std::to_string(bin);
+      const float magnitude = entry("magnitude." + key).item();
+      INFO(key);
+      CHECK(randaugment_magnitude(op, bin, h, w) == magnitude);
+      for (const char* sign : {"+", "-"}) {
+        for (const char* image : {"rgb", "grey"}) {
+          const Tensor* expected = file.find(std::string(image) + "." + key + "." + sign);
+          if (expected == nullptr) continue;  // unsigned ops have no "-" entry
+          INFO(image << " " << sign);
+          const Tensor& in = entry(std::string("input.") + image);
+          const int c = static_cast<int>(in.size(2));
+          std::vector<uint8_t> out(static_cast<size_t>(h) * w * c, 0xA5);
+          apply_randaugment_op(op, sign[0] == '-' ? -magnitude : magnitude, in.data<uint8_t>(), h,
+                               w, c, out.data());
+          REQUIRE(out == bytes(*expected));
+          ++compared;
+        }
+      }
+    }
+  }
+  CHECK(compared == 230);  // (9 signed ops x 2 signs + 5 unsigned) x 5 bins x 2 images
+
+  std::vector<uint8_t> out(static_cast<size_t>(h) * w * 3, 0xA5);
+  hflip(rgb.data<uint8_t>(), h, w, 3, out.data());
+  CHECK(out == bytes(entry("hflip")));
+  for (int i = 0; i < 4; ++i) {
+    const std::string name = "resized_crop." + std::to_string(i);
+    const int64_t* box = entry(name + ".box").data<int64_t>();
+    INFO(name << ": top " << box[0] << " left " << box[1] << " " << box[2] << "x" << box[3]);
+    std::fill(out.begin(), out.end(), 0xA5);
+    resized_crop(rgb.data<uint8_t>(), h, w, 3, static_cast<int>(box[0]), static_cast<int>(box[1]),
+                 static_cast<int>(box[2]), static_cast<int>(box[3]), out.data());
+    CHECK(out == bytes(entry(name)));
+  }
+}
+
 TEST_CASE("Antialiased bilinear resize equals PyTorch's interpolate(antialias=True)") {
   // tests/fixtures/resize_reference.safetensors: `scripts/pytorch_reference.py fixture-resize`.
   const io::SafetensorsFile file =

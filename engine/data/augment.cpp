@@ -485,13 +485,16 @@ void resized_crop(const uint8_t* in, int h, int w, int c, int top, int left, int
       crop_h > 0 && crop_w > 0 && top >= 0 && left >= 0 && top + crop_h <= h && left + crop_w <= w,
       "crop box (top ", top, ", left ", left, ", ", crop_h, "x", crop_w, ") must lie inside the ",
       h, "x", w, " image");
-  // upsample_bilinear2d (align_corners=False): source = scale * (dst + 0.5) - 0.5, clamped at 0.
+  // upsample_bilinear2d (align_corners=False): source = scale * (dst + 0.5) - 0.5, clamped at 0,
+  // with the scale rounded to float and the source position in double, as PyTorch's CPU kernel
+  // computes them (bit for bit against tests/fixtures/augment_reference.safetensors; a float
+  // source position moves outputs at rounding ties by one level).
   const auto source = [](int dst, int in_size, int out_size, int& i0, int& i1, float& frac) {
     const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
-    const float src = std::max(scale * (static_cast<float>(dst) + 0.5f) - 0.5f, 0.0f);
+    const double src = std::max(static_cast<double>(scale) * (dst + 0.5) - 0.5, 0.0);
     i0 = static_cast<int>(src);
     i1 = i0 + (i0 < in_size - 1 ? 1 : 0);
-    frac = src - static_cast<float>(i0);
+    frac = static_cast<float>(src - i0);
   };
   for (int y = 0; y < h; ++y) {
     int y0, y1;
