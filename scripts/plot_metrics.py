@@ -19,6 +19,7 @@ def main():
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
     rows = []
@@ -37,10 +38,14 @@ def main():
     ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train")
     tested = [r for r in rows if "test_loss" in r]
     if tested:
-        ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], label="test")
-        ax_acc.plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], label="test")
+        # Points as well as lines: with --eval-every N the test split is evaluated every N epochs.
+        ax_loss.plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "o-",
+                     label="test")
+        ax_acc.plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], "o-",
+                    label="test")
     for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
