@@ -199,12 +199,16 @@ fs::path claim_new_run_dir(const std::string& model) {
   }
 }
 
-// Checkpoints are written to "<name>.tmp.<pid>" and renamed; a process killed mid-write leaves its
-// temporary file behind. The caller holds the directory's RunLock, so no writer is using one.
+// Checkpoints are written to "last.safetensors.tmp.<pid>" and renamed; a process killed mid-write
+// leaves that file behind. The caller holds the directory's RunLock, so no writer is using one.
 void remove_stale_temporaries(const fs::path& dir) {
-  for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.path().filename().string().find(".safetensors.tmp.") != std::string::npos)
+  const std::string prefix = "last.safetensors.tmp.";
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.size() > prefix.size() && name.rfind(prefix, 0) == 0 &&
+        name.find_first_not_of("0123456789", prefix.size()) == std::string::npos)
       fs::remove(entry.path());
+  }
 }
 
 // A run stopped between appending an epoch's metrics line and writing that epoch's checkpoint
@@ -232,7 +236,10 @@ void keep_metrics_of_finished_epochs(const fs::path& path, int64_t finished_epoc
   }
   if (!dropped) return;
   const fs::path tmp = path.string() + ".tmp";
-  std::ofstream(tmp, std::ios::trunc) << kept;
+  std::ofstream out(tmp, std::ios::trunc);
+  out << kept << std::flush;
+  DL_CHECK(out, "cannot rewrite ", path.string(), " (writing ", tmp.string(), " failed)");
+  out.close();
   fs::rename(tmp, path);
 }
 
@@ -441,8 +448,7 @@ int train(const TrainConfig& cfg) {
             << "\n";
   const std::vector<Tensor> params = model->parameters();
   int64_t steps_this_run = 0;
-  const auto save_every = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-      std::chrono::duration<double>(cfg.save_every_minutes * 60.0));
+  const double save_every_seconds = cfg.save_every_minutes * 60.0;
   auto last_save = std::chrono::steady_clock::now();
   for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
     const int64_t first = epoch == pos.epoch ? pos.batch : 0;
@@ -476,7 +482,9 @@ int train(const TrainConfig& cfg) {
       const bool stop =
           g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
       const auto now = std::chrono::steady_clock::now();
-      const bool save_due = save_every.count() > 0 && now - last_save >= save_every;
+      const bool save_due =
+          save_every_seconds > 0 &&
+          std::chrono::duration<double>(now - last_save).count() >= save_every_seconds;
       // The step's results are read every half second, at the epoch's end and before a save (on
       // a GPU the host otherwise runs ahead); a diverged loss is caught there.
       if (stop || save_due || done == steps_per_epoch ||

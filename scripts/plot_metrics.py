@@ -24,12 +24,16 @@ def main():
         sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
     rows = []
     with open(args.metrics) as f:
-        for number, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    sys.exit(f"plot_metrics: {args.metrics}:{number}: not JSON ({e})")
+        lines = f.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if number == len(lines):  # cut short by a crash; train --resume drops it
+                    print(f"plot_metrics: {args.metrics}:{number}: incomplete last line skipped")
+                    continue
+                sys.exit(f"plot_metrics: {args.metrics}:{number}: not JSON ({e})")
     if not rows:
         sys.exit(f"plot_metrics: {args.metrics} holds no epochs yet")
     epochs = [r["epoch"] for r in rows]

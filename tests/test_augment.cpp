@@ -670,8 +670,9 @@ TEST_CASE("Antialiased bilinear resize equals PyTorch's interpolate(antialias=Tr
     std::vector<float> out(static_cast<size_t>(out_h) * out_w * c, -1.0f);
     resize_bilinear_antialiased(input->data<uint8_t>(), h, w, c, out_h, out_w, out.data());
     const float* ref = expected.data<float>();
+    // Float rounding in different orders: up to 2.6e-4 (of 255) seen.
     for (size_t i = 0; i < out.size(); ++i)
-      REQUIRE(out[i] == Approx(ref[i]).margin(1e-4));  // float rounding, of 255
+      REQUIRE(out[i] == Approx(ref[i]).epsilon(0).margin(5e-4));
     ++checked;
   }
   CHECK(checked == 5);

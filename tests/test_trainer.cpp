@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -117,6 +118,13 @@ TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted
     auto first = tiny_config(tmp.path / "cifar", run);
     first.stop_after_steps = stop_at;
     REQUIRE(examples::train(first) == 130);
+    // What a process killed at the wrong moment leaves: the next epoch's metrics line (appended
+    // before its checkpoint), a line cut short and a checkpoint temporary; a user's own file stays.
+    std::ofstream(run / "metrics.jsonl", std::ios::app) << R"({"epoch":2,"step":10,"train_loss":9})"
+                                                        << "\n"
+                                                        << R"({"epoch":)";
+    std::ofstream(run / "last.safetensors.tmp.4242") << "partial";
+    std::ofstream(run / "mine.safetensors.tmp.keep") << "a user's file";
     auto second = tiny_config(tmp.path / "cifar", run);
     second.resume = run.string();
     second.threads = 1;  // another machine: results do not depend on the thread count
@@ -125,6 +133,8 @@ TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted
     require_identical(last_checkpoint(run), reference);
     // The resumed epoch's summary covers the whole epoch, as the uninterrupted run's does.
     REQUIRE(metrics_without_timing(run) == metrics_without_timing(straight));
+    CHECK_FALSE(fs::exists(run / "last.safetensors.tmp.4242"));
+    CHECK(fs::exists(run / "mine.safetensors.tmp.keep"));
   }
 }
 
@@ -133,9 +143,9 @@ TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends 
   INFO("seed " << seed);
   TempDir tmp;
   Generator gen(seed);
-  write_cifar(tmp.path / "cifar", 16, gen);  // 80 training images: 5 steps per epoch
-  const useconds_t kill_delay = static_cast<useconds_t>(gen.below(150000));
-  INFO("killed " << kill_delay << " us after the first checkpoint");
+  write_cifar(tmp.path / "cifar", 16, gen);  // 80 training images: 5 steps per epoch, 100 in all
+  const int64_t kill_after_step = 2 + static_cast<int64_t>(gen.below(50));
+  INFO("killed once a checkpoint of step " << kill_after_step << " or later exists");
   const std::vector<std::string> common = {"--data",     (tmp.path / "cifar").string(),
                                            "--dim",      "8",
                                            "--depth",    "1",
@@ -146,37 +156,44 @@ TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends 
                                            "--progress", "off",
                                            "--threads",  "1",
                                            "--seed",     std::to_string(seed % 100000)};
-  // Runs train with `common` and `extra`. With `kill_when`: reads that checkpoint's position as
-  // soon as it exists, then kills the run with SIGKILL a random 0-150 ms later (the
-  // checkpointing run takes about 0.5 s on the development machine).
-  int64_t first_saved_batch = -1;
-  const auto run = [&](std::vector<std::string> extra, const fs::path& kill_when = {}) {
+  // Runs train with `common` and `extra` and returns its wait status. With `watch`: kills it with
+  // SIGKILL as soon as that checkpoint holds step kill_after_step or later.
+  int64_t killed_at_step = -1, killed_at_batch = -1;
+  const auto run = [&](std::vector<std::string> extra, const fs::path& watch = {}) {
     std::vector<std::string> args = {DL_TRAIN_BIN};
     args.insert(args.end(), common.begin(), common.end());
     args.insert(args.end(), extra.begin(), extra.end());
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     const pid_t pid = fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
       const int null = ::open("/dev/null", O_WRONLY);
       dup2(null, STDOUT_FILENO), dup2(null, STDERR_FILENO);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
       execv(argv[0], argv.data());
       _exit(127);
     }
-    if (!kill_when.empty()) {
-      while (!fs::exists(kill_when) && waitpid(pid, nullptr, WNOHANG) == 0) usleep(200);
-      if (fs::exists(kill_when)) {
-        const io::SafetensorsFile file = io::load_safetensors(kill_when.string());
-        const Tensor* position = file.find("trainer.position");
-        if (position) first_saved_batch = position->data<int64_t>()[1];
-      }
-      usleep(kill_delay);
-      kill(pid, SIGKILL);
-    }
     int status = 0;
-    waitpid(pid, &status, 0);
+    bool exited = false;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (!watch.empty() && !exited && std::chrono::steady_clock::now() < deadline) {
+      if (fs::exists(watch)) {
+        const io::SafetensorsFile file = io::load_safetensors(watch.string());
+        const int64_t* position = file.find("trainer.position")->data<int64_t>();
+        if (position[2] >= kill_after_step) {
+          kill(pid, SIGKILL);
+          killed_at_step = position[2], killed_at_batch = position[1];
+          break;
+        }
+      }
+      exited = waitpid(pid, &status, WNOHANG) == pid;
+      usleep(100);
+    }
+    if (!exited) {
+      if (std::chrono::steady_clock::now() >= deadline) kill(pid, SIGKILL);
+      waitpid(pid, &status, 0);
+    }
     return status;
   };
   const fs::path straight = tmp.path / "straight", killed = tmp.path / "killed";
@@ -185,8 +202,9 @@ TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends 
   // A checkpoint after every step: the kill lands between or inside any of them.
   const int crashed = run({"--checkpoint-dir", killed.string(), "--save-every-minutes", "1e-9"},
                           killed / "last.safetensors");
+  INFO("the killed run's last checkpoint seen: step " << killed_at_step << ", batch "
+                                                      << killed_at_batch);
   REQUIRE((WIFSIGNALED(crashed) && WTERMSIG(crashed) == SIGKILL));
-  CHECK(first_saved_batch > 0);  // the first checkpoint was a mid-epoch one
   const int resumed = run({"--resume", killed.string()});
   REQUIRE((WIFEXITED(resumed) && WEXITSTATUS(resumed) == 0));
   require_identical(last_checkpoint(killed), last_checkpoint(straight));
