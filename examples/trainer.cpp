@@ -243,6 +243,25 @@ void keep_metrics_of_finished_epochs(const fs::path& path, int64_t finished_epoc
   fs::rename(tmp, path);
 }
 
+// The name of the first F32 tensor of the model's state or the optimizer's that holds a NaN or an
+// infinity, or "" (one sum of squares per tensor, read back once).
+std::string first_non_finite(const nn::Module& model, const optim::Optimizer& opt) {
+  std::vector<std::string> names;
+  std::vector<Tensor> tensors;
+  auto add = [&](const std::string& name, const Tensor& t) {
+    if (t.dtype() == DType::f32 && (tensors.empty() || t.device() == tensors.front().device())) {
+      names.push_back(name);
+      tensors.push_back(t);
+    }
+  };
+  for (const auto& [name, t] : model.state_dict()) add(name, t);
+  for (const auto& [name, t] : opt.state_tensors()) add(name, t);
+  const std::vector<double> norms = squared_norms(tensors);
+  for (size_t i = 0; i < norms.size(); ++i)
+    if (!std::isfinite(norms[i])) return "'" + names[i] + "'";
+  return "";
+}
+
 // Mean and standard deviation per channel of a uint8 image set, on the [0, 1] scale.
 void dataset_statistics(const data::ImageDataset& d, std::vector<float>& mean,
                         std::vector<float>& std_dev) {
@@ -423,7 +442,11 @@ int train(const TrainConfig& cfg) {
   io::JsonValue::Object flags;
   for (const auto& [name, value] : cfg.flags) flags.emplace_back(name, io::JsonValue(value));
   metadata["flags"] = io::to_json(io::JsonValue(flags));
+  // A diverged state is never saved: it would replace the last good checkpoint.
   auto save = [&](const io::TrainingPosition& p) {
+    const std::string bad = first_non_finite(*model, *opt);
+    DL_CHECK(bad.empty(), "training diverged by step ", p.step, ": ", bad, " is not finite, so ",
+             last.string(), " keeps the last finite state (try a lower --lr or --clip-grad 1)");
     io::save_checkpoint(last.string(), *model, opt.get(), p, metadata);
   };
   if (g_stop_requested) return 130;  // interrupted while loading: nothing trained, nothing saved

@@ -317,6 +317,21 @@ TEST_CASE("--eval-every evaluates every N epochs and after the last") {
   CHECK(evaluated == std::vector<int64_t>{2, 4, 5});
 }
 
+TEST_CASE("A diverged state is never written over the last checkpoint") {
+  TempDir tmp;
+  Generator gen(test::fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);
+  auto config = tiny_config(tmp.path / "cifar", tmp.path / "run");
+  // The first step's loss is finite, its update is not (an lr past float's range): the
+  // checkpoint written after it (--stop-after-steps 1) would hold infinities.
+  config.lr = 1e39;
+  config.schedule = "constant";
+  config.stop_after_steps = 1;
+  REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("training diverged by step 1") &&
+                                                   Catch::Contains("is not finite"));
+  CHECK_FALSE(fs::exists(tmp.path / "run" / "last.safetensors"));
+}
+
 TEST_CASE("Bad settings are refused, naming the flag, before any data is read") {
   TempDir tmp;
   auto config = tiny_config(tmp.path / "no-such-data", tmp.path / "run");
