@@ -155,6 +155,7 @@ TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends 
                                            "--batch",    "16",
                                            "--progress", "off",
                                            "--threads",  "1",
+                                           "--device",   "cpu",
                                            "--seed",     std::to_string(seed % 100000)};
   // Runs train with `common` and `extra` and returns its wait status. With `watch`: kills it with
   // SIGKILL as soon as that checkpoint holds step kill_after_step or later.
