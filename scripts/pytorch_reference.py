@@ -719,6 +719,18 @@ def scale_range(text):
     return tuple(parts)
 
 
+def add_speed_flags(parser):
+    """The precision and speed switches that bench and train share."""
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16: autocast (bf16) around forward and loss, fp32 master weights")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model (PyTorch 2)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 in fp32 matmuls and convolutions (CUDA; off: true fp32)")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -738,13 +750,7 @@ def main():
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
         b.add_argument(f"--{flag}", type=int, default=default)
     b.add_argument("--device", default="cpu")
-    b.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast (bf16) around forward and loss, fp32 master weights")
-    b.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2)")
-    b.add_argument("--tf32", action="store_true",
-                   help="allow TF32 in fp32 matmuls and convolutions (CUDA; off: true fp32)")
-    b.add_argument("--cudnn-benchmark", action="store_true",
-                   help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
+    add_speed_flags(b)
     t = sub.add_parser("train", help="train ConvMixer with the engine trainer's recipe and defaults",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument("--data", default="data/cifar10",
@@ -779,13 +785,7 @@ def main():
                    help="random horizontal flips (true/false)")
     t.add_argument("--drop-last", action="store_true",
                    help="drop the last partial batch of each epoch")
-    t.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16: autocast (bf16) around forward and loss, fp32 master weights")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model (PyTorch 2)")
-    t.add_argument("--tf32", action="store_true",
-                   help="allow TF32 in fp32 matmuls and convolutions (CUDA; off: true fp32)")
-    t.add_argument("--cudnn-benchmark", action="store_true",
-                   help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
+    add_speed_flags(t)
     t.add_argument("--device", default="auto", help="auto, cuda or cpu")
     t.add_argument("--metrics", default="", help="append one JSON line per epoch to this file")
     p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
