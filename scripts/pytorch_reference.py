@@ -370,6 +370,15 @@ def check_device(device):
         sys.exit(f"--device {device}: PyTorch {torch.__version__} sees no CUDA device")
 
 
+def apply_speed_flags(device, args):
+    """Applies add_speed_flags' TF32 and cuDNN switches on a CUDA device; refuses --tf32 elsewhere."""
+    if device.type == "cuda":
+        set_tf32(args.tf32)
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
+    elif args.tf32:
+        sys.exit("--tf32 applies to CUDA only")
+
+
 def autocast_context(device, precision):
     """bf16 autocast around forward and loss (fp32 master weights); fp32: nothing."""
     import contextlib
@@ -395,11 +404,7 @@ def bench(args):
     torch.manual_seed(0)
     device = torch.device(args.device)
     check_device(device)
-    if device.type == "cuda":
-        set_tf32(args.tf32)
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    elif args.tf32:
-        sys.exit("--tf32 applies to CUDA only")
+    apply_speed_flags(device, args)
     model = ConvMixer(args.dim, args.depth, args.kernel, args.patch, 10).to(device)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.005)
@@ -560,11 +565,7 @@ def train(args):
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(args.device)
     check_device(device)
-    if device.type == "cuda":
-        set_tf32(args.tf32)
-        torch.backends.cudnn.benchmark = args.cudnn_benchmark
-    elif args.tf32:
-        sys.exit("--tf32 applies to CUDA only")
+    apply_speed_flags(device, args)
     torch.manual_seed(args.seed)
 
     start = time.perf_counter()
