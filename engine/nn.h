@@ -94,7 +94,7 @@ class BatchNorm2d : public Module {
   explicit BatchNorm2d(int64_t channels, float eps = 1e-5f, float momentum = 0.1f);
   Tensor forward(const Tensor& x) override;
   // forward(gelu(h)) (+ residual, if defined) as one fused op (gelu_batch_norm in ops.h): the
-  // same values and gradients, fewer passes over the activation on the GPU.
+  // separate ops' values and gradients (bf16: up to a rounding), fewer passes on the GPU.
   Tensor forward_gelu(const Tensor& h, const Tensor& residual = Tensor());
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
 

@@ -225,6 +225,7 @@ BatchNormInputs check_batch_norm(const char* op, const Tensor& x, const Tensor& 
   DL_CHECK(x.dim() >= 2, op, ": input needs a channel axis, got ", shape_str(x.shape()));
   const int64_t c = x.size(-1);
   DL_CHECK(c > 0, op, ": input has no channels, shape ", shape_str(x.shape()));
+  DL_CHECK(x.numel() > 0, op, ": input is empty, shape ", shape_str(x.shape()));
   const Device dev = x.device();
   auto check_vec = [&](const Tensor& t, const char* what) {
     if (!t.defined()) return;

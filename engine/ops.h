@@ -42,9 +42,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, float momentum = 0.1f,
                   float eps = 1e-5f);
-// batch_norm(gelu(h)) (+ residual, if defined; the shape and dtype of h) as one op, with the
-// values and gradients of the separate ops: GELU(h) is recomputed in the backward instead of
-// stored, and on the GPU the three run as fused kernels in fewer passes over the activation.
+// batch_norm(gelu(h)) (+ residual, if defined; the shape and dtype of h) as one op: GELU(h) is
+// recomputed in the backward instead of stored, and on the GPU the three run as fused kernels in
+// fewer passes over the activation. The values and gradients are the separate ops': bit for bit on
+// the CPU; on the GPU up to float rounding (in bf16 the fused kernels round once where the separate
+// ops round two or three times).
 Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor& running_var,
                        const Tensor& weight, const Tensor& bias, bool training,
                        float momentum = 0.1f, float eps = 1e-5f, const Tensor& residual = Tensor());

@@ -249,7 +249,7 @@ std::string first_non_finite(const nn::Module& model, const optim::Optimizer& op
   std::vector<std::string> names;
   std::vector<Tensor> tensors;
   auto add = [&](const std::string& name, const Tensor& t) {
-    if (t.dtype() == DType::f32 && (tensors.empty() || t.device() == tensors.front().device())) {
+    if (t.dtype() == DType::f32) {
       names.push_back(name);
       tensors.push_back(t);
     }
@@ -542,7 +542,13 @@ int train(const TrainConfig& cfg) {
     const double epoch_seconds = progress.seconds();
     const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;
     EpochStats test;
-    if (evaluate_now) test = evaluate(*model, test_loader, device, activations);
+    if (evaluate_now) {
+      test = evaluate(*model, test_loader, device, activations);
+      DL_CHECK(std::isfinite(test.loss_sum),
+               "training diverged: the test loss is not finite after ", "epoch ", epoch + 1,
+               ", so ", last.string(),
+               " keeps the last finite state (try a lower --lr or --clip-grad 1)");
+    }
     const double img_per_s = stats.seen / std::max(epoch_seconds, 1e-9);
     std::printf(
         "epoch %3lld | train loss %.4f acc %.4f | test loss %s acc %s | lr %.6f | %.1f s | "

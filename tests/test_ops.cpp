@@ -853,6 +853,17 @@ TEST_CASE("batch_norm: bad inputs throw", "[ops][bn]") {
       "one value per channel in training");
   check_error([&] { batch_norm(Tensor::randn({5}), rm, rv, Tensor(), Tensor(), true); },
               "1-d input");
+  // An empty batch, also in evaluation (the same error on every device).
+  check_error(
+      [&] {
+        batch_norm(Tensor::zeros({0, 3, 3, 5}), rm, rv, Tensor(), Tensor(), false);
+      },
+      "empty input in evaluation");
+  check_error(
+      [&] {
+        gelu_batch_norm(Tensor::zeros({0, 3, 3, 5}), rm, rv, Tensor(), Tensor(), false);
+      },
+      "gelu_batch_norm: empty input in evaluation");
   REQUIRE_NOTHROW(batch_norm(Tensor::randn({1, 1, 1, 5}), rm, rv, Tensor(), Tensor(), false));
 }
 

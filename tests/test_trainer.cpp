@@ -21,84 +21,11 @@
 #include "engine/ops.h"
 #include "examples/trainer.h"
 #include "test_util.h"
+#include "trainer_test_util.h"
 
 using namespace dl;
+using namespace dl::test;
 namespace fs = std::filesystem;
-
-namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("dl_test_trainer_" + std::to_string(test::fresh_seed()));
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
-
-// CIFAR-10 binary batches with `per_file` random 32x32 images each.
-void write_cifar(const fs::path& dir, int per_file, Generator& gen) {
-  fs::create_directories(dir);
-  auto write = [&](const std::string& name) {
-    std::ofstream out(dir / name, std::ios::binary);
-    for (int r = 0; r < per_file; ++r) {
-      out.put(static_cast<char>(gen.below(10)));
-      for (int i = 0; i < 3072; ++i) out.put(static_cast<char>(gen.below(256)));
-    }
-  };
-  for (int b = 1; b <= 5; ++b) write("data_batch_" + std::to_string(b) + ".bin");
-  write("test_batch.bin");
-}
-
-examples::TrainConfig tiny_config(const fs::path& data, const fs::path& run) {
-  examples::TrainConfig c;
-  c.data = data.string();
-  c.model = {.name = "convmixer", .dim = 8, .depth = 1, .kernel = 3, .patch = 4};
-  c.epochs = 2;
-  c.batch = 16;  // 80 images: 5 steps per epoch
-  c.lr = 0.01;
-  c.augmentation.randaugment_n = 2;
-  c.augmentation.crop = "random";
-  c.augmentation.erasing_p = 0.5f;
-  c.threads = 2;
-  c.workers = 2;
-  c.seed = 7;
-  c.progress = "off";
-  c.checkpoint_dir = run.string();
-  return c;
-}
-
-io::SafetensorsFile last_checkpoint(const fs::path& run) {
-  return io::load_safetensors((run / "last.safetensors").string());
-}
-
-void require_identical(const io::SafetensorsFile& a, const io::SafetensorsFile& b) {
-  REQUIRE(a.tensors.size() == b.tensors.size());
-  for (size_t i = 0; i < a.tensors.size(); ++i) {
-    INFO("tensor " << a.tensors[i].first);
-    REQUIRE(a.tensors[i].first == b.tensors[i].first);
-    const Tensor& x = a.tensors[i].second;
-    const Tensor& y = b.tensors[i].second;
-    REQUIRE(x.shape() == y.shape());
-    REQUIRE(std::memcmp(x.raw_data(), y.raw_data(), x.nbytes()) == 0);
-  }
-}
-
-// metrics.jsonl without the wall-clock fields.
-std::vector<std::string> metrics_without_timing(const fs::path& run) {
-  std::vector<std::string> out;
-  std::ifstream in(run / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    io::JsonValue::Object kept;
-    const io::JsonValue entry = io::parse_json(line);
-    for (const auto& [key, value] : entry.as_object())
-      if (key != "epoch_seconds" && key != "img_per_s") kept.emplace_back(key, value);
-    out.push_back(io::to_json(io::JsonValue(kept)));
-  }
-  return out;
-}
-
-}  // namespace
 
 TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted one") {
   const uint64_t seed = test::fresh_seed();
@@ -331,6 +258,16 @@ TEST_CASE("A diverged state is never written over the last checkpoint") {
   REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("training diverged by step 1") &&
                                                    Catch::Contains("is not finite"));
   CHECK_FALSE(fs::exists(tmp.path / "run" / "last.safetensors"));
+  // An epoch of one step: its training loss is finite, the evaluation after the update is not.
+  // The run stops there, before the epoch's metrics line and checkpoint.
+  config.checkpoint_dir = (tmp.path / "one-step-epoch").string();
+  config.stop_after_steps = 0;
+  config.epochs = 1;
+  config.batch = 80;
+  REQUIRE_THROWS_WITH(examples::train(config),
+                      Catch::Contains("the test loss is not finite after epoch 1"));
+  CHECK_FALSE(fs::exists(tmp.path / "one-step-epoch" / "last.safetensors"));
+  CHECK(metrics_lines(tmp.path / "one-step-epoch").empty());
 }
 
 TEST_CASE("Bad settings are refused, naming the flag, before any data is read") {

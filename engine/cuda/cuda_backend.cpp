@@ -118,9 +118,10 @@ void release_cached(Context& ctx) {
 // first waits until the stream is idle, so every batch upload stalled the host behind all the
 // queued kernels. Here the host copies the data into a pinned slot (at host memcpy speed), queues
 // the transfer from the slot and records an event after it; a slot is reused only once its event
-// has passed. With kSlots slots and a training step's four uploads (images, labels twice, the
-// backward's seed), the host can run about two steps ahead of the GPU. The caller's memory is free
-// when copy_to_device returns. Slots grow to the largest copy they have staged.
+// has passed. With kSlots slots and a training step's five uploads (images, the labels for the
+// loss and again for the accuracy count, the backward's seed, the optimizer's hyper-parameters),
+// the host can run about 1.6 steps ahead of the GPU. The caller's memory is free when
+// copy_to_device returns. Slots grow to the largest copy they have staged.
 class StagingRing {
  public:
   // A batch of 512 fp32 CIFAR-10 images is 6 MiB; larger copies take the pageable path.
