@@ -128,7 +128,7 @@ PY
 [[ -n ${DATA:-} ]] && step predict-parity predict_parity
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
-cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops)
+cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_trainer)
 for bin in "${cuda_tests[@]}"; do
   if grep -q "$bin .*Passed" "$out/tests.log"; then
     summary+=("PASS  $bin executed on the GPU")

@@ -232,9 +232,12 @@ TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CP
                                      t[2], training, 0.1f, 1e-5f, t[3]);
         },
         {x, gamma, beta, Tensor::randn(x.shape(), gen)}, {true, true, true, true}, gen);
-    if (training) {  // evaluation leaves the running statistics alone
+    if (training) {
       CHECK_CLOSE(rm2_gpu, rm2_cpu, 1e-5, "running_mean");
       CHECK_CLOSE(rv2_gpu, rv2_cpu, 1e-5, "running_var");
+    } else {  // evaluation leaves the running statistics alone, bit for bit
+      CHECK(rm2_gpu.to_vector() == rm_cpu.to_vector());
+      CHECK(rv2_gpu.to_vector() == rv_cpu.to_vector());
     }
     compare_op(
         "gelu_batch_norm without affine parameters or residual",
@@ -258,6 +261,100 @@ TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CP
   compare_op(
       "cross_entropy", [&](auto& t) { return dl::cross_entropy(t[0], y.to(t[0].device()), 0.1f); },
       {Tensor::randn({37, 10}, gen)}, {true}, gen);
+  compare_op(
+      "cross_entropy with the labels in host memory (the trainer's way: checked on the host)",
+      [&](auto& t) { return dl::cross_entropy(t[0], y, 0.1f); }, {Tensor::randn({37, 10}, gen)},
+      {true}, gen);
+}
+
+TEST_CASE("fused GELU + BatchNorm over several row blocks, odd channel counts and bf16",
+          "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  // 561 rows (more than one block of the statistics kernel) and 45 channels (not a multiple of
+  // the kernels' 32-channel tiles).
+  const Tensor h = Tensor::randn({3, 17, 11, 45}, gen), residual = Tensor::randn(h.shape(), gen);
+  const Tensor gamma = Tensor::randn({45}, gen), beta = Tensor::randn({45}, gen);
+  const Tensor rm = Tensor::randn({45}, gen), rv = Tensor::uniform({45}, 0.5f, 2.0f, gen);
+  for (const bool training : {true, false}) {
+    INFO("training " << training);
+    Tensor rm_cpu = rm.clone(), rv_cpu = rv.clone();
+    Tensor rm_gpu = rm.to(kGpu), rv_gpu = rv.to(kGpu);
+    compare_op(
+        "gelu_batch_norm, fp32",
+        [&](auto& t) {
+          const bool gpu = t[0].device().is_cuda();
+          return dl::gelu_batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2],
+                                     training, 0.1f, 1e-5f, t[3]);
+        },
+        {h, gamma, beta, residual}, {true, true, true, true}, gen);
+    CHECK_CLOSE(rm_gpu, rm_cpu, 1e-5, "running_mean");
+    CHECK_CLOSE(rv_gpu, rv_cpu, 1e-5, "running_var");
+
+    // bf16 activations on the GPU against fp32 on the CPU, both from the same bf16-rounded
+    // inputs: the difference is the GPU's bf16 roundings (GELU's output and the result).
+    const Tensor h16 = h.to(DType::bf16), r16 = residual.to(DType::bf16);
+    const Tensor up16 = Tensor::randn(h.shape(), gen).to(DType::bf16);
+    Tensor h_cpu = h16.to(DType::f32), r_cpu = r16.to(DType::f32);
+    Tensor h_gpu = h16.to(kGpu), r_gpu = r16.to(kGpu);
+    Tensor g_cpu = gamma.clone(), g_gpu = gamma.to(kGpu);
+    for (Tensor* t : {&h_cpu, &r_cpu, &h_gpu, &r_gpu, &g_cpu, &g_gpu}) t->requires_grad_();
+    Tensor rm16_cpu = rm.clone(), rv16_cpu = rv.clone();
+    Tensor rm16_gpu = rm.to(kGpu), rv16_gpu = rv.to(kGpu);
+    const Tensor y_cpu =
+        dl::gelu_batch_norm(h_cpu, rm16_cpu, rv16_cpu, g_cpu, beta, training, 0.1f, 1e-5f, r_cpu);
+    const Tensor y_gpu = dl::gelu_batch_norm(h_gpu, rm16_gpu, rv16_gpu, g_gpu, beta.to(kGpu),
+                                             training, 0.1f, 1e-5f, r_gpu);
+    REQUIRE(y_gpu.dtype() == DType::bf16);
+    y_cpu.backward(up16.to(DType::f32));
+    y_gpu.backward(up16.to(kGpu));
+    CHECK_CLOSE(y_gpu.to(DType::f32).to(kCpu), y_cpu, 3e-2, "bf16 output");
+    CHECK_CLOSE(h_gpu.grad().to(DType::f32).to(kCpu), h_cpu.grad(), 3e-2, "bf16 gradient of h");
+    CHECK_CLOSE(r_gpu.grad().to(DType::f32).to(kCpu), r_cpu.grad(), 3e-2,
+                "bf16 gradient of the residual");
+    CHECK_CLOSE(g_gpu.grad(), g_cpu.grad(), 3e-2, "gradient of gamma (fp32)");
+    CHECK_CLOSE(rm16_gpu, rm16_cpu, 3e-2, "running_mean after a bf16 step");
+    CHECK_CLOSE(rv16_gpu, rv16_cpu, 3e-2, "running_var after a bf16 step");
+  }
+}
+
+TEST_CASE("NaN and infinity on the GPU: sums of squares, clipping and accuracy as on the CPU",
+          "[cuda][ops]") {
+  dl::Generator gen = make_gen();
+  std::vector<float> v = Tensor::randn({5000}, gen).to_vector(), w = v;
+  v[4321] = INFINITY;
+  w[17] = NAN;
+  const Tensor with_inf = Tensor::from_vector(v, {5000}), with_nan = Tensor::from_vector(w, {5000});
+  const Tensor finite = Tensor::randn({300}, gen);
+  const std::vector<double> norms =
+      dl::squared_norms({finite.to(kGpu), with_inf.to(kGpu), with_nan.to(kGpu)});
+  CHECK(std::isfinite(norms[0]));
+  CHECK(std::isinf(norms[1]));
+  CHECK(std::isnan(norms[2]));
+  // A non-finite norm scales nothing (on the CPU as on the GPU) and is returned as it is.
+  for (const Tensor& bad : {with_inf, with_nan}) {
+    std::vector<Tensor> cpu_params, gpu_params;
+    for (const Tensor& g : {finite, bad}) {
+      cpu_params.push_back(Tensor::zeros(g.shape()));
+      cpu_params.back().set_grad(g.clone());
+      gpu_params.push_back(Tensor::zeros(g.shape()).to(kGpu));
+      gpu_params.back().set_grad(g.to(kGpu));
+    }
+    const float cpu_norm = dl::optim::clip_grad_norm(cpu_params, 1.0).item();
+    const float gpu_norm = dl::optim::clip_grad_norm(gpu_params, 1.0).item();
+    CHECK(std::isinf(cpu_norm) == std::isinf(gpu_norm));
+    CHECK(std::isnan(cpu_norm) == std::isnan(gpu_norm));
+    CHECK(gpu_params[0].grad().to_vector() == finite.to_vector());
+    CHECK(cpu_params[0].grad().to_vector() == finite.to_vector());
+  }
+  // Rows with a NaN logit, and ties, count as on the CPU (the first maximum wins).
+  std::vector<float> logits(40 * 10);
+  for (auto& x : logits) x = static_cast<float>(gen.below(3));  // many ties
+  logits[3 * 10 + 0] = NAN;
+  logits[5 * 10 + 7] = NAN;
+  std::vector<int64_t> l(40);
+  for (auto& x : l) x = static_cast<int64_t>(gen.below(10));
+  const Tensor lt = Tensor::from_vector(logits, {40, 10}), labels = Tensor::from_vector(l, {40});
+  CHECK(dl::count_correct(lt.to(kGpu), labels).item() == dl::count_correct(lt, labels).item());
 }
 
 // The small models of the tests: one ConvMixer and one ResNet, both on 16x16 images.
@@ -293,7 +390,8 @@ StepResult train_steps(const dl::models::ModelSpec& spec, uint64_t seed, Device 
         model->parameters(),
         dl::optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .weight_decay = 5e-4, .nesterov = true});
   }
-  const Tensor x = images.to(activations).to(device), y = labels.to(device);
+  // The labels stay in host memory, as the trainer keeps them (cross_entropy checks them there).
+  const Tensor x = images.to(activations).to(device), y = labels;
   StepResult r;
   for (int s = 0; s < steps; ++s) {
     const Tensor logits = model->forward(x);
@@ -372,7 +470,8 @@ TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda
   for (int i = 0; i < 20; ++i) busy = dl::gelu(busy);
   Tensor running = Tensor::zeros({1000}).to(kGpu);
   for (int i = 0; i < 24; ++i) {
-    const int64_t n = 1000 + 977 * i;
+    // Every sixth upload is 6 MiB (a batch of 512 CIFAR-10 images in fp32): its slot grows.
+    const int64_t n = i % 6 == 5 ? (int64_t{6} << 20) / 4 + i : 1000 + 977 * i;
     Tensor host = Tensor::randn({n}, gen);
     expected.push_back(host.to_vector());
     uploaded.push_back(host.to(kGpu));
@@ -452,7 +551,7 @@ TEST_CASE("after a warm-up step, GPU training steps allocate no device memory", 
   model->to(kGpu);
   dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});
   const Tensor x = Tensor::randn({8, 16, 16, 3}, gen).to(kGpu);
-  const Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}, {8}).to(kGpu);
+  const Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}, {8});
   auto step = [&] {
     const Tensor loss = dl::cross_entropy(model->forward(x), y);
     opt.zero_grad();
