@@ -17,9 +17,15 @@ class DeviceRegistry {
 
   Interface& get(Device device) const {
     Interface* impl = slots_[static_cast<int>(device.kind)];
+#ifdef DL_HAVE_CUDA
+    DL_CHECK(
+        impl != nullptr, "device ", device.str(),
+        " is not available: no GPU was found (the CUDA driver reports none); use --device cpu");
+#else
     DL_CHECK(impl != nullptr, "device ", device.str(),
-             " is not available: this build has no CUDA path (configure on a machine with nvcc) "
-             "or no GPU was found; use --device cpu");
+             " is not available: this build has no CUDA path (configure on a machine with nvcc); "
+             "use --device cpu");
+#endif
     return *impl;
   }
 

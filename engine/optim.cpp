@@ -361,7 +361,7 @@ std::unique_ptr<LRSchedule> make_schedule(const std::string& name, double lr, in
     return std::make_unique<CosineWithWarmup>(lr, epochs * steps_per_epoch, warmup_steps, min_lr);
   }
   if (name == "constant") return std::make_unique<ConstantLR>(lr);
-  throw Error("Unknown LR schedule '" + name + "' (valid: onecycle, cosine, constant)");
+  throw Error("unknown LR schedule '" + name + "' (valid: onecycle, cosine, constant)");
 }
 
 }  // namespace dl::optim

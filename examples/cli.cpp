@@ -41,15 +41,25 @@ void Flags::add(const std::string& name, const std::string& default_value,
 }
 
 bool Flags::parse(int argc, char** argv) {
+  bool flags_ended = false;  // after "--" every argument is positional
+  std::string bare_boolean;  // a boolean flag given alone just before this argument
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") {
+    if (!flags_ended && (arg == "--help" || arg == "-h")) {
       std::cout << usage();
       return false;
     }
-    if (arg.rfind("--", 0) != 0) {
+    if (!flags_ended && arg == "--") {
+      flags_ended = true;
+      continue;
+    }
+    if (flags_ended || arg.rfind("--", 0) != 0) {
+      // "--hflip maybe" most likely meant a value for --hflip.
+      DL_CHECK(!positional_name_.empty() || bare_boolean.empty(), "flag --", bare_boolean, ": '",
+               arg, "' is not a boolean (true/false, yes/no, on/off, 1/0)");
       DL_CHECK(!positional_name_.empty(), "unexpected argument '", arg, "' (see --help)");
       positional_.push_back(arg);
+      bare_boolean.clear();
       continue;
     }
     std::string name = arg.substr(2), value;
@@ -61,18 +71,19 @@ bool Flags::parse(int argc, char** argv) {
     auto it = flags_.find(name);
     DL_CHECK(it != flags_.end(), "unknown flag --", name, " (see --help)");
     const bool is_bool = it->second.default_value == "true" || it->second.default_value == "false";
-    if (eq == std::string::npos) {
-      // A boolean flag takes the next argument only when it is a boolean word, so that
-      // "--json image.png" reads as "--json true image.png".
-      if (is_bool && (i + 1 == argc || !is_boolean_word(argv[i + 1]))) {
-        value = "true";
-      } else {
-        DL_CHECK(i + 1 < argc, "flag --", name, " needs a value");
-        value = argv[++i];
-      }
+    // A boolean flag takes the next argument only when it is a boolean word, so that
+    // "--json image.png" reads as "--json true image.png".
+    const bool alone =
+        is_bool && eq == std::string::npos && (i + 1 == argc || !is_boolean_word(argv[i + 1]));
+    if (alone) {
+      value = "true";
+    } else if (eq == std::string::npos) {
+      DL_CHECK(i + 1 < argc, "flag --", name, " needs a value");
+      value = argv[++i];
     }
     it->second.value = value;
     it->second.given = true;
+    bare_boolean = alone ? name : "";
   }
   return true;
 }

@@ -4,6 +4,8 @@
 // Each epoch: a progress bar (plain lines when not a terminal), one summary line, one JSON line
 // appended to the metrics file, and an atomic checkpoint; Ctrl-C writes a checkpoint at the
 // current batch and exits, and --resume continues from it (bit-identical on the CPU).
+#include <unistd.h>
+
 #include <csignal>
 #include <filesystem>
 #include <iostream>
@@ -38,12 +40,14 @@ void reject_inapplicable(const cli::Flags& f) {
   check("ra-m", f.integer("ra-n") > 0, "when --ra-n is above 0");
 }
 
-// On resume, these may differ from the run's (they do not change what it computes); the last
-// three are never taken from the checkpoint.
-const std::set<std::string> kFreeOnResume = {"data",     "device",    "threads",
-                                             "workers",  "cache-dir", "save-every-minutes",
-                                             "progress", "resume",    "stop-after-steps"};
-const std::set<std::string> kNotRestored = {"progress", "resume", "stop-after-steps"};
+// Settings of this invocation only, never taken from the checkpoint: the machine's (device,
+// threads, workers), the terminal's, and where this invocation stops and writes (a
+// --checkpoint-dir other than the run's continues the run there, leaving the original as it was).
+const std::set<std::string> kPerInvocation = {
+    "device", "threads", "workers", "progress", "resume", "stop-after-steps", "checkpoint-dir"};
+// Taken from the checkpoint when not given, and free to differ when given: they do not change what
+// the run computes.
+const std::set<std::string> kFreeOnResume = {"data", "cache-dir", "save-every-minutes"};
 
 // On --resume, flags not given take the values the run was started with; given ones must agree.
 void restore_run_flags(cli::Flags& f) {
@@ -57,8 +61,9 @@ void restore_run_flags(cli::Flags& f) {
   const io::JsonValue run_flags = io::parse_json(recorded->second);
   for (const auto& [name, value] : run_flags.as_object()) {
     const std::string& saved = value.as_string();
+    if (kPerInvocation.count(name)) continue;
     if (!f.given(name)) {
-      if (!kNotRestored.count(name)) f.set(name, saved);
+      f.set(name, saved);
     } else if (f.str(name) != saved && !kFreeOnResume.count(name)) {
       conflicts += "\n  --" + name + " " + f.str(name) + " (the run used " + saved + ")";
     }
@@ -108,7 +113,9 @@ void declare_flags(cli::Flags& f) {
   f.add("cache-dir", "", "cache the decoded data set here (empty: no cache)");
   f.add("checkpoint-dir", "",
         "checkpoints and metrics are written here (empty: a new runs/<model>-<UTC date-time>)");
-  f.add("resume", "", "continue from this checkpoint (a file, or a checkpoint directory)");
+  f.add("resume", "",
+        "continue from this checkpoint (a file, or a checkpoint directory), with the run's flags; "
+        "with a new --checkpoint-dir the run continues there and the original stays as it was");
   f.add("progress", "auto", "progress bar: auto (on a terminal), on or off");
   f.add("save-every-minutes", "10",
         "also write the checkpoint mid-epoch this often, so a crash loses at most this much "
@@ -184,7 +191,8 @@ int main(int argc, char** argv) {
     std::signal(SIGTERM, on_signal);
     return examples::train(config);
   } catch (const std::exception& e) {
-    std::cerr << "\ntrain: error: " << e.what() << "\n";
+    // A new line first when a progress bar may be on the terminal's current line.
+    std::cerr << (isatty(STDERR_FILENO) ? "\n" : "") << "train: error: " << e.what() << "\n";
     return 1;
   }
 }

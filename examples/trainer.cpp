@@ -39,6 +39,10 @@ namespace {
 
 std::atomic<bool> g_stop_requested{false};
 
+// Upper bound of --threads and --workers: beyond it a thread count is a typo, and the system
+// refuses the threads anyway.
+constexpr int kMaxThreads = 1024;
+
 const std::vector<std::string> kCifar10Classes = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
@@ -291,6 +295,59 @@ std::string join(const std::vector<T>& items) {
   return out.str();
 }
 
+// Where a run writes its checkpoint and metrics, decided before the data is read.
+struct RunDirectory {
+  fs::path dir;             // empty: a new runs/<model>-<time>, claimed when training starts
+  fs::path metrics_origin;  // a branch: the metrics of the run it continues
+};
+
+// The nearest directory at or above `path` that exists must be writable, and `path` itself, when
+// it exists, a directory.
+void check_writable_directory(const fs::path& path, const char* what) {
+  DL_CHECK(!fs::exists(path) || fs::is_directory(path), what, " ", path.string(),
+           " exists and is not a directory");
+  fs::path existing = fs::absolute(path);
+  while (!fs::exists(existing) && existing.has_parent_path() && existing != existing.parent_path())
+    existing = existing.parent_path();
+  DL_CHECK(access(existing.c_str(), W_OK) == 0, what, " ", path.string(), ": cannot write in ",
+           existing.string(), " (", std::strerror(errno), ")");
+}
+
+// A new run writes into `checkpoint_dir` (or its own new directory) and never over a saved
+// checkpoint. A resumed run continues in the checkpoint's directory, or, when `checkpoint_dir`
+// names another one, continues into that (a branch: the original run stays as it was). Resuming
+// a checkpoint other than its directory's last.safetensors in place would write over that file,
+// so it needs a --checkpoint-dir.
+RunDirectory plan_run_directory(const fs::path& checkpoint_dir, const std::string& resume) {
+  auto refuse_saved = [](const fs::path& dir, const std::string& advice) {
+    const fs::path last = dir / "last.safetensors";
+    DL_CHECK(!fs::exists(last), last.string(), " already exists: ", advice);
+  };
+  if (resume.empty()) {
+    check_writable_directory(checkpoint_dir.empty() ? fs::path("runs") : checkpoint_dir,
+                             "--checkpoint-dir");
+    if (!checkpoint_dir.empty())
+      refuse_saved(checkpoint_dir, "pass --resume " + checkpoint_dir.string() +
+                                       " to continue that run, or choose another --checkpoint-dir");
+    return {checkpoint_dir, {}};
+  }
+  const fs::path origin =
+      fs::path(resume).has_parent_path() ? fs::path(resume).parent_path() : fs::path(".");
+  const bool branch = !checkpoint_dir.empty() &&
+                      !(fs::exists(checkpoint_dir) && fs::equivalent(checkpoint_dir, origin));
+  if (branch) {
+    check_writable_directory(checkpoint_dir, "--checkpoint-dir");
+    refuse_saved(checkpoint_dir, "choose another --checkpoint-dir to continue " + resume + " into");
+    return {checkpoint_dir, origin / "metrics.jsonl"};
+  }
+  check_writable_directory(origin, "the resumed run's directory");
+  const fs::path last = origin / "last.safetensors";
+  DL_CHECK(!fs::exists(last) || fs::equivalent(last, resume), "resuming ", resume,
+           " would write over ", last.string(),
+           ", another checkpoint: pass --checkpoint-dir NEW_DIR to continue the run there");
+  return {origin, {}};
+}
+
 }  // namespace
 
 void validate(const TrainConfig& cfg) {
@@ -304,15 +361,18 @@ void validate(const TrainConfig& cfg) {
   DL_CHECK(cfg.momentum >= 0, "--momentum must be non-negative, got ", cfg.momentum);
   DL_CHECK(cfg.warmup_epochs >= 0 && cfg.warmup_epochs <= cfg.epochs,
            "--warmup-epochs must lie in [0, --epochs = ", cfg.epochs, "], got ", cfg.warmup_epochs);
-  // The schedule's own checks (its name among them), on a stand-in one-step epoch.
-  optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, 1, cfg.warmup_epochs);
+  DL_CHECK(cfg.schedule == "onecycle" || cfg.schedule == "cosine" || cfg.schedule == "constant",
+           "--schedule must be onecycle, cosine or constant, got '", cfg.schedule, "'");
   DL_CHECK(cfg.label_smoothing >= 0 && cfg.label_smoothing <= 1,
            "--label-smoothing must be in [0, 1], got ", cfg.label_smoothing);
   DL_CHECK(cfg.clip_grad >= 0, "--clip-grad must be 0 (off) or positive, got ", cfg.clip_grad);
   DL_CHECK(cfg.precision == "fp32" || cfg.precision == "bf16",
            "--precision must be fp32 or bf16, got '", cfg.precision, "'");
-  DL_CHECK(cfg.threads >= 0, "--threads must be 0 (all cores) or positive, got ", cfg.threads);
-  DL_CHECK(cfg.workers >= 0, "--workers must be 0 (automatic) or positive, got ", cfg.workers);
+  DL_CHECK(cfg.threads >= 0 && cfg.threads <= kMaxThreads,
+           "--threads must be 0 (all cores) or in [1, ", kMaxThreads, "], got ", cfg.threads);
+  DL_CHECK(cfg.workers >= 0 && cfg.workers <= kMaxThreads,
+           "--workers must be 0 (automatic) or in [1, ", kMaxThreads, "], got ", cfg.workers);
+  DL_CHECK(!cfg.data.empty(), "--data is empty: name the data set's folder");
   DL_CHECK(cfg.subset >= 0, "--subset must be 0 (all) or positive, got ", cfg.subset);
   DL_CHECK(cfg.test_subset >= 0, "--test-subset must be 0 (all) or positive, got ",
            cfg.test_subset);
@@ -325,6 +385,21 @@ void validate(const TrainConfig& cfg) {
   models::ModelSpec spec = cfg.model;
   spec.classes = spec.in_channels = 1;  // stand-ins: both are taken from the data later
   models::validate(spec);
+  const data::AugmentConfig& a = cfg.augmentation;
+  DL_CHECK(a.crop == "none" || a.crop == "random" || a.crop == "resized",
+           "--crop must be none, random or resized, got '", a.crop, "'");
+  DL_CHECK(a.resized_scale_min > 0 && a.resized_scale_min <= a.resized_scale_max &&
+               a.resized_scale_max <= 1,
+           "--scale MIN,MAX must satisfy 0 < MIN <= MAX <= 1, got ", a.resized_scale_min, ",",
+           a.resized_scale_max);
+  DL_CHECK(a.randaugment_n >= 0, "--ra-n must be 0 (off) or positive, got ", a.randaugment_n);
+  DL_CHECK(a.randaugment_m >= 0 && a.randaugment_m <= 30, "--ra-m must be in [0, 30], got ",
+           a.randaugment_m);
+  DL_CHECK(a.jitter >= 0, "--jitter must be 0 (off) or positive, got ", a.jitter);
+  DL_CHECK(a.erasing_p >= 0 && a.erasing_p <= 1, "--reprob must be in [0, 1], got ", a.erasing_p);
+  // The library's own checks: the schedule's, on a stand-in one-step epoch, and the
+  // augmentation's settings that have no flag.
+  optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, 1, cfg.warmup_epochs);
   data::validate_options(cfg.augmentation);
 }
 
@@ -346,12 +421,32 @@ int train(const TrainConfig& cfg) {
   const DType activations = cfg.precision == "bf16" ? DType::bf16 : DType::f32;
   cpu::set_num_threads(cfg.threads);
 
+  // --- where the run writes, checked before the data is read ---
+  std::string resume = cfg.resume;
+  if (!resume.empty() && fs::is_directory(resume)) resume = fs::path(resume) / "last.safetensors";
+  if (!resume.empty()) {
+    const io::TrainingPosition done = io::read_checkpoint_position(resume);
+    if (done.epoch >= cfg.epochs) {
+      std::cerr << resume << " has finished all " << cfg.epochs
+                << " epochs of its run: nothing to train\n";
+      return 0;
+    }
+  }
+  const RunDirectory plan = plan_run_directory(cfg.checkpoint_dir, resume);
+  fs::path dir = plan.dir;
+  fs::path last = dir / "last.safetensors";
+
   // --- data ---
   std::cerr << "loading " << cfg.data << " ...\n";
-  const data::ImageDataset train_set = data::subset(
-      data::load_dataset_cached(cfg.data, data::Split::train, cfg.cache_dir), cfg.subset);
-  const data::ImageDataset test_set = data::subset(
-      data::load_dataset_cached(cfg.data, data::Split::test, cfg.cache_dir), cfg.test_subset);
+  auto load = [&](data::Split split, int64_t subset, const char* flag) {
+    data::ImageDataset all = data::load_dataset_cached(cfg.data, split, cfg.cache_dir);
+    if (subset > all.size())
+      std::cerr << "--" << flag << " " << subset << " is more than the " << all.size()
+                << " images of the split: using all of them\n";
+    return data::subset(all, subset);
+  };
+  const data::ImageDataset train_set = load(data::Split::train, cfg.subset, "subset");
+  const data::ImageDataset test_set = load(data::Split::test, cfg.test_subset, "test-subset");
   DL_CHECK(test_set.height == train_set.height && test_set.width == train_set.width &&
                test_set.channels == train_set.channels,
            cfg.data, ": train and test images differ in size");
@@ -372,8 +467,6 @@ int train(const TrainConfig& cfg) {
   models::ModelSpec spec = cfg.model;
   spec.classes = static_cast<int64_t>(train_set.classes.size());
   spec.in_channels = train_set.channels;
-  std::string resume = cfg.resume;
-  if (!resume.empty() && fs::is_directory(resume)) resume = fs::path(resume) / "last.safetensors";
   if (!resume.empty()) {
     const models::ModelSpec saved =
         models::ModelSpec::from_metadata(io::read_checkpoint_metadata(resume), resume);
@@ -385,13 +478,6 @@ int train(const TrainConfig& cfg) {
     DL_CHECK(train_set.height % spec.patch == 0 && train_set.width % spec.patch == 0, "--patch ",
              spec.patch, " does not divide the ", train_set.height, "x", train_set.width,
              " images of ", cfg.data);
-  // A resumed run keeps writing where it was; a new run never overwrites a saved one. Without a
-  // --checkpoint-dir the run's own directory is created just before training starts.
-  fs::path dir = resume.empty() ? fs::path(cfg.checkpoint_dir) : fs::path(resume).parent_path();
-  fs::path last = dir / "last.safetensors";
-  DL_CHECK(!resume.empty() || dir.empty() || !fs::exists(last), last.string(),
-           " already exists: pass --resume ", dir.string(),
-           " to continue that run, or choose another --checkpoint-dir");
 
   Generator gen(cfg.seed);
   std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
@@ -449,7 +535,10 @@ int train(const TrainConfig& cfg) {
              last.string(), " keeps the last finite state (try a lower --lr or --clip-grad 1)");
     io::save_checkpoint(last.string(), *model, opt.get(), p, metadata);
   };
-  if (g_stop_requested) return 130;  // interrupted while loading: nothing trained, nothing saved
+  if (g_stop_requested) {
+    std::cerr << "interrupted while loading: nothing trained, nothing saved\n";
+    return 130;
+  }
 
   if (dir.empty()) {
     dir = claim_new_run_dir(spec.name);
@@ -458,6 +547,9 @@ int train(const TrainConfig& cfg) {
   fs::create_directories(dir);
   const RunLock lock(dir);
   remove_stale_temporaries(dir);
+  // A branch starts from the metrics of the run it continues (trimmed to the checkpoint below).
+  if (!plan.metrics_origin.empty() && fs::exists(plan.metrics_origin))
+    fs::copy_file(plan.metrics_origin, dir / "metrics.jsonl", fs::copy_options::skip_existing);
 
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";
@@ -467,8 +559,8 @@ int train(const TrainConfig& cfg) {
 
   std::cerr << "training " << spec.describe() << " on " << device.str() << " (" << cfg.precision
             << "), " << train_set.size() << " train / " << test_set.size() << " test images, "
-            << steps_per_epoch << " steps per epoch; checkpoint and metrics in " << dir.string()
-            << "\n";
+            << steps_per_epoch << (steps_per_epoch == 1 ? " step" : " steps")
+            << " per epoch; checkpoint and metrics in " << dir.string() << "\n";
   const std::vector<Tensor> params = model->parameters();
   int64_t steps_this_run = 0;
   const double save_every_seconds = cfg.save_every_minutes * 60.0;
@@ -550,12 +642,13 @@ int train(const TrainConfig& cfg) {
                " keeps the last finite state (try a lower --lr or --clip-grad 1)");
     }
     const double img_per_s = stats.seen / std::max(epoch_seconds, 1e-9);
-    std::printf(
-        "epoch %3lld | train loss %.4f acc %.4f | test loss %s acc %s | lr %.6f | %.1f s | "
-        "%.0f img/s\n",
-        static_cast<long long>(epoch + 1), stats.loss(), stats.accuracy(),
-        evaluate_now ? std::to_string(test.loss()).c_str() : "-",
-        evaluate_now ? std::to_string(test.accuracy()).c_str() : "-", lr, epoch_seconds, img_per_s);
+    char test_text[64] = "test loss - acc -";
+    if (evaluate_now)
+      std::snprintf(test_text, sizeof test_text, "test loss %.4f acc %.4f", test.loss(),
+                    test.accuracy());
+    std::printf("epoch %3lld | train loss %.4f acc %.4f | %s | lr %.6f | %.1f s | %.0f img/s\n",
+                static_cast<long long>(epoch + 1), stats.loss(), stats.accuracy(), test_text, lr,
+                epoch_seconds, img_per_s);
     std::fflush(stdout);
     io::JsonValue::Object line = {{"epoch", io::JsonValue(epoch + 1)},
                                   {"step", io::JsonValue(pos.step)},

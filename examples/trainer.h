@@ -31,7 +31,9 @@ struct TrainConfig {
   int64_t subset = 0, test_subset = 0, eval_every = 1;
   data::AugmentConfig augmentation;  // mean/std are filled in from the data
   std::string cache_dir;
-  std::string checkpoint_dir;      // empty: a new runs/<model>-<UTC date-time>
+  // Empty: a new runs/<model>-<UTC date-time>. With `resume`: empty (or the checkpoint's own
+  // directory) continues the run there; another directory continues it into that one (a branch).
+  std::string checkpoint_dir;
   std::string resume;              // a checkpoint file or directory; empty: a new run
   std::string progress = "auto";   // auto (bar on a terminal), on or off
   int64_t stop_after_steps = 0;    // stop with a checkpoint after this many steps of this run

@@ -81,3 +81,18 @@ TEST_CASE("Unknown flags, missing values and stray arguments are refused") {
   char* a3[] = {prog.data(), extra.data()};
   CHECK_THROWS_WITH(f.parse(2, a3), Contains("unexpected argument 'x.png'"));
 }
+
+TEST_CASE("A word after a boolean flag, where no file names are taken, is a bad boolean") {
+  cli::Flags f("prog", "test");
+  f.add("hflip", "true", "");
+  std::string prog = "prog", hflip = "--hflip", maybe = "maybe";
+  char* args[] = {prog.data(), hflip.data(), maybe.data()};
+  CHECK_THROWS_WITH(f.parse(3, args), Contains("flag --hflip: 'maybe' is not a boolean"));
+}
+
+TEST_CASE("After --, every argument is a file name, also one that starts with --") {
+  const auto f = parsed({"--top", "2", "--", "--json", "cat.png"});
+  CHECK_FALSE(f.boolean("json"));
+  CHECK(f.integer("top") == 2);
+  CHECK(f.positional() == std::vector<std::string>{"--json", "cat.png"});
+}

@@ -416,7 +416,7 @@ TEST_CASE("make_schedule", "[schedule]") {
   CHECK(make_schedule("constant", 0.2, 10, 10)->lr(7) == 0.2);
   CHECK_THROWS_WITH(
       make_schedule("linear", 0.1, 10, 10),
-      Contains("Unknown LR schedule 'linear'") && Contains("onecycle, cosine, constant"));
+      Contains("unknown LR schedule 'linear'") && Contains("onecycle, cosine, constant"));
   CHECK_THROWS_WITH(make_schedule("onecycle", -1, 10, 10), Contains("Invalid learning rate: -1"));
 }
 

@@ -161,14 +161,16 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);  // as a running trainer holds it
     auto resume = config;
     resume.resume = run.string();
+    resume.epochs = 2;  // a run with an epoch left
     REQUIRE_THROWS_WITH(examples::train(resume), Catch::Contains("another train process"));
     ::close(fd);
-    REQUIRE(examples::train(resume) == 0);  // released: the finished run resumes (and ends)
+    REQUIRE(examples::train(resume) == 0);  // released: the run resumes
   }
   SECTION("a checkpoint of another model") {
     auto other = config;
     other.model.dim = 16;
     other.resume = run.string();
+    other.epochs = 2;  // a run with an epoch left
     REQUIRE_THROWS_WITH(examples::train(other),
                         Catch::Contains("is a checkpoint of 'convmixer dim=8") &&
                             Catch::Contains("'convmixer dim=16"));
@@ -282,13 +284,20 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.test_subset = -1; }, "--test-subset must be 0 (all) or positive");
   refused([](auto& c) { c.progress = "sometimes"; }, "--progress must be auto, on or off");
   refused([](auto& c) { c.clip_grad = -1; }, "--clip-grad must be 0 (off) or positive");
-  refused([](auto& c) { c.threads = -3; }, "--threads must be 0 (all cores) or positive");
+  refused([](auto& c) { c.threads = -3; }, "--threads must be 0 (all cores) or in [1, 1024]");
   refused([](auto& c) { c.batch = 0; }, "--batch must be positive");
   refused([](auto& c) { c.optimizer = "adam"; }, "--optimizer must be adamw or sgd");
-  refused([](auto& c) { c.schedule = "linear"; }, "Unknown LR schedule 'linear'");
+  refused([](auto& c) { c.schedule = "linear"; },
+          "--schedule must be onecycle, cosine or constant");
   refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
   refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
-  refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "RandAugment magnitude");
+  refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "--ra-m must be in [0, 30]");
+  refused([](auto& c) { c.augmentation.crop = "center"; },
+          "--crop must be none, random or resized");
+  refused([](auto& c) { c.augmentation.erasing_p = 2; }, "--reprob must be in [0, 1]");
+  refused([](auto& c) { c.augmentation.resized_scale_min = 0; }, "--scale MIN,MAX must satisfy");
+  refused([](auto& c) { c.workers = 100000; }, "--workers must be 0 (automatic) or in [1, 1024]");
+  refused([](auto& c) { c.data = ""; }, "--data is empty");
   refused(
       [](auto& c) {
         c.schedule = "cosine";
@@ -372,7 +381,7 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
       train(data +
             " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 2 --batch 16 --ra-n 0"
             " --checkpoint-dir " +
-            run.string() + " --stop-after-steps 3");
+            run.string() + " --stop-after-steps 3 --workers 1");
   INFO(out1);
   REQUIRE(started == 130);
   const auto [conflict, out2] = train(data + " --resume " + run.string() + " --batch 32");
@@ -381,11 +390,26 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   REQUIRE_THAT(out2, Catch::Contains("--batch 32 (the run used 16)"));
   REQUIRE_THAT(train(" --momentum 0.5" + data).second,
                Catch::Contains("--momentum only applies with --optimizer sgd"));
+  // The machine's settings (--workers here) are this invocation's: not taken from the checkpoint.
+  const auto [paused, out_paused] = train(" --resume " + run.string() + " --stop-after-steps 2");
+  INFO(out_paused);
+  REQUIRE(paused == 130);
+  const io::JsonValue recorded =
+      io::parse_json(io::read_checkpoint_metadata((run / "last.safetensors").string()).at("flags"));
+  for (const auto& [name, value] : recorded.as_object()) {
+    if (name == "workers") CHECK(value.as_string() == "0");
+    if (name == "dim") CHECK(value.as_string() == "8");
+  }
   const auto [resumed, out3] = train(data + " --resume " + run.string() + " --threads 1");
   INFO(out3);
   REQUIRE(resumed == 0);
   REQUIRE_THAT(out3, Catch::Contains("convmixer dim=8 depth=1 kernel=3 patch=4"));
   REQUIRE(metrics_without_timing(run).size() == 2);
+  const auto [finished, out_finished] = train(" --resume " + run.string());
+  CHECK(finished == 0);
+  CHECK_THAT(out_finished,
+             Catch::Contains("has finished all 2 epochs of its run: nothing to train") &&
+                 !Catch::Contains("loading"));
 
   // Without --checkpoint-dir each run gets a directory of its own under runs/.
   const std::string tiny = data + " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 1 --ra-n 0";
@@ -402,4 +426,44 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
     CHECK(dir.filename().string().rfind("convmixer-20", 0) == 0);
     CHECK(fs::exists(dir / "last.safetensors"));
   }
+}
+
+TEST_CASE(
+    "Resuming an older checkpoint never writes over the run's last one; a finished run "
+    "trains nothing") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);  // 20 training images: 2 steps per epoch
+  const fs::path run = tmp.path / "run", branch = tmp.path / "branch";
+  auto read = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  auto first = tiny_config(tmp.path / "cifar", run);
+  first.stop_after_steps = 2;  // stops after epoch 1
+  REQUIRE(examples::train(first) == 130);
+  fs::copy_file(run / "last.safetensors", run / "epoch1.safetensors");
+  auto finish = tiny_config(tmp.path / "cifar", run);
+  finish.resume = run.string();
+  REQUIRE(examples::train(finish) == 0);
+  const std::string last = read(run / "last.safetensors"), metrics = read(run / "metrics.jsonl");
+
+  auto older = tiny_config(tmp.path / "cifar", run);
+  older.resume = (run / "epoch1.safetensors").string();
+  REQUIRE_THROWS_WITH(examples::train(older),
+                      Catch::Contains("would write over") && Catch::Contains("--checkpoint-dir"));
+  // Into a new directory: the original run stays as it was, and the branch, which trained
+  // epoch 2 again from the same state, ends as the original did (metrics of epoch 1 included).
+  older.checkpoint_dir = branch.string();
+  REQUIRE(examples::train(older) == 0);
+  CHECK(read(run / "last.safetensors") == last);
+  CHECK(read(run / "metrics.jsonl") == metrics);
+  require_identical(last_checkpoint(branch), last_checkpoint(run));
+  CHECK(metrics_without_timing(branch) == metrics_without_timing(run));
+
+  // A finished run: nothing to train, and the data is not even read.
+  auto again = finish;
+  again.data = (tmp.path / "moved-away").string();
+  REQUIRE(examples::train(again) == 0);
+  CHECK(read(run / "last.safetensors") == last);
 }

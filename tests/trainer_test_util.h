@@ -2,6 +2,8 @@
 // temporary directory, a tiny CIFAR-format data set of random images, a small run's settings, and
 // the checkpoint and metrics readers that compare two runs.
 #pragma once
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cstring>
 #include <filesystem>
@@ -16,11 +18,14 @@
 
 namespace dl::test {
 
+// Unique per process and per use, also when DL_TEST_SEED repeats the seed across test binaries.
 struct TempDir {
   std::filesystem::path path;
   TempDir() {
+    static int count = 0;
     path = std::filesystem::temp_directory_path() /
-           ("dl_test_trainer_" + std::to_string(fresh_seed()));
+           ("dl_test_trainer_" + std::to_string(getpid()) + "_" + std::to_string(count++) + "_" +
+            std::to_string(fresh_seed()));
     std::filesystem::create_directories(path);
   }
   ~TempDir() { std::filesystem::remove_all(path); }

@@ -124,7 +124,8 @@ void release_cached(Context& ctx) {
 // copy_to_device returns. Slots grow to the largest copy they have staged.
 class StagingRing {
  public:
-  // A batch of 512 fp32 CIFAR-10 images is 6 MiB; larger copies take the pageable path.
+  // Copies up to this size are staged (a batch of 512 fp32 CIFAR-10 images is 6 MiB); larger ones
+  // take the pageable path.
   static constexpr size_t kMaxBytes = size_t{32} << 20;
   static constexpr int kSlots = 8;
 

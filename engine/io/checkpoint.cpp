@@ -21,6 +21,25 @@ void check_format(const std::map<std::string, std::string>& metadata, const std:
            " is not supported (this build reads version ", kCheckpointVersion, ")");
 }
 
+// The trainer's position recorded in a checkpoint file.
+TrainingPosition position_of(const SafetensorsFile& file, const std::string& path) {
+  const Tensor* pos = file.find("trainer.position");
+  DL_CHECK(pos && pos->dtype() == DType::i64 && pos->numel() == 7, path,
+           ": no valid 'trainer.position' entry (I64[7])");
+  const int64_t* p = pos->data<int64_t>();
+  const TrainingPosition out{.epoch = p[0],
+                             .batch = p[1],
+                             .step = p[2],
+                             .loss_sum = std::bit_cast<double>(p[5]),
+                             .seconds = std::bit_cast<double>(p[6]),
+                             .correct = p[3],
+                             .seen = p[4]};
+  DL_CHECK(out.epoch >= 0 && out.batch >= 0 && out.step >= 0 && out.correct >= 0 &&
+               out.correct <= out.seen,
+           path, ": damaged training position");
+  return out;
+}
+
 }  // namespace
 
 void save_checkpoint(const std::string& path, const nn::Module& model,
@@ -49,6 +68,12 @@ std::map<std::string, std::string> read_checkpoint_metadata(const std::string& p
   return file.metadata;
 }
 
+TrainingPosition read_checkpoint_position(const std::string& path) {
+  const SafetensorsFile file = load_safetensors(path);
+  check_format(file.metadata, path);
+  return position_of(file, path);
+}
+
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer) {
   const SafetensorsFile file = load_safetensors(path);
@@ -66,21 +91,7 @@ TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
       throw Error(path + ": optimizer state does not fit (" + e.what() + ")");
     }
   }
-  const Tensor* pos = file.find("trainer.position");
-  DL_CHECK(pos && pos->dtype() == DType::i64 && pos->numel() == 7, path,
-           ": no valid 'trainer.position' entry (I64[7])");
-  const int64_t* p = pos->data<int64_t>();
-  const TrainingPosition out{.epoch = p[0],
-                             .batch = p[1],
-                             .step = p[2],
-                             .loss_sum = std::bit_cast<double>(p[5]),
-                             .seconds = std::bit_cast<double>(p[6]),
-                             .correct = p[3],
-                             .seen = p[4]};
-  DL_CHECK(out.epoch >= 0 && out.batch >= 0 && out.step >= 0 && out.correct >= 0 &&
-               out.correct <= out.seen,
-           path, ": damaged training position");
-  return out;
+  return position_of(file, path);
 }
 
 }  // namespace dl::io

@@ -30,6 +30,8 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
 
 // Metadata only, after checking the file is a checkpoint of this engine at a known version.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
+// The training position only (e.g. to see whether a run has finished before loading its data).
+TrainingPosition read_checkpoint_position(const std::string& path);
 
 // Loads the model (and the optimizer, when given) and returns the position. A checkpoint of
 // another model, a damaged file or a missing entry is one dl::Error naming the file.
