@@ -3,6 +3,7 @@
 #include "engine/autograd.h"
 #include "engine/device_ops.h"
 #include "engine/error.h"
+#include "engine/storage.h"
 
 namespace dl {
 
@@ -69,6 +70,22 @@ Tensor pointwise_activation(const char* name, const Tensor& x,
 
 void require_op_support(Device device) {
   device_ops(device);
+}
+
+Device resolve_device(const std::string& name) {
+  if (name != "auto") {
+    const Device device = Device::parse(name);
+    device_backend(device);
+    require_op_support(device);
+    return device;
+  }
+  try {
+    device_backend(Device::cuda());
+    require_op_support(Device::cuda());
+    return Device::cuda();
+  } catch (const Error&) {
+    return Device::cpu();
+  }
 }
 
 void add_(Tensor& dst, const Tensor& src, float alpha) {

@@ -10,6 +10,9 @@ namespace dl {
 // GPU's when the build has the CUDA path and a GPU is present. Activations are f32, or bf16 on a
 // device that supports it; parameters are f32. Throws a dl::Error when `device` has no ops.
 void require_op_support(Device device);
+// "cpu", "cuda", or "auto": the GPU when the build and the machine can run the ops there, else the
+// CPU. Throws a dl::Error for an unknown name or a device that cannot run them.
+Device resolve_device(const std::string& name);
 
 // --- in place, not recorded (optimizers, gradient accumulation) ---
 // dst += alpha * src

@@ -36,7 +36,7 @@ int run(int argc, char** argv) {
   flags.add("steps", "5", "timed steps");
   flags.add("warmup", "1", "untimed steps first");
   flags.add("threads", "2", "CPU threads");
-  flags.add("device", "cpu", "cpu or cuda");
+  flags.add("device", "cpu", "cpu, cuda or auto");
   flags.add("seed", "0", "random seed");
   flags.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision needs the CUDA path)");
   flags.add("tf32", "false", "allow TF32 in fp32 GEMMs and convolutions (CUDA path)");
@@ -46,9 +46,7 @@ int run(int argc, char** argv) {
   flags.add("profile-steps", "3", "steps profiled by --profile");
   if (!flags.parse(argc, argv)) return 0;
 
-  const Device device = Device::parse(flags.str("device"));
-  device_backend(device);
-  require_op_support(device);
+  const Device device = resolve_device(flags.str("device"));
   const std::string precision = flags.str("precision");
   DL_CHECK(precision == "fp32" || precision == "bf16", "--precision must be fp32 or bf16, got '",
            precision, "'");

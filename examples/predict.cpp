@@ -1,17 +1,18 @@
-// predict: classifies PNG/JPEG files with a trained checkpoint. Each image is decoded with
-// stb_image, resized to the model's input size (antialiased bilinear, engine/data/resize.h, the
-// filter scripts/pytorch_reference.py applies with PyTorch), normalised as in training
-// (the checkpoint records mean and std) and classified; prints the top-K classes, or with --json
-// one object per image with the logits and probabilities. An unreadable image is reported by
-// name, the others are still classified, and the exit status is non-zero at the end.
-#include <stb_image.h>
-
+// predict: classifies PNG/JPEG files with a trained checkpoint (a file, or a run directory: its
+// last.safetensors). Each image is decoded with stb_image, resized to the model's input size
+// (antialiased bilinear, engine/data/resize.h, the filter scripts/pytorch_reference.py applies with
+// PyTorch), normalised as in training (the checkpoint records mean and std) and classified; prints
+// the top-K classes, or with --json one object per image with the logits and probabilities. An
+// unreadable image is reported by name, the others are still classified, and the exit status is
+// non-zero at the end.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 
+#include "engine/data/dataset.h"
 #include "engine/data/resize.h"
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
@@ -42,18 +43,25 @@ int run(int argc, char** argv) {
   cli::Flags flags("predict",
                    "Classifies PNG/JPEG images (any size: resized to the model's input) with a\n"
                    "checkpoint written by train.");
-  flags.add("checkpoint", "", "the checkpoint (train's last.safetensors); required");
+  flags.add("checkpoint", "",
+            "the checkpoint: train's last.safetensors, or the run directory holding it; required");
   flags.add("top", "3", "how many classes to print per image");
   flags.add("json", "false", "one JSON object per image, with logits and probabilities");
-  flags.add("device", "cpu", "cpu or cuda (the CUDA path, when built and a GPU is present)");
+  flags.add("device", "cpu", "cpu, cuda or auto (the GPU when the build and the machine have one)");
   flags.allow_positional("IMAGE");
   if (!flags.parse(argc, argv)) return 0;
-  const std::string checkpoint = flags.str("checkpoint");
+  std::string checkpoint = flags.str("checkpoint");
   int64_t top = flags.integer("top", 1);
   const bool json = flags.boolean("json");
   const std::vector<std::string>& images = flags.positional();
   DL_CHECK(!checkpoint.empty(), "--checkpoint is required (see --help)");
   DL_CHECK(!images.empty(), "no images given (see --help)");
+  // A run directory stands for its last.safetensors, as with train --resume.
+  if (std::filesystem::is_directory(checkpoint)) {
+    checkpoint = (std::filesystem::path(checkpoint) / "last.safetensors").string();
+    DL_CHECK(std::filesystem::exists(checkpoint), checkpoint,
+             ": no such file (not a run directory, or the run has saved no checkpoint yet)");
+  }
 
   const auto metadata = io::read_checkpoint_metadata(checkpoint);
   const models::ModelSpec spec = models::ModelSpec::from_metadata(metadata, checkpoint);
@@ -72,8 +80,7 @@ int run(int argc, char** argv) {
   Generator gen(0);
   auto model = models::make_model(spec, gen);
   io::load_checkpoint(checkpoint, *model, nullptr);
-  const Device device = Device::parse(flags.str("device"));
-  require_op_support(device);
+  const Device device = resolve_device(flags.str("device"));
   model->to(device);
   model->eval();
   NoGradGuard no_grad;
@@ -81,17 +88,16 @@ int run(int argc, char** argv) {
 
   int failures = 0;
   for (const std::string& path : images) {
-    int w = 0, h = 0, c = 0;
-    unsigned char* pixels = stbi_load(path.c_str(), &w, &h, &c, channels);
-    if (!pixels) {
-      std::cerr << "predict: cannot read " << path << ": " << stbi_failure_reason() << "\n";
+    const data::DecodedImage image = data::decode_image(path, channels);
+    if (!image.error.empty()) {
+      std::cerr << "predict: cannot read " << path << ": " << image.error << "\n";
       ++failures;
       continue;
     }
     Tensor input = Tensor::empty({1, height, width, channels});
     float* x = input.data<float>();
-    data::resize_bilinear_antialiased(pixels, h, w, channels, height, width, x);
-    stbi_image_free(pixels);
+    data::resize_bilinear_antialiased(image.pixels.data(), image.height, image.width, channels,
+                                      height, width, x);
     for (int64_t i = 0; i < input.numel(); ++i)
       x[i] = (x[i] / 255.0f - mean[i % channels]) / std_dev[i % channels];
     const std::vector<float> logits = model->forward(input.to(device)).to_vector();

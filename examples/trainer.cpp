@@ -46,23 +46,6 @@ constexpr int kMaxThreads = 1024;
 const std::vector<std::string> kCifar10Classes = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
-// "auto" picks the GPU when the build has one and the ops can run there, else the CPU.
-Device resolve_device(const std::string& name) {
-  if (name != "auto") {
-    const Device device = Device::parse(name);
-    device_backend(device);
-    require_op_support(device);
-    return device;
-  }
-  try {
-    device_backend(Device::cuda());
-    require_op_support(Device::cuda());
-    return Device::cuda();
-  } catch (const Error&) {
-    return Device::cpu();
-  }
-}
-
 // --workers 0: on the GPU every core but two augments (measured on a 16-core H100 machine: 14
 // workers keep up with the 16k images/s of the fp32 step); on the CPU the step needs the cores.
 int loader_workers(int requested, Device device) {

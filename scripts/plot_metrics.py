@@ -2,19 +2,60 @@
 """Plots a training run's metrics (the JSON lines train appends to <checkpoint-dir>/metrics.jsonl)
 as a PNG with loss and accuracy curves. Needs matplotlib (Debian: python3-matplotlib).
 
-usage: scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl [-o curves.png]
+usage: scripts/plot_metrics.py runs/convmixer-20261125-203000 [-o curves.png]
+       scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl
 """
 import argparse
 import json
+import os
 import sys
+
+
+def read_rows(path):
+    """The metrics lines of path, parsed; exits with one line on stderr when it cannot."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        sys.exit(f"plot_metrics: {path}: no such file")
+    except IsADirectoryError:
+        sys.exit(f"plot_metrics: {path}: is a directory")
+    except OSError as e:
+        sys.exit(f"plot_metrics: {path}: cannot read ({e.strerror or e})")
+    except UnicodeDecodeError:
+        sys.exit(f"plot_metrics: {path}: not a metrics file (not text)")
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                if number == len(lines):  # cut short by a crash; train --resume drops it
+                    print(f"plot_metrics: {path}:{number}: incomplete last line skipped")
+                    continue
+                sys.exit(f"plot_metrics: {path}:{number}: not JSON ({e})")
+            if not isinstance(row, dict) or not {"epoch", "train_loss", "train_acc"} <= row.keys():
+                sys.exit(f"plot_metrics: {path}:{number}: not a metrics line of train (needs "
+                         "epoch, train_loss and train_acc)")
+            rows.append(row)
+    if not rows:
+        sys.exit(f"plot_metrics: {path} holds no epochs yet")
+    return rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("metrics", help="metrics.jsonl written by train")
+    parser.add_argument("metrics", help="a run directory, or the metrics.jsonl train wrote there")
     parser.add_argument("-o", "--out", help="output PNG (default: next to the metrics file)")
     args = parser.parse_args()
+    metrics = args.metrics
+    if os.path.isdir(metrics):
+        metrics = os.path.join(metrics, "metrics.jsonl")
+        if not os.path.exists(metrics):
+            sys.exit(f"plot_metrics: {metrics}: no such file (not a run directory, or the run "
+                     "has finished no epoch yet)")
+    rows = read_rows(metrics)
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -22,20 +63,6 @@ def main():
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
-    rows = []
-    with open(args.metrics) as f:
-        lines = f.read().splitlines()
-    for number, line in enumerate(lines, 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                if number == len(lines):  # cut short by a crash; train --resume drops it
-                    print(f"plot_metrics: {args.metrics}:{number}: incomplete last line skipped")
-                    continue
-                sys.exit(f"plot_metrics: {args.metrics}:{number}: not JSON ({e})")
-    if not rows:
-        sys.exit(f"plot_metrics: {args.metrics} holds no epochs yet")
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
@@ -53,9 +80,12 @@ def main():
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-    out = args.out or args.metrics.rsplit(".", 1)[0] + ".png"
+    out = args.out or os.path.splitext(metrics)[0] + ".png"
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        sys.exit(f"plot_metrics: {out}: cannot write ({e.strerror or e})")
     print(f"wrote {out}")
 
 

@@ -23,8 +23,10 @@ names), used to
   train     train ConvMixer on an image folder with the engine trainer's recipe and defaults
             (AdamW, per-step onecycle schedule, the trainer's augmentation flags mirrored with
             torchvision), to compare accuracy and speed with examples/train;
-  predict   load an engine checkpoint (train's last.safetensors) into the PyTorch module and
-            print, per image, the same JSON line as `predict --json`, to compare number for number.
+  predict   load an engine checkpoint (train's last.safetensors, or the run directory) into the
+            PyTorch module and print, per image, the same JSON line as `predict --json`, to
+            compare number for number; an unreadable image is named on stderr, the others are
+            still classified, and the exit status is 1 at the end.
 
 Tensors are stored in PyTorch's layouts except activations, which the engine takes as NHWC.
 Needs PyTorch (Debian: python3-torch); train also needs torchvision. Runs on PyTorch 1.13 and 2.x
@@ -33,6 +35,8 @@ little-endian header length, JSON header, raw little-endian data), so no extra p
 """
 import argparse
 import json
+import os
+import stat
 import struct
 import sys
 import time
@@ -178,12 +182,57 @@ def load_safetensors(path):
     return tensors, metadata
 
 
-def predict(args):
+def _open_error(e):
+    """Why opening or stat-ing a file failed, in the engine's predict's words."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return "no such file"
+    reason = e.strerror or str(e)
+    return f"cannot open ({reason[:1].lower() + reason[1:]})"
+
+
+def read_image(path):
+    """(RGB uint8 HxWx3 pixels, None) as stb_image decodes path for the engine's predict, or
+    (None, why it cannot be read) in the engine's words. 16-bit grey keeps the high byte of each
+    value, as stb_image does (PIL's convert would clip it)."""
     import numpy as np
     from PIL import Image
-    tensors, meta = load_safetensors(args.checkpoint)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        return None, _open_error(e)
+    if stat.S_ISDIR(st.st_mode):
+        return None, "is a directory"
+    if not stat.S_ISREG(st.st_mode):
+        return None, "not a regular file"
+    if st.st_size == 0:
+        return None, "empty file"
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        return None, _open_error(e)
+    with f:
+        try:
+            with Image.open(f) as image:
+                if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255)
+                    return np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2), None
+                return np.asarray(image.convert("RGB"), dtype=np.uint8).copy(), None
+        except Image.UnidentifiedImageError:
+            return None, "cannot decode the image (PIL: not an image format it reads)"
+        except Exception as e:  # PIL raises many kinds for a damaged file
+            return None, f"cannot decode the image (PIL: {e})"
+
+
+def predict(args):
+    checkpoint = args.checkpoint
+    if os.path.isdir(checkpoint):  # a run directory, as the engine's predict takes it
+        checkpoint = os.path.join(checkpoint, "last.safetensors")
+        if not os.path.exists(checkpoint):
+            sys.exit(f"{checkpoint}: no such file (not a run directory, or the run has saved no "
+                     "checkpoint yet)")
+    tensors, meta = load_safetensors(checkpoint)
     if meta.get("format") != "convmixer-engine checkpoint":
-        sys.exit(f"{args.checkpoint}: not a checkpoint of the engine")
+        sys.exit(f"{checkpoint}: not a checkpoint of the engine")
     dims = {k: int(meta["model." + k]) for k in
             ("dim", "depth", "kernel", "patch", "classes", "in_channels")}
     if meta["model"] == "convmixer":
@@ -197,12 +246,17 @@ def predict(args):
     classes = meta["data.classes"].split(",")
     mean = torch.tensor([float(v) for v in meta["data.mean"].split(",")])
     std = torch.tensor([float(v) for v in meta["data.std"].split(",")])
+    failures = 0
     for path in args.images:
         # The engine's predict: stb_image's pixels (a 1-channel model gets stb's grey level,
         # (77 R + 150 G + 29 B) >> 8), the antialiased bilinear resize in float, then /255 and
         # normalisation. PNGs decode identically here; JPEG decoders differ by a level or two.
-        rgb = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8).copy())
-        pixels = rgb.int()
+        rgb, error = read_image(path)
+        if error:
+            print(f"predict: cannot read {path}: {error}", file=sys.stderr, flush=True)
+            failures += 1
+            continue
+        pixels = torch.from_numpy(rgb).int()
         if dims["in_channels"] == 1:
             pixels = ((pixels[..., 0] * 77 + pixels[..., 1] * 150 + pixels[..., 2] * 29) >> 8)
             pixels = pixels.unsqueeze(-1)
@@ -217,7 +271,12 @@ def predict(args):
         order = torch.argsort(probs, descending=True, stable=True)[:args.top]
         print(json.dumps({"image": path, "logits": logits.tolist(), "probs": probs.tolist(),
                           "top": [{"class": classes[i], "index": int(i), "prob": float(probs[i])}
-                                  for i in order.tolist()]}, separators=(",", ":")))
+                                  for i in order.tolist()]}, separators=(",", ":")), flush=True)
+    if failures:
+        print(f"predict: {failures} of {len(args.images)} images could not be read",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def nhwc(x):
@@ -790,13 +849,14 @@ def main():
     t.add_argument("--device", default="auto", help="auto, cuda or cpu")
     t.add_argument("--metrics", default="", help="append one JSON line per epoch to this file")
     p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="train's last.safetensors, or the run directory holding it")
     p.add_argument("--top", type=int, default=3)
     p.add_argument("images", nargs="+")
     args = parser.parse_args()
-    {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
-     "fixture-resize": fixture_resize, "fixture-augment": fixture_augment,
-     "predict": predict}[args.command](args)
+    return {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
+            "fixture-resize": fixture_resize, "fixture-augment": fixture_augment,
+            "predict": predict}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 // Dataset readers: CIFAR-10 binary, image folders, IDX, format detection, the cache and subset.
 // Every test writes its own tiny data set under a fresh temp folder and removes it afterwards.
 #include <stb_image_write.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <chrono>
@@ -148,6 +150,41 @@ IdxSet random_idx(dl::Generator& gen, uint32_t n) {
   IdxSet s{random_bytes(gen, n * 12), {}};
   for (uint32_t i = 0; i < n; ++i) s.labels.push_back(static_cast<uint8_t>(gen.below(10)));
   return s;
+}
+
+// A 16-bit greyscale PNG (stb_image_write writes only 8 bits): big-endian samples, no filtering.
+void write_png16_grey(const fs::path& path, uint32_t w, uint32_t h,
+                      const std::vector<uint16_t>& px) {
+  std::vector<uint8_t> raw;
+  for (uint32_t y = 0; y < h; ++y) {
+    raw.push_back(0);  // the row's filter: none
+    for (uint32_t x = 0; x < w; ++x) {
+      raw.push_back(static_cast<uint8_t>(px[y * w + x] >> 8));
+      raw.push_back(static_cast<uint8_t>(px[y * w + x]));
+    }
+  }
+  uLongf packed_size = compressBound(static_cast<uLong>(raw.size()));
+  std::vector<uint8_t> packed(packed_size);
+  REQUIRE(compress(packed.data(), &packed_size, raw.data(), static_cast<uLong>(raw.size())) ==
+          Z_OK);
+  packed.resize(packed_size);
+  std::vector<uint8_t> png = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  const auto chunk = [&png](const char* type, const std::vector<uint8_t>& data) {
+    put_be32(png, static_cast<uint32_t>(data.size()));
+    const size_t begin = png.size();
+    png.insert(png.end(), type, type + 4);
+    png.insert(png.end(), data.begin(), data.end());
+    put_be32(png, static_cast<uint32_t>(
+                      crc32(0, png.data() + begin, static_cast<uInt>(png.size() - begin))));
+  };
+  std::vector<uint8_t> header;
+  put_be32(header, w);
+  put_be32(header, h);
+  header.insert(header.end(), {16, 0, 0, 0, 0});  // 16 bits, grey, deflate, no filter, no interlace
+  chunk("IHDR", header);
+  chunk("IDAT", packed);
+  chunk("IEND", {});
+  write_file(path, png);
 }
 
 fs::path only_cache_file(const fs::path& dir) {
@@ -313,6 +350,55 @@ TEST_CASE("image folder errors name the file or folder and the problem", "[data]
     REQUIRE_THROWS_WITH(load(), Contains((tmp.path / "train" / "dog" / "b.png").string()) &&
                                     Contains("6x4") && Contains("5x4") &&
                                     Contains((cls / "a.png").string()));
+  }
+}
+
+TEST_CASE("decode_image names why a file cannot be read", "[data]") {
+  dl::Generator gen(dl::test::fresh_seed());
+  TempDir tmp;
+  const auto px = random_bytes(gen, 5 * 4 * 3);
+  write_png(tmp.path / "a.png", 5, 4, 3, px);
+  const dl::data::DecodedImage good = dl::data::decode_image((tmp.path / "a.png").string(), 3);
+  REQUIRE(good.error.empty());
+  REQUIRE(good.width == 5);
+  REQUIRE(good.height == 4);
+  REQUIRE(good.pixels == px);
+
+  const auto reason = [](const fs::path& p) { return dl::data::decode_image(p.string(), 3).error; };
+  CHECK(reason(tmp.path / "missing.png") == "no such file");
+  CHECK(reason(tmp.path / "a.png" / "b.png") == "no such file");
+  CHECK(reason(tmp.path) == "is a directory");
+  write_file(tmp.path / "empty.png", {});
+  CHECK(reason(tmp.path / "empty.png") == "empty file");
+  REQUIRE(::mkfifo((tmp.path / "fifo.png").c_str(), 0600) == 0);
+  CHECK(reason(tmp.path / "fifo.png") == "not a regular file");  // named, not opened
+  // A file that is there but does not decode keeps stb_image's reason.
+  write_file(tmp.path / "notes.png", {'h', 'i'});
+  CHECK(reason(tmp.path / "notes.png") ==
+        "cannot decode the image (stb_image: unknown image type)");
+  if (::geteuid() != 0) {  // root reads any file
+    fs::permissions(tmp.path / "a.png", fs::perms::none);
+    CHECK(reason(tmp.path / "a.png") == "cannot open (permission denied)");
+  }
+}
+
+TEST_CASE("decode_image keeps the high byte of 16-bit samples", "[data]") {
+  // scripts/pytorch_reference.py predict does the same, where PIL's convert would clip.
+  dl::Generator gen(dl::test::fresh_seed());
+  TempDir tmp;
+  std::vector<uint16_t> grey(6 * 3);
+  for (uint16_t& v : grey) v = static_cast<uint16_t>(gen.below(65536));
+  grey[0] = 0x12ff;
+  write_png16_grey(tmp.path / "grey16.png", 6, 3, grey);
+  for (int channels : {1, 3}) {
+    const dl::data::DecodedImage d =
+        dl::data::decode_image((tmp.path / "grey16.png").string(), channels);
+    REQUIRE(d.error.empty());
+    REQUIRE(d.width == 6);
+    REQUIRE(d.height == 3);
+    std::vector<uint8_t> expected;
+    for (uint16_t v : grey) expected.insert(expected.end(), channels, static_cast<uint8_t>(v >> 8));
+    REQUIRE(d.pixels == expected);
   }
 }
 

@@ -137,19 +137,13 @@ bool has_image_extension(const fs::path& p) {
   return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
 }
 
-struct Decoded {
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels{nullptr, stbi_image_free};
-  int width = 0, height = 0;
-  std::string error;  // set when pixels is null
-};
-
-Decoded decode_image(const fs::path& path, int channels) {
-  Decoded d;
-  int comp = 0;
-  d.pixels.reset(stbi_load(path.c_str(), &d.width, &d.height, &comp, channels));
-  if (!d.pixels)
-    d.error = std::string("cannot decode the image (stb_image: ") + stbi_failure_reason() + ")";
-  return d;
+// Why opening or stat-ing a file failed, as decode_image reports it.
+std::string open_error(int err) {
+  if (err == ENOENT || err == ENOTDIR) return "no such file";
+  std::string reason = std::strerror(err);
+  if (!reason.empty())
+    reason[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(reason[0])));
+  return "cannot open (" + reason + ")";
 }
 
 // ---- IDX ----------------------------------------------------------------------------------------
@@ -617,6 +611,43 @@ ImageDataset load_cifar10_binary(const std::string& dir, Split split) {
   return d;
 }
 
+DecodedImage decode_image(const std::string& path, int channels) {
+  DL_CHECK(channels >= 1 && channels <= 4, "decode_image: channels must be 1..4, got ", channels);
+  DecodedImage d;
+  // Checked before opening, so a folder or a FIFO is named as such instead of read.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) {
+    d.error = open_error(errno);
+    return d;
+  }
+  if (S_ISDIR(st.st_mode)) {
+    d.error = "is a directory";
+    return d;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    d.error = "not a regular file";
+    return d;
+  }
+  if (st.st_size == 0) {
+    d.error = "empty file";
+    return d;
+  }
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
+  if (!file) {
+    d.error = open_error(errno);
+    return d;
+  }
+  int comp = 0;
+  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
+      stbi_load_from_file(file.get(), &d.width, &d.height, &comp, channels), stbi_image_free);
+  if (!pixels) {
+    d.error = std::string("cannot decode the image (stb_image: ") + stbi_failure_reason() + ")";
+    return d;
+  }
+  d.pixels.assign(pixels.get(), pixels.get() + static_cast<size_t>(d.width) * d.height * channels);
+  return d;
+}
+
 ImageDataset load_image_folder(const std::string& root, Split split, int channels) {
   DL_CHECK(channels >= 1 && channels <= 4, "load_image_folder: channels must be 1..4, got ",
            channels);
@@ -652,26 +683,26 @@ ImageDataset load_image_folder(const std::string& root, Split split, int channel
   if (d.classes.empty())
     fail(split_dir, detail::concat("no class folders (expected ", kFolderLayout, ")"));
 
-  // The first image sets the size; the rest decode in parallel straight into place.
-  const Decoded first = decode_image(files[0], channels);
-  if (!first.pixels) fail(files[0], first.error);
+  // The first image sets the size; the rest decode in parallel.
+  const DecodedImage first = decode_image(files[0].string(), channels);
+  if (!first.error.empty()) fail(files[0], first.error);
   d.height = first.height;
   d.width = first.width;
   const int64_t n = d.size(), bytes = d.image_bytes();
   d.pixels.resize(static_cast<size_t>(n * bytes));
-  std::copy_n(first.pixels.get(), bytes, d.pixels.data());
+  std::copy_n(first.pixels.data(), bytes, d.pixels.data());
   std::vector<std::string> errors(static_cast<size_t>(n));
 #pragma omp parallel for schedule(dynamic, 16)
   for (int64_t i = 1; i < n; ++i) {
-    const Decoded img = decode_image(files[i], channels);
-    if (!img.pixels)
+    const DecodedImage img = decode_image(files[i].string(), channels);
+    if (!img.error.empty())
       errors[i] = img.error;
     else if (img.width != d.width || img.height != d.height)
       errors[i] = detail::concat("image is ", img.width, "x", img.height, " but ",
                                  files[0].string(), " is ", d.width, "x", d.height,
                                  " (width x height); all images must be the same size");
     else
-      std::copy_n(img.pixels.get(), bytes, d.pixels.data() + i * bytes);
+      std::copy_n(img.pixels.data(), bytes, d.pixels.data() + i * bytes);
   }
   for (int64_t i = 1; i < n; ++i)
     if (!errors[i].empty()) fail(files[i], errors[i]);

@@ -35,6 +35,17 @@ ImageDataset load_cifar10_binary(const std::string& dir, Split split);
 // entries (names starting with '.') are skipped; any other file is an error.
 ImageDataset load_image_folder(const std::string& root, Split split, int channels = 3);
 
+// One image file (PNG, JPEG, BMP, ... as stb_image reads them) decoded into `channels` (1..4)
+// components; 16-bit images keep the high byte of each value.
+struct DecodedImage {
+  int width = 0, height = 0;
+  std::vector<uint8_t> pixels;  // [height, width, channels]; empty on failure
+  std::string error;            // why the file could not be read; empty on success
+};
+// Never throws for a bad file: error says "no such file", "is a directory", "not a regular
+// file", "empty file", "cannot open (<reason>)" or "cannot decode the image (stb_image: <reason>)".
+DecodedImage decode_image(const std::string& path, int channels);
+
 // MNIST / Fashion-MNIST IDX files in dir, gzip'd or not: {train,t10k}-images-idx3-ubyte[.gz] and
 // {train,t10k}-labels-idx1-ubyte[.gz]. One channel. Class names are Fashion-MNIST's when the
 // directory's name, or its parent's (torchvision's FashionMNIST/raw), contains "fashion" in any

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# scripts/plot_metrics.py: a run directory stands for its metrics.jsonl, and a missing file, a
+# directory without metrics or an unwritable output is one line on stderr and exit status 1, not a
+# traceback. The plotting checks need matplotlib (exit 77, skipped, without it). PYTHON picks the
+# interpreter (default python3).
+set -uo pipefail
+script=$(dirname "$0")/../scripts/plot_metrics.py
+py=${PYTHON:-python3}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "FAIL: $*"; exit 1; }
+
+# Runs the script; fails unless it exits with 1 and says `expected` in one line on stderr.
+refused() {
+  local expected=$1
+  shift
+  "$py" "$script" "$@" >"$tmp/out" 2>"$tmp/err"
+  local status=$?
+  [[ $status == 1 ]] || fail "plot_metrics $* exited with $status: $(cat "$tmp/err")"
+  [[ $(wc -l <"$tmp/err") == 1 ]] || fail "plot_metrics $*: not one line: $(cat "$tmp/err")"
+  grep -qF "$expected" "$tmp/err" || fail "plot_metrics $*: '$expected' missing: $(cat "$tmp/err")"
+}
+
+mkdir -p "$tmp/run" "$tmp/empty-run" "$tmp/folder.png"
+refused "plot_metrics: $tmp/no-such.jsonl: no such file" "$tmp/no-such.jsonl"
+refused "plot_metrics: $tmp/empty-run/metrics.jsonl: no such file" "$tmp/empty-run"
+printf '{"step": 1}\n' >"$tmp/other.jsonl"
+refused "not a metrics line of train" "$tmp/other.jsonl"
+
+if ! "$py" -c "import matplotlib" 2>/dev/null; then
+  echo "SKIP: $py has no matplotlib: the plotting checks did not run"
+  exit 77
+fi
+printf '%s\n' '{"epoch": 1, "train_loss": 2.1, "train_acc": 0.2, "test_loss": 2.0, "test_acc": 0.25}' \
+  '{"epoch": 2, "train_loss": 1.9, "train_acc": 0.3}' >"$tmp/run/metrics.jsonl"
+"$py" "$script" "$tmp/run" >"$tmp/out" 2>"$tmp/err" || fail "a run directory: $(cat "$tmp/err")"
+[[ -s $tmp/run/metrics.png ]] || fail "a run directory: no $tmp/run/metrics.png"
+refused "plot_metrics: $tmp/no-dir/curves.png: cannot write" "$tmp/run" -o "$tmp/no-dir/curves.png"
+refused "plot_metrics: $tmp/folder.png: cannot write" "$tmp/run" -o "$tmp/folder.png"
+echo "plot_metrics.py: run directories and one-line errors behave"
