@@ -82,6 +82,18 @@ inline void require_identical(const io::SafetensorsFile& a, const io::Safetensor
   }
 }
 
+// A run whose first loss is finite and whose first update is not (an lr past float's range),
+// stopped after that step: the checkpoint it would write holds infinities, so it must refuse.
+inline void require_diverged_state_not_saved(examples::TrainConfig config) {
+  config.lr = 1e39;
+  config.schedule = "constant";
+  config.stop_after_steps = 1;
+  REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("training diverged by step 1") &&
+                                                   Catch::Contains("is not finite"));
+  CHECK_FALSE(
+      std::filesystem::exists(std::filesystem::path(config.checkpoint_dir) / "last.safetensors"));
+}
+
 // The lines of a run's metrics.jsonl, parsed.
 inline std::vector<io::JsonValue> metrics_lines(const std::filesystem::path& run) {
   std::vector<io::JsonValue> out;
