@@ -278,6 +278,107 @@ std::string join(const std::vector<T>& items) {
   return out.str();
 }
 
+// The training and test splits (subsets as asked) and the augmentation with the normalisation
+// statistics filled in.
+struct TrainingData {
+  data::ImageDataset train, test;
+  data::AugmentConfig augmentation;
+};
+
+TrainingData load_training_data(const TrainConfig& cfg) {
+  std::cerr << "loading " << cfg.data << " ...\n";
+  auto load = [&](data::Split split, int64_t subset, const char* flag) {
+    data::ImageDataset all = data::load_dataset_cached(cfg.data, split, cfg.cache_dir);
+    if (subset > all.size())
+      std::cerr << "--" << flag << " " << subset << " is more than the " << all.size()
+                << " images of the split: using all of them\n";
+    return data::subset(all, subset);
+  };
+  TrainingData d{.train = load(data::Split::train, cfg.subset, "subset"),
+                 .test = load(data::Split::test, cfg.test_subset, "test-subset"),
+                 .augmentation = cfg.augmentation};
+  DL_CHECK(d.test.height == d.train.height && d.test.width == d.train.width &&
+               d.test.channels == d.train.channels,
+           cfg.data, ": train and test images differ in size");
+  DL_CHECK(d.test.classes == d.train.classes, cfg.data,
+           ": the train and test splits have different classes (train: ", join(d.train.classes),
+           "; test: ", join(d.test.classes), ")");
+  // CIFAR-10 itself uses the recipe's published statistics; any other data set its own.
+  data::AugmentConfig& aug = d.augmentation;
+  if (d.train.classes == kCifar10Classes && d.train.channels == 3) {
+    aug.mean = data::cifar10_mean();
+    aug.std = data::cifar10_std();
+  } else {
+    dataset_statistics(d.train, aug.mean, aug.std);
+  }
+  data::validate(aug, static_cast<int>(d.train.channels));
+  return d;
+}
+
+std::unique_ptr<optim::Optimizer> make_optimizer(const TrainConfig& cfg,
+                                                 const std::vector<Tensor>& params) {
+  if (cfg.optimizer == "adamw")
+    return std::make_unique<optim::AdamW>(
+        params, optim::AdamWOptions{.lr = cfg.lr, .weight_decay = cfg.weight_decay});
+  return std::make_unique<optim::SGD>(params, optim::SGDOptions{.lr = cfg.lr,
+                                                                .momentum = cfg.momentum,
+                                                                .weight_decay = cfg.weight_decay,
+                                                                .nesterov = cfg.nesterov});
+}
+
+// What a checkpoint records besides tensors: the model, the data's shape, classes and
+// normalisation (predict needs them), the seed, the command and the run's flags (for --resume).
+std::map<std::string, std::string> checkpoint_metadata(const TrainConfig& cfg,
+                                                       const models::ModelSpec& spec,
+                                                       const TrainingData& d) {
+  std::map<std::string, std::string> metadata = spec.to_metadata();
+  metadata["data.height"] = std::to_string(d.train.height);
+  metadata["data.width"] = std::to_string(d.train.width);
+  metadata["data.classes"] = join(d.train.classes);
+  metadata["data.mean"] = join(d.augmentation.mean);
+  metadata["data.std"] = join(d.augmentation.std);
+  metadata["seed"] = std::to_string(cfg.seed);
+  metadata["command"] = cfg.command;
+  io::JsonValue::Object flags;
+  for (const auto& [name, value] : cfg.flags) flags.emplace_back(name, io::JsonValue(value));
+  metadata["flags"] = io::to_json(io::JsonValue(flags));
+  return metadata;
+}
+
+// One epoch's summary: a line on stdout and a JSON line appended to the metrics file, with the
+// test figures when the epoch was evaluated and the device's peak memory on the GPU.
+void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const EpochStats& train,
+                  const EpochStats* test, double lr, double seconds,
+                  [[maybe_unused]] Device device) {
+  const double img_per_s = train.seen / std::max(seconds, 1e-9);
+  char test_text[64] = "test loss - acc -";
+  if (test)
+    std::snprintf(test_text, sizeof test_text, "test loss %.4f acc %.4f", test->loss(),
+                  test->accuracy());
+  std::printf("epoch %3lld | train loss %.4f acc %.4f | %s | lr %.6f | %.1f s | %.0f img/s\n",
+              static_cast<long long>(epoch + 1), train.loss(), train.accuracy(), test_text, lr,
+              seconds, img_per_s);
+  std::fflush(stdout);
+  io::JsonValue::Object line = {{"epoch", io::JsonValue(epoch + 1)},
+                                {"step", io::JsonValue(step)},
+                                {"train_loss", io::JsonValue(train.loss())},
+                                {"train_acc", io::JsonValue(train.accuracy())},
+                                {"lr", io::JsonValue(lr)},
+                                {"epoch_seconds", io::JsonValue(seconds)},
+                                {"img_per_s", io::JsonValue(img_per_s)}};
+  if (test) {
+    line.emplace_back("test_loss", io::JsonValue(test->loss()));
+    line.emplace_back("test_acc", io::JsonValue(test->accuracy()));
+  }
+#ifdef DL_HAVE_CUDA
+  if (device.is_cuda()) {
+    const double peak_mb = static_cast<double>(cuda::memory_stats().peak_in_use) / (1 << 20);
+    line.emplace_back("peak_mem_mb", io::JsonValue(peak_mb));
+  }
+#endif
+  metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
+}
+
 // Where a run writes its checkpoint and metrics, decided before the data is read.
 struct RunDirectory {
   fs::path dir;             // empty: a new runs/<model>-<time>, claimed when training starts
@@ -420,31 +521,10 @@ int train(const TrainConfig& cfg) {
   fs::path last = dir / "last.safetensors";
 
   // --- data ---
-  std::cerr << "loading " << cfg.data << " ...\n";
-  auto load = [&](data::Split split, int64_t subset, const char* flag) {
-    data::ImageDataset all = data::load_dataset_cached(cfg.data, split, cfg.cache_dir);
-    if (subset > all.size())
-      std::cerr << "--" << flag << " " << subset << " is more than the " << all.size()
-                << " images of the split: using all of them\n";
-    return data::subset(all, subset);
-  };
-  const data::ImageDataset train_set = load(data::Split::train, cfg.subset, "subset");
-  const data::ImageDataset test_set = load(data::Split::test, cfg.test_subset, "test-subset");
-  DL_CHECK(test_set.height == train_set.height && test_set.width == train_set.width &&
-               test_set.channels == train_set.channels,
-           cfg.data, ": train and test images differ in size");
-  DL_CHECK(test_set.classes == train_set.classes, cfg.data,
-           ": the train and test splits have different classes (train: ", join(train_set.classes),
-           "; test: ", join(test_set.classes), ")");
-  data::AugmentConfig aug = cfg.augmentation;
-  // CIFAR-10 itself uses the recipe's published statistics; any other data set its own.
-  if (train_set.classes == kCifar10Classes && train_set.channels == 3) {
-    aug.mean = data::cifar10_mean();
-    aug.std = data::cifar10_std();
-  } else {
-    dataset_statistics(train_set, aug.mean, aug.std);
-  }
-  data::validate(aug, static_cast<int>(train_set.channels));
+  const TrainingData loaded = load_training_data(cfg);
+  const data::ImageDataset& train_set = loaded.train;
+  const data::ImageDataset& test_set = loaded.test;
+  const data::AugmentConfig& aug = loaded.augmentation;
 
   // --- model; a resumed checkpoint must describe the same model ---
   models::ModelSpec spec = cfg.model;
@@ -465,17 +545,7 @@ int train(const TrainConfig& cfg) {
   Generator gen(cfg.seed);
   std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
   model->to(device);
-  std::unique_ptr<optim::Optimizer> opt;
-  if (cfg.optimizer == "adamw") {
-    opt = std::make_unique<optim::AdamW>(
-        model->parameters(), optim::AdamWOptions{.lr = cfg.lr, .weight_decay = cfg.weight_decay});
-  } else {
-    opt = std::make_unique<optim::SGD>(model->parameters(),
-                                       optim::SGDOptions{.lr = cfg.lr,
-                                                         .momentum = cfg.momentum,
-                                                         .weight_decay = cfg.weight_decay,
-                                                         .nesterov = cfg.nesterov});
-  }
+  const std::unique_ptr<optim::Optimizer> opt = make_optimizer(cfg, model->parameters());
 
   data::LoaderOptions train_options{.batch_size = cfg.batch,
                                     .shuffle = true,
@@ -500,17 +570,7 @@ int train(const TrainConfig& cfg) {
               << ", step " << pos.step << "\n";
   }
 
-  std::map<std::string, std::string> metadata = spec.to_metadata();
-  metadata["data.height"] = std::to_string(train_set.height);
-  metadata["data.width"] = std::to_string(train_set.width);
-  metadata["data.classes"] = join(train_set.classes);
-  metadata["data.mean"] = join(aug.mean);
-  metadata["data.std"] = join(aug.std);
-  metadata["seed"] = std::to_string(cfg.seed);
-  metadata["command"] = cfg.command;
-  io::JsonValue::Object flags;
-  for (const auto& [name, value] : cfg.flags) flags.emplace_back(name, io::JsonValue(value));
-  metadata["flags"] = io::to_json(io::JsonValue(flags));
+  const std::map<std::string, std::string> metadata = checkpoint_metadata(cfg, spec, loaded);
   // A diverged state is never saved: it would replace the last good checkpoint.
   auto save = [&](const io::TrainingPosition& p) {
     const std::string bad = first_non_finite(*model, *opt);
@@ -624,33 +684,8 @@ int train(const TrainConfig& cfg) {
                ", so ", last.string(),
                " keeps the last finite state (try a lower --lr or --clip-grad 1)");
     }
-    const double img_per_s = stats.seen / std::max(epoch_seconds, 1e-9);
-    char test_text[64] = "test loss - acc -";
-    if (evaluate_now)
-      std::snprintf(test_text, sizeof test_text, "test loss %.4f acc %.4f", test.loss(),
-                    test.accuracy());
-    std::printf("epoch %3lld | train loss %.4f acc %.4f | %s | lr %.6f | %.1f s | %.0f img/s\n",
-                static_cast<long long>(epoch + 1), stats.loss(), stats.accuracy(), test_text, lr,
-                epoch_seconds, img_per_s);
-    std::fflush(stdout);
-    io::JsonValue::Object line = {{"epoch", io::JsonValue(epoch + 1)},
-                                  {"step", io::JsonValue(pos.step)},
-                                  {"train_loss", io::JsonValue(stats.loss())},
-                                  {"train_acc", io::JsonValue(stats.accuracy())},
-                                  {"lr", io::JsonValue(lr)},
-                                  {"epoch_seconds", io::JsonValue(epoch_seconds)},
-                                  {"img_per_s", io::JsonValue(img_per_s)}};
-    if (evaluate_now) {
-      line.emplace_back("test_loss", io::JsonValue(test.loss()));
-      line.emplace_back("test_acc", io::JsonValue(test.accuracy()));
-    }
-#ifdef DL_HAVE_CUDA
-    if (device.is_cuda()) {
-      const double peak_mb = static_cast<double>(cuda::memory_stats().peak_in_use) / (1 << 20);
-      line.emplace_back("peak_mem_mb", io::JsonValue(peak_mb));
-    }
-#endif
-    metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
+    report_epoch(metrics, epoch, pos.step, stats, evaluate_now ? &test : nullptr, lr, epoch_seconds,
+                 device);
     save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
     last_save = std::chrono::steady_clock::now();
     const bool stop =
