@@ -92,7 +92,9 @@ void accumulate_leaf(AutogradMeta& meta, const Tensor& g) {
 }  // namespace
 
 void Tensor::backward(const Tensor& grad_output) const {
-  DL_CHECK(requires_grad(), "backward() on a tensor that does not require grad");
+  DL_CHECK(requires_grad(), "backward() on a tensor that does not require grad (no input of the ",
+           "ops that made it requires grad: call requires_grad_() on the parameters, and do not ",
+           "run the forward under a NoGradGuard)");
   Tensor seed = grad_output;
   if (!seed.defined()) {
     DL_CHECK(numel() == 1, "backward() without a gradient needs a one-element tensor, got shape ",

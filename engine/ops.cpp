@@ -14,7 +14,7 @@ void check_activation(const char* op, const Tensor& t, const char* what) {
   DL_CHECK(t.defined(), op, ": ", what, " is undefined");
   const bool bf16_ok = t.dtype() == DType::bf16 && device_ops(t.device()).supports_bf16();
   DL_CHECK(t.dtype() == DType::f32 || bf16_ok, op, ": ", what, " has dtype ", dtype_name(t.dtype()),
-           ", expected F32", t.device().is_cpu() ? "" : " or BF16");
+           ", expected F32", t.device().is_cpu() ? " (BF16 activations need the GPU)" : " or BF16");
 }
 
 // A parameter or statistic: f32, on the activation's device. Undefined passes (optional).
@@ -199,7 +199,8 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   s.stride = stride, s.pad = padding, s.groups = groups;
   DL_CHECK(s.c_in % groups == 0 && s.c_out % groups == 0 && weight.size(1) == s.c_in / groups,
            "conv2d: weight ", shape_str(weight.shape()), " does not fit input ",
-           shape_str(x.shape()), " with groups=", groups);
+           shape_str(x.shape()), " with groups=", groups,
+           " (activations are NHWC: [N, H, W, C], the channels last)");
   DL_CHECK(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw, "conv2d: kernel ", s.kh, "x", s.kw,
            " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
   if (bias.defined())
@@ -422,7 +423,10 @@ namespace {
 void check_labels(const char* op, const Tensor& logits, const Tensor& labels) {
   DL_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.dim() == 1 &&
                labels.size(0) == logits.size(0),
-           op, ": labels must be I64 [", logits.size(0), "]");
+           op, ": labels must be I64 [", logits.size(0), "], got ",
+           labels.defined()
+               ? dtype_name(labels.dtype()) + std::string(" ") + shape_str(labels.shape())
+               : std::string("an undefined tensor"));
 }
 }  // namespace
 

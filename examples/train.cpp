@@ -38,6 +38,8 @@ void reject_inapplicable(const cli::Flags& f) {
   check("nesterov", f.str("optimizer") == "sgd", "with --optimizer sgd");
   check("scale", f.str("crop") == "resized", "with --crop resized");
   check("ra-m", f.integer("ra-n") > 0, "when --ra-n is above 0");
+  check("kernel", f.str("model") == "convmixer", "with --model convmixer");
+  check("patch", f.str("model") == "convmixer", "with --model convmixer");
 }
 
 // Settings of this invocation only, never taken from the checkpoint: the machine's (device,

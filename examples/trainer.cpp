@@ -249,26 +249,6 @@ std::string first_non_finite(const nn::Module& model, const optim::Optimizer& op
   return "";
 }
 
-// Mean and standard deviation per channel of a uint8 image set, on the [0, 1] scale.
-void dataset_statistics(const data::ImageDataset& d, std::vector<float>& mean,
-                        std::vector<float>& std_dev) {
-  const int64_t c = d.channels, values = static_cast<int64_t>(d.pixels.size()) / c;
-  std::vector<double> sum(c, 0.0), sq(c, 0.0);
-  for (int64_t i = 0; i < values; ++i)
-    for (int64_t j = 0; j < c; ++j) {
-      const double v = d.pixels[i * c + j] / 255.0;
-      sum[j] += v;
-      sq[j] += v * v;
-    }
-  mean.assign(c, 0.0f);
-  std_dev.assign(c, 0.0f);
-  for (int64_t j = 0; j < c; ++j) {
-    const double m = sum[j] / values;
-    mean[j] = static_cast<float>(m);
-    std_dev[j] = static_cast<float>(std::sqrt(std::max(sq[j] / values - m * m, 1e-12)));
-  }
-}
-
 // Comma-separated; floats with enough digits to read back exactly.
 template <class T>
 std::string join(const std::vector<T>& items) {
@@ -309,7 +289,9 @@ TrainingData load_training_data(const TrainConfig& cfg) {
     aug.mean = data::cifar10_mean();
     aug.std = data::cifar10_std();
   } else {
-    dataset_statistics(d.train, aug.mean, aug.std);
+    const data::ChannelStatistics own = data::channel_statistics(d.train);
+    aug.mean = own.mean;
+    aug.std = own.std;
   }
   data::validate(aug, static_cast<int>(d.train.channels));
   return d;
@@ -504,6 +486,13 @@ int train(const TrainConfig& cfg) {
   // GPU), fp32 parameters, gradients, statistics and optimizer state.
   const DType activations = cfg.precision == "bf16" ? DType::bf16 : DType::f32;
   cpu::set_num_threads(cfg.threads);
+  if (cfg.schedule == "onecycle" && cfg.epochs < 3)
+    std::cerr << "note: onecycle's breakpoints are whole epochs (2/5 and 4/5 of --epochs, rounded "
+                 "down, as in the recipe): over "
+              << cfg.epochs
+              << (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
+                                  : " epochs it has no warm-up")
+              << "; a short run may prefer --schedule cosine or constant\n";
 
   // --- where the run writes, checked before the data is read ---
   std::string resume = cfg.resume;

@@ -22,6 +22,12 @@ if "$py" -c 'import torch' 2>/dev/null; then
              tee /dev/stderr | sed -n 's/^train_img_per_s=//p')
   "$py" -c "print(f'engine/pytorch images-per-second ratio: {$ours / $theirs:.2f}')"
 else
-  echo "PyTorch not installed (apt install python3-torch): engine figure only"
+  # PYTHON picks the interpreter; say so, and name /usr/bin/python3 when it has PyTorch.
+  where=$(command -v "$py" || true)
+  hint="set PYTHON to a python3 that has it, or apt install python3-torch"
+  if [[ $where != /usr/bin/python3 ]] && /usr/bin/python3 -c 'import torch' 2>/dev/null; then
+    hint="/usr/bin/python3 has it: PYTHON=/usr/bin/python3 scripts/bench.sh"
+  fi
+  echo "PyTorch not found by PYTHON=$py (${where:-not on PATH}): engine figure only; $hint"
 fi
 echo "train_img_per_s=$ours"

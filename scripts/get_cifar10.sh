@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Downloads the official CIFAR-10 binary release, checks its MD5 and extracts it into data/
-# (data/cifar-10-batches-bin/). Offline, it says how to place the files by hand.
+# (data/cifar-10-batches-bin/). Offline, it says how to place the files by hand. An archive that
+# fails the check never blocks a rerun: a fresh download is deleted, one already in place is moved
+# to <archive>.damaged.XXXXXX; either way the next run downloads again.
 # CIFAR10_URL names a mirror (any URL curl reads, file:// too; wget, used without curl, reads no
 # file:// URL); DEST another folder than data/ (a relative one is taken from the repository root).
 set -euo pipefail
@@ -15,7 +17,24 @@ if [[ -f $dest/cifar-10-batches-bin/test_batch.bin ]]; then
   echo "$dest/cifar-10-batches-bin already present"
   exit 0
 fi
-if [[ ! -f $archive ]]; then
+# Whether $1 has the release's MD5; says what it has when not.
+check() {
+  local got
+  got=$(md5sum <"$1" | cut -d' ' -f1)
+  [[ $got == "$md5" ]] && return
+  echo "$archive is damaged (MD5 mismatch: $got, expected $md5)" >&2
+  return 1
+}
+
+if [[ -f $archive ]]; then
+  # Placed by hand or left by an older version of this script: kept, under a name of its own.
+  if ! check "$archive"; then
+    bad=$(mktemp "$archive.damaged.XXXXXX")
+    mv -f "$archive" "$bad"
+    echo "moved it to $bad; run again to download it afresh" >&2
+    exit 1
+  fi
+else
   fetch=(curl -fL --retry 2 -o "$archive.part" "$url")
   command -v curl >/dev/null || fetch=(wget -O "$archive.part" "$url")
   if ! "${fetch[@]}"; then
@@ -28,11 +47,13 @@ data_batch_1.bin ... data_batch_5.bin and test_batch.bin.
 MSG
     exit 1
   fi
+  if ! check "$archive.part"; then
+    rm -f "$archive.part"
+    echo "deleted the download from $url; run again to download it afresh" >&2
+    echo "(CIFAR10_URL names another mirror)" >&2
+    exit 1
+  fi
   mv "$archive.part" "$archive"
 fi
-echo "$md5  $archive" | md5sum -c - || {
-  echo "$archive is damaged (MD5 mismatch): delete it and run again" >&2
-  exit 1
-}
 tar xzf "$archive" -C "$dest"
 echo "CIFAR-10 ready in $dest/cifar-10-batches-bin"

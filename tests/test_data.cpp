@@ -8,7 +8,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 #include <map>
+#include <sstream>
+#include <thread>
 
 #include "engine/data/dataset.h"
 #include "engine/error.h"
@@ -496,23 +499,19 @@ TEST_CASE("the dataset cache is reused while the sources are unchanged", "[data]
     REQUIRE(read_file(file).size() > 4);
     REQUIRE(std::string(reinterpret_cast<const char*>(read_file(file).data()), 4) == "DLDS");
 
-    // New content with the same size and modification time is not noticed: the cache is used.
+    // A newer source file invalidates the cache; the rebuilt file keeps the name.
     const auto mtime = fs::last_write_time(batch);
     write_cifar_batch(batch, gen, 4);
-    fs::last_write_time(batch, mtime);
+    fs::last_write_time(batch, mtime + std::chrono::seconds(10));
     const ImageDataset changed = dl::data::load_dataset(root.string(), Split::test);
     REQUIRE(changed.pixels != first.pixels);
-    require_same(dl::data::load_dataset_cached(root.string(), Split::test, cache.string()), first);
-
-    // Touching the file invalidates the cache.
-    fs::last_write_time(batch, mtime + std::chrono::seconds(10));
     require_same(dl::data::load_dataset_cached(root.string(), Split::test, cache.string()),
                  changed);
     require_same(dl::data::load_dataset_cached(root.string(), Split::test, cache.string()),
                  changed);
     REQUIRE(only_cache_file(cache) == file);
   }
-  SECTION("image folder: adding a file invalidates; a damaged cache is rebuilt silently") {
+  SECTION("image folder: adding a file invalidates; a damaged cache is rebuilt") {
     const fs::path root = tmp.path / "folder";
     write_png(root / "train" / "a" / "1.png", 3, 2, 3, random_bytes(gen, 18));
     write_png(root / "train" / "b" / "1.png", 3, 2, 3, random_bytes(gen, 18));
@@ -586,4 +585,63 @@ TEST_CASE("subset is deterministic and balanced over classes", "[data]") {
   require_same(dl::data::subset(d, 0), d);
   require_same(dl::data::subset(d, n_images), d);
   require_same(dl::data::subset(d, n_images + 5), d);
+}
+
+TEST_CASE("the dataset cache notices new content of the same size and modification time",
+          "[data]") {
+  const uint64_t seed = dl::test::fresh_seed();
+  INFO("seed " << seed);
+  dl::Generator gen(seed);
+  TempDir tmp;
+  const fs::path root = tmp.path / "cifar", batch = root / "test_batch.bin";
+  const fs::path cache = tmp.path / "cache";
+  write_cifar_batch(batch, gen, 4);
+  // A cached load and the line it writes to stderr.
+  const auto load = [&] {
+    std::ostringstream err;
+    struct Restore {
+      std::streambuf* saved;
+      ~Restore() { std::cerr.rdbuf(saved); }
+    } restore{std::cerr.rdbuf(err.rdbuf())};
+    ImageDataset d = dl::data::load_dataset_cached(root.string(), Split::test, cache.string());
+    return std::pair(std::move(d), err.str());
+  };
+  const auto ctime = [&batch] {
+    struct stat st {};
+    REQUIRE(::stat(batch.c_str(), &st) == 0);
+    return std::pair(st.st_ctim.tv_sec, st.st_ctim.tv_nsec);
+  };
+
+  const auto [first, wrote] = load();
+  const std::string file = only_cache_file(cache).string();
+  REQUIRE(wrote == "cache: wrote " + file + "\n");
+  const auto [again, read] = load();
+  require_same(again, first);
+  REQUIRE(read == "cache: read " + file + "\n");
+
+  // What `cp -p other.bin test_batch.bin` does: new content, same size, the old mtime restored.
+  const auto size = fs::file_size(batch);
+  const auto mtime = fs::last_write_time(batch);
+  const auto old_ctime = ctime();
+  write_cifar_batch(tmp.path / "other.bin", gen, 4);
+  fs::copy_file(tmp.path / "other.bin", batch, fs::copy_options::overwrite_existing);
+  fs::last_write_time(batch, mtime);
+  // A coarse file-system clock can leave the ctime as it was: restore the mtime until it moves.
+  for (int i = 0; i < 300 && ctime() == old_ctime; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fs::last_write_time(batch, mtime);
+  }
+  REQUIRE(ctime() != old_ctime);
+  REQUIRE(fs::file_size(batch) == size);
+  REQUIRE(fs::last_write_time(batch) == mtime);
+  const ImageDataset changed = dl::data::load_dataset(root.string(), Split::test);
+  REQUIRE(changed.pixels != first.pixels);
+
+  const auto [rebuilt, stale] = load();
+  require_same(rebuilt, changed);
+  REQUIRE(stale == "cache: " + file + " is stale (source files changed: status-change time), " +
+                       "rebuilt\n");
+  const auto [reused, read_again] = load();
+  require_same(reused, changed);
+  REQUIRE(read_again == "cache: read " + file + "\n");
 }

@@ -373,3 +373,29 @@ TEST_CASE("exhausted epochs return false; restarting epochs leaks no threads", "
   }
   if (base > 0) REQUIRE(thread_count_within(base) == base);
 }
+
+TEST_CASE("channel_statistics: per-channel mean and std of the pixels on [0, 1]", "[loader]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  for (const int64_t channels : {1, 3}) {
+    const ImageDataset d = make_dataset(seed, kImages, channels);
+    const ChannelStatistics got = channel_statistics(d);
+    REQUIRE(got.mean.size() == static_cast<size_t>(channels));
+    REQUIRE(got.std.size() == static_cast<size_t>(channels));
+    // Two passes in double: the mean, then the mean squared deviation from it.
+    const auto values = static_cast<int64_t>(d.pixels.size()) / channels;
+    for (int64_t c = 0; c < channels; ++c) {
+      double mean = 0, var = 0;
+      for (int64_t i = 0; i < values; ++i) mean += d.pixels[i * channels + c] / 255.0;
+      mean /= values;
+      for (int64_t i = 0; i < values; ++i) {
+        const double dev = d.pixels[i * channels + c] / 255.0 - mean;
+        var += dev * dev;
+      }
+      CHECK(got.mean[c] == Approx(mean).epsilon(0).margin(1e-6));
+      CHECK(got.std[c] == Approx(std::sqrt(var / values)).epsilon(0).margin(1e-6));
+    }
+  }
+  ImageDataset empty = make_dataset(seed, 0);
+  CHECK_THROWS_WITH(channel_statistics(empty), Contains("no images"));
+}

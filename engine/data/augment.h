@@ -31,7 +31,9 @@ struct AugmentConfig {
   float jitter = 0.0f;
   // RandomErasing(p, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0) on the normalised image.
   float erasing_p = 0.0f;
-  std::vector<float> mean = cifar10_mean(), std = cifar10_std();  // per channel
+  // Normalisation per channel: CIFAR-10's by default; another data set wants its own
+  // (channel_statistics in loader.h).
+  std::vector<float> mean = cifar10_mean(), std = cifar10_std();
 };
 
 // Throws dl::Error naming the first bad field, leaving out mean and std (which depend on the data).

@@ -331,14 +331,28 @@ ImageDataset load_format(Format f, const std::string& root, Split split) {
 // ---- cache --------------------------------------------------------------------------------------
 
 constexpr char kCacheMagic[4] = {'D', 'L', 'D', 'S'};
-constexpr uint32_t kCacheVersion = 1;
+constexpr uint32_t kCacheVersion = 2;
 
 // What the cache records about the source files; any change invalidates it.
 struct Fingerprint {
   uint64_t files = 0, bytes = 0;
-  int64_t newest_ns = INT64_MIN;  // newest modification time of a file or folder
+  int64_t newest_ns = INT64_MIN;         // newest modification time of a file or folder
+  int64_t newest_change_ns = INT64_MIN;  // newest st_ctime, which no tool can set back
   bool operator==(const Fingerprint&) const = default;
 };
+
+// Which parts of two fingerprints differ, e.g. "file count, total size".
+std::string differences(const Fingerprint& was, const Fingerprint& now) {
+  std::string out;
+  const auto add = [&out](bool differs, const char* what) {
+    if (differs) out += (out.empty() ? "" : ", ") + std::string(what);
+  };
+  add(was.files != now.files, "file count");
+  add(was.bytes != now.bytes, "total size");
+  add(was.newest_ns != now.newest_ns, "modification time");
+  add(was.newest_change_ns != now.newest_change_ns, "status-change time");
+  return out;
+}
 
 // The files a load of this format and split reads (folders are walked); nullopt when one is
 // missing, in which case the reader itself reports the problem.
@@ -371,8 +385,9 @@ std::optional<Fingerprint> fingerprint(const std::vector<fs::path>& paths) {
   const auto add = [&fp](const fs::path& p) {
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) return false;
-    fp.newest_ns = std::max<int64_t>(
-        fp.newest_ns, int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec);
+    const auto ns = [](const timespec& t) { return int64_t{t.tv_sec} * 1'000'000'000 + t.tv_nsec; };
+    fp.newest_ns = std::max(fp.newest_ns, ns(st.st_mtim));
+    fp.newest_change_ns = std::max(fp.newest_change_ns, ns(st.st_ctim));
     if (S_ISREG(st.st_mode)) {
       ++fp.files;
       fp.bytes += static_cast<uint64_t>(st.st_size);
@@ -455,7 +470,8 @@ struct CacheHeader {
 
 void write_header(CacheFile& f, const CacheHeader& h) {
   for (uint64_t v : {h.height, h.width, h.channels, h.size, h.classes, h.source.files,
-                     h.source.bytes, static_cast<uint64_t>(h.source.newest_ns)})
+                     h.source.bytes, static_cast<uint64_t>(h.source.newest_ns),
+                     static_cast<uint64_t>(h.source.newest_change_ns)})
     f.put(v);
 }
 
@@ -465,6 +481,7 @@ CacheHeader read_header(CacheFile& f) {
        {&h.height, &h.width, &h.channels, &h.size, &h.classes, &h.source.files, &h.source.bytes})
     *v = f.get<uint64_t>();
   h.source.newest_ns = f.get<int64_t>();
+  h.source.newest_change_ns = f.get<int64_t>();
   return h;
 }
 
@@ -482,22 +499,36 @@ std::optional<std::string> get_string(CacheFile& f, uint64_t max_bytes) {
   return f.ok() ? std::optional(std::move(s)) : std::nullopt;
 }
 
+// A cache file read back: the set, or why it cannot be used (empty when there is no file).
+struct CacheRead {
+  std::optional<ImageDataset> data;
+  std::string stale;
+};
+
 // The cached set when the file is intact and was built from this key and these sources.
-std::optional<ImageDataset> read_cache(const fs::path& path, const std::string& key,
-                                       const Fingerprint& source) {
+CacheRead read_cache(const fs::path& path, const std::string& key, const Fingerprint& source) {
+  const auto stale = [](std::string why) { return CacheRead{std::nullopt, std::move(why)}; };
   CacheFile f(path, "rb");
-  if (!f.ok()) return std::nullopt;
+  if (!f.ok())
+    return stale(errno == ENOENT ? "" : "cannot open: " + std::string(std::strerror(errno)));
+  const CacheRead damaged = stale("damaged");
   struct stat st {};
-  if (::fstat(::fileno(f.get()), &st) != 0) return std::nullopt;
+  if (::fstat(::fileno(f.get()), &st) != 0) return damaged;
   const auto file_bytes = static_cast<uint64_t>(st.st_size);
 
   char magic[4] = {};
   f.get(magic, 4);
-  if (!f.ok() || std::memcmp(magic, kCacheMagic, 4) != 0 || f.get<uint32_t>() != kCacheVersion)
-    return std::nullopt;
+  if (!f.ok() || std::memcmp(magic, kCacheMagic, 4) != 0) return stale("not a dataset cache");
+  const auto version = f.get<uint32_t>();
+  if (!f.ok()) return damaged;
+  if (version != kCacheVersion)
+    return stale(detail::concat("format version ", version, ", this build's is ", kCacheVersion));
   const CacheHeader h = read_header(f);
-  if (!f.ok() || !(h.source == source)) return std::nullopt;
-  if (get_string(f, file_bytes) != key) return std::nullopt;
+  if (!f.ok()) return damaged;
+  if (!(h.source == source)) return stale("source files changed: " + differences(h.source, source));
+  const auto stored_key = get_string(f, file_bytes);
+  if (!stored_key) return damaged;
+  if (*stored_key != key) return stale("built from another data set");
 
   ImageDataset d;
   d.height = static_cast<int64_t>(h.height);
@@ -509,10 +540,10 @@ std::optional<ImageDataset> read_cache(const fs::path& path, const std::string& 
       __builtin_mul_overflow(h.height, h.width, &image_bytes) ||
       __builtin_mul_overflow(image_bytes, h.channels, &image_bytes) ||
       __builtin_mul_overflow(image_bytes, h.size, &pixel_bytes) || pixel_bytes > file_bytes)
-    return std::nullopt;
+    return damaged;
   for (uint64_t i = 0; i < h.classes; ++i) {
     auto name = get_string(f, file_bytes);
-    if (!name) return std::nullopt;
+    if (!name) return damaged;
     d.classes.push_back(std::move(*name));
   }
   d.labels.resize(h.size);
@@ -520,16 +551,15 @@ std::optional<ImageDataset> read_cache(const fs::path& path, const std::string& 
   f.get(d.labels.data(), h.size * sizeof(int64_t));
   f.get(d.pixels.data(), pixel_bytes);
   const uint32_t crc = f.crc();
-  if (!f.ok() || f.get<uint32_t>() != crc || !f.ok() || std::fgetc(f.get()) != EOF)
-    return std::nullopt;
+  if (!f.ok() || f.get<uint32_t>() != crc || !f.ok() || std::fgetc(f.get()) != EOF) return damaged;
   for (int64_t label : d.labels)
-    if (label < 0 || label >= static_cast<int64_t>(d.classes.size())) return std::nullopt;
-  return d;
+    if (label < 0 || label >= static_cast<int64_t>(d.classes.size())) return damaged;
+  return {std::move(d), ""};
 }
 
 // Writes atomically (temp file, then rename). A failure only costs the cache: it is reported on
-// stderr and the load goes on.
-void write_cache(const fs::path& path, const std::string& key, const Fingerprint& source,
+// stderr, false is returned and the load goes on.
+bool write_cache(const fs::path& path, const std::string& key, const Fingerprint& source,
                  const ImageDataset& d) {
   std::error_code ec;
   fs::create_directories(path.parent_path(), ec);
@@ -552,12 +582,13 @@ void write_cache(const fs::path& path, const std::string& key, const Fingerprint
   if (!f.close() && problem.empty()) problem = std::strerror(errno);
   if (problem.empty()) {
     fs::rename(tmp, path, ec);
-    if (!ec) return;
+    if (!ec) return true;
     problem = ec.message();
   }
   fs::remove(tmp, ec);
-  std::cerr << "warning: could not write the dataset cache " << path.string() << " (" << problem
-            << "); continuing without it\n";
+  std::cerr << "warning: could not write the dataset cache " + path.string() + " (" + problem +
+                   "); continuing without it\n";
+  return false;
 }
 
 }  // namespace
@@ -764,9 +795,16 @@ ImageDataset load_dataset_cached(const std::string& root, Split split,
   std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(fnv1a(key)));
   const fs::path path = fs::path(cache_dir) / (std::string(format_name(format)) + "-" +
                                                split_name(split) + "-" + hash + ".dlds");
-  if (auto cached = read_cache(path, key, *source)) return std::move(*cached);
+  CacheRead cached = read_cache(path, key, *source);
+  if (cached.data) {
+    std::cerr << "cache: read " + path.string() + "\n";
+    return std::move(*cached.data);
+  }
   ImageDataset d = load_format(format, root, split);
-  write_cache(path, key, *source, d);
+  if (write_cache(path, key, *source, d))
+    std::cerr << (cached.stale.empty()
+                      ? "cache: wrote " + path.string() + "\n"
+                      : "cache: " + path.string() + " is stale (" + cached.stale + "), rebuilt\n");
   return d;
 }
 

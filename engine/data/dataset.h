@@ -57,8 +57,12 @@ ImageDataset load_idx(const std::string& dir, Split split);
 ImageDataset load_dataset(const std::string& root, Split split);
 
 // load_dataset through a cache: the decoded set is kept in cache_dir as one file per (root, split,
-// format), reused while the source files' count, total size and newest modification time match.
-// A stale or damaged cache file is rebuilt silently; an empty cache_dir disables caching.
+// format), reused while the source files (and the folders walked) keep their count, total size,
+// newest modification time and newest status-change time (st_ctime). Only stat(2) is used, no
+// content is hashed: any rewrite or metadata change (chmod, touch, cp -p) of a source sets its
+// ctime to now, which nothing can set back, so it invalidates the cache. One line on stderr says
+// "cache: read <file>", "cache: wrote <file>" or "cache: <file> is stale (<why>), rebuilt"; a
+// stale or damaged file is rebuilt, a failed write only warns. An empty cache_dir disables caching.
 ImageDataset load_dataset_cached(const std::string& root, Split split,
                                  const std::string& cache_dir);
 

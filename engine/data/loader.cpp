@@ -1,11 +1,31 @@
 #include "engine/data/loader.h"
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "engine/error.h"
 
 namespace dl::data {
+
+ChannelStatistics channel_statistics(const ImageDataset& data) {
+  const int64_t c = data.channels, values = static_cast<int64_t>(data.pixels.size()) / c;
+  DL_CHECK(values > 0, "channel_statistics: the data set has no images");
+  std::vector<double> sum(c, 0.0), sq(c, 0.0);
+  for (int64_t i = 0; i < values; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const double v = data.pixels[i * c + j] / 255.0;
+      sum[j] += v;
+      sq[j] += v * v;
+    }
+  ChannelStatistics out{std::vector<float>(c), std::vector<float>(c)};
+  for (int64_t j = 0; j < c; ++j) {
+    const double m = sum[j] / values;
+    out.mean[j] = static_cast<float>(m);
+    out.std[j] = static_cast<float>(std::sqrt(std::max(sq[j] / values - m * m, 1e-12)));
+  }
+  return out;
+}
 
 uint64_t sample_seed(uint64_t seed, int64_t epoch, int64_t index) {
   uint64_t h = seed ^ 0x9e3779b97f4a7c15ull;
@@ -23,8 +43,7 @@ DataLoader::DataLoader(const ImageDataset& data, LoaderOptions options)
   DL_CHECK(options_.workers >= 1, "need at least one loader worker, got ", options_.workers);
   DL_CHECK(options_.prefetch >= 1, "prefetch must be at least 1, got ", options_.prefetch);
   DL_CHECK(data_.size() > 0, "the data set is empty");
-  if (options_.augment)
-    validate(options_.augmentation, static_cast<int>(data_.channels));
+  if (options_.augment) validate(options_.augmentation, static_cast<int>(data_.channels));
   DL_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size,
            " with drop_last leaves no "
            "batch of a data set of ",

@@ -21,6 +21,13 @@ struct Batch {
   Tensor labels;  // [B] i64
 };
 
+// Mean and standard deviation of each channel of a data set's pixels on the [0, 1] scale (in
+// double over every pixel): the normalisation for AugmentConfig::mean and ::std.
+struct ChannelStatistics {
+  std::vector<float> mean, std;
+};
+ChannelStatistics channel_statistics(const ImageDataset& data);
+
 struct LoaderOptions {
   int64_t batch_size = 128;
   bool shuffle = true;
@@ -34,8 +41,9 @@ struct LoaderOptions {
 
 class DataLoader {
  public:
-  // `data` must outlive the loader.
+  // `data` must outlive the loader (the loader keeps a reference; a temporary is refused).
   DataLoader(const ImageDataset& data, LoaderOptions options);
+  DataLoader(ImageDataset&& data, LoaderOptions options) = delete;
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
