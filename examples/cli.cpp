@@ -51,6 +51,7 @@ bool Flags::parse(int argc, char** argv) {
     }
     if (!flags_ended && arg == "--") {
       flags_ended = true;
+      bare_boolean.clear();
       continue;
     }
     if (flags_ended || arg.rfind("--", 0) != 0) {
@@ -104,7 +105,6 @@ void Flags::set(const std::string& name, const std::string& value) {
   auto it = flags_.find(name);
   DL_CHECK(it != flags_.end(), "unknown flag --", name);
   it->second.value = value;
-  it->second.given = true;
 }
 
 std::vector<std::pair<std::string, std::string>> Flags::values() const {
@@ -155,7 +155,7 @@ bool Flags::boolean(const std::string& name) const {
   const std::string v = str(name);
   bool value = false;
   DL_CHECK(is_boolean_word(v, &value), "flag --", name, ": '", v,
-           "' is not a boolean (true/false)");
+           "' is not a boolean (true/false, yes/no, on/off, 1/0)");
   return value;
 }
 

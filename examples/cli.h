@@ -27,7 +27,8 @@ class Flags {
   std::string str(const std::string& name) const;
   // True when the command line gave the flag (not just its default).
   bool given(const std::string& name) const;
-  // Replaces a flag's value as if it had been given (e.g. from a checkpoint's recorded flags).
+  // Replaces a flag's value (e.g. from a checkpoint's recorded flags); given() still tells
+  // whether the command line gave it.
   void set(const std::string& name, const std::string& value);
   // Every flag and its value, in declaration order.
   std::vector<std::pair<std::string, std::string>> values() const;

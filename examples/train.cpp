@@ -186,8 +186,8 @@ int main(int argc, char** argv) {
                      "Trains ConvMixer (or another registered model) on an image data set.");
     declare_flags(flags);
     if (!flags.parse(argc, argv)) return 0;
-    reject_inapplicable(flags);
     if (!flags.str("resume").empty()) restore_run_flags(flags);
+    reject_inapplicable(flags);  // the flags given here, against the run's settings
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <iomanip>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -361,57 +362,74 @@ void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const Epoc
   metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;
 }
 
-// Where a run writes its checkpoint and metrics, decided before the data is read.
-struct RunDirectory {
-  fs::path dir;             // empty: a new runs/<model>-<time>, claimed when training starts
-  fs::path metrics_origin;  // a branch: the metrics of the run it continues
-};
-
-// The nearest directory at or above `path` that exists must be writable, and `path` itself, when
-// it exists, a directory.
+// `path` can be made a directory and written: the nearest existing directory at or above it is
+// writable, and nothing on the way is a file or a link to nothing.
 void check_writable_directory(const fs::path& path, const char* what) {
-  DL_CHECK(!fs::exists(path) || fs::is_directory(path), what, " ", path.string(),
-           " exists and is not a directory");
   fs::path existing = fs::absolute(path);
-  while (!fs::exists(existing) && existing.has_parent_path() && existing != existing.parent_path())
+  while (!fs::exists(existing) && existing.has_parent_path() &&
+         existing != existing.parent_path()) {
+    DL_CHECK(!fs::is_symlink(existing), what, " ", path.string(), ": ", existing.string(),
+             " is a link to nothing");
     existing = existing.parent_path();
+  }
+  DL_CHECK(fs::is_directory(existing), what, " ", path.string(), ": ", existing.string(),
+           " is not a directory");
   DL_CHECK(access(existing.c_str(), W_OK) == 0, what, " ", path.string(), ": cannot write in ",
            existing.string(), " (", std::strerror(errno), ")");
 }
 
-// A new run writes into `checkpoint_dir` (or its own new directory) and never over a saved
-// checkpoint. A resumed run continues in the checkpoint's directory, or, when `checkpoint_dir`
-// names another one, continues into that (a branch: the original run stays as it was). Resuming
-// a checkpoint other than its directory's last.safetensors in place would write over that file,
-// so it needs a --checkpoint-dir.
+// A directory a new run (or a branch) may write into: it holds no checkpoint and no metrics of
+// another run.
+void check_unused(const fs::path& dir, const std::string& advice) {
+  const fs::path last = dir / "last.safetensors", metrics = dir / "metrics.jsonl";
+  DL_CHECK(!fs::exists(last), last.string(), " already exists: ", advice);
+  DL_CHECK(!fs::exists(metrics) || fs::file_size(metrics) == 0, metrics.string(),
+           " already holds another run's metrics: ", advice);
+}
+
+// Where a run writes its checkpoint and metrics, decided before the data is read.
+struct RunDirectory {
+  fs::path dir;             // empty: a new runs/<model>-<time>, claimed when training starts
+  bool in_place = false;    // a resumed run continuing in its own directory
+  fs::path metrics_origin;  // a branch: the metrics of the run it continues, when there are some
+  std::string advice;       // what to do when the directory turns out to be in use
+};
+
+// A new run writes into `checkpoint_dir` (or its own new directory), never over another run's
+// files. A resumed run continues in place when `resume` is its directory's last.safetensors and
+// `checkpoint_dir` is empty or that directory; with another `checkpoint_dir` it continues there
+// (a branch: the original stays as it was). Any other checkpoint file (an older copy, a file
+// outside a run directory) needs a `checkpoint_dir`, since continuing beside it could write over
+// another run's checkpoint and metrics.
 RunDirectory plan_run_directory(const fs::path& checkpoint_dir, const std::string& resume) {
-  auto refuse_saved = [](const fs::path& dir, const std::string& advice) {
-    const fs::path last = dir / "last.safetensors";
-    DL_CHECK(!fs::exists(last), last.string(), " already exists: ", advice);
-  };
   if (resume.empty()) {
     check_writable_directory(checkpoint_dir.empty() ? fs::path("runs") : checkpoint_dir,
                              "--checkpoint-dir");
-    if (!checkpoint_dir.empty())
-      refuse_saved(checkpoint_dir, "pass --resume " + checkpoint_dir.string() +
-                                       " to continue that run, or choose another --checkpoint-dir");
-    return {checkpoint_dir, {}};
+    const std::string advice = "pass --resume " + checkpoint_dir.string() +
+                               " to continue that run, or choose another --checkpoint-dir";
+    if (!checkpoint_dir.empty()) check_unused(checkpoint_dir, advice);
+    return {.dir = checkpoint_dir, .in_place = false, .metrics_origin = {}, .advice = advice};
   }
-  const fs::path origin =
-      fs::path(resume).has_parent_path() ? fs::path(resume).parent_path() : fs::path(".");
+  const fs::path file(resume);
+  const fs::path origin = file.has_parent_path() ? file.parent_path() : fs::path(".");
   const bool branch = !checkpoint_dir.empty() &&
                       !(fs::exists(checkpoint_dir) && fs::equivalent(checkpoint_dir, origin));
   if (branch) {
     check_writable_directory(checkpoint_dir, "--checkpoint-dir");
-    refuse_saved(checkpoint_dir, "choose another --checkpoint-dir to continue " + resume + " into");
-    return {checkpoint_dir, origin / "metrics.jsonl"};
+    const std::string advice = "choose another --checkpoint-dir to continue " + resume + " into";
+    check_unused(checkpoint_dir, advice);
+    const bool run_directory = fs::exists(origin / "last.safetensors");
+    return {.dir = checkpoint_dir,
+            .in_place = false,
+            .metrics_origin = run_directory ? origin / "metrics.jsonl" : fs::path(),
+            .advice = advice};
   }
+  DL_CHECK(file.filename() == "last.safetensors", resume,
+           " is not a run directory's last.safetensors: continuing beside it could write over "
+           "another run's checkpoint or metrics; pass --checkpoint-dir NEW_DIR to continue the run "
+           "there");
   check_writable_directory(origin, "the resumed run's directory");
-  const fs::path last = origin / "last.safetensors";
-  DL_CHECK(!fs::exists(last) || fs::equivalent(last, resume), "resuming ", resume,
-           " would write over ", last.string(),
-           ", another checkpoint: pass --checkpoint-dir NEW_DIR to continue the run there");
-  return {origin, {}};
+  return {.dir = origin, .in_place = true, .metrics_origin = {}, .advice = {}};
 }
 
 }  // namespace
@@ -496,18 +514,26 @@ int train(const TrainConfig& cfg) {
 
   // --- where the run writes, checked before the data is read ---
   std::string resume = cfg.resume;
-  if (!resume.empty() && fs::is_directory(resume)) resume = fs::path(resume) / "last.safetensors";
+  if (!resume.empty() && fs::is_directory(resume)) {
+    resume = (fs::path(resume) / "last.safetensors").string();
+    DL_CHECK(fs::exists(resume), resume,
+             ": no such file (not a run directory, or the run has saved no checkpoint yet)");
+  }
   if (!resume.empty()) {
     const io::TrainingPosition done = io::read_checkpoint_position(resume);
     if (done.epoch >= cfg.epochs) {
-      std::cerr << resume << " has finished all " << cfg.epochs
-                << " epochs of its run: nothing to train\n";
+      std::cerr << resume << " has finished " << done.epoch << " epochs (--epochs " << cfg.epochs
+                << "): nothing to train\n";
       return 0;
     }
   }
   const RunDirectory plan = plan_run_directory(cfg.checkpoint_dir, resume);
   fs::path dir = plan.dir;
   fs::path last = dir / "last.safetensors";
+  // Continuing in place, the run holds its directory from before it loads the checkpoint, so no
+  // other process can write a newer one in between.
+  std::optional<RunLock> lock;
+  if (plan.in_place) lock.emplace(dir);
 
   // --- data ---
   const TrainingData loaded = load_training_data(cfg);
@@ -519,12 +545,20 @@ int train(const TrainConfig& cfg) {
   models::ModelSpec spec = cfg.model;
   spec.classes = static_cast<int64_t>(train_set.classes.size());
   spec.in_channels = train_set.channels;
+  const std::map<std::string, std::string> metadata = checkpoint_metadata(cfg, spec, loaded);
   if (!resume.empty()) {
-    const models::ModelSpec saved =
-        models::ModelSpec::from_metadata(io::read_checkpoint_metadata(resume), resume);
+    const std::map<std::string, std::string> saved_metadata = io::read_checkpoint_metadata(resume);
+    const models::ModelSpec saved = models::ModelSpec::from_metadata(saved_metadata, resume);
     DL_CHECK(saved.describe() == spec.describe(), resume, " is a checkpoint of '", saved.describe(),
              "', but these flags and data build '", spec.describe(),
              "': pass the same model flags and data set to resume");
+    // The same data set: its image size, classes and normalisation as the run recorded them.
+    for (const char* key : {"data.height", "data.width", "data.classes", "data.mean", "data.std"}) {
+      const auto recorded = saved_metadata.find(key);
+      DL_CHECK(recorded == saved_metadata.end() || recorded->second == metadata.at(key), resume,
+               " was trained on other data: its ", key, " is ", recorded->second, ", but ",
+               cfg.data, " gives ", metadata.at(key), "; resume with the run's data set");
+    }
   }
   if (spec.name == "convmixer")
     DL_CHECK(train_set.height % spec.patch == 0 && train_set.width % spec.patch == 0, "--patch ",
@@ -559,7 +593,6 @@ int train(const TrainConfig& cfg) {
               << ", step " << pos.step << "\n";
   }
 
-  const std::map<std::string, std::string> metadata = checkpoint_metadata(cfg, spec, loaded);
   // A diverged state is never saved: it would replace the last good checkpoint.
   auto save = [&](const io::TrainingPosition& p) {
     const std::string bad = first_non_finite(*model, *opt);
@@ -572,16 +605,19 @@ int train(const TrainConfig& cfg) {
     return 130;
   }
 
-  if (dir.empty()) {
-    dir = claim_new_run_dir(spec.name);
-    last = dir / "last.safetensors";
+  if (!lock) {
+    if (dir.empty()) {
+      dir = claim_new_run_dir(spec.name);
+      last = dir / "last.safetensors";
+    }
+    fs::create_directories(dir);
+    lock.emplace(dir);
+    check_unused(dir, plan.advice);  // again: another run may have written it while data loaded
   }
-  fs::create_directories(dir);
-  const RunLock lock(dir);
   remove_stale_temporaries(dir);
   // A branch starts from the metrics of the run it continues (trimmed to the checkpoint below).
   if (!plan.metrics_origin.empty() && fs::exists(plan.metrics_origin))
-    fs::copy_file(plan.metrics_origin, dir / "metrics.jsonl", fs::copy_options::skip_existing);
+    fs::copy_file(plan.metrics_origin, dir / "metrics.jsonl", fs::copy_options::overwrite_existing);
 
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";

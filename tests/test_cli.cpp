@@ -96,3 +96,16 @@ TEST_CASE("After --, every argument is a file name, also one that starts with --
   CHECK(f.integer("top") == 2);
   CHECK(f.positional() == std::vector<std::string>{"--json", "cat.png"});
 }
+
+TEST_CASE("A value set from elsewhere (a checkpoint's flags) does not count as given") {
+  auto f = parsed({"--top", "2"});
+  f.set("lr", "0.5");
+  CHECK(f.real("lr") == 0.5);
+  CHECK_FALSE(f.given("lr"));
+  CHECK(f.given("top"));
+  std::string prog = "prog", json = "--json", dashes = "--", file = "x.png";
+  cli::Flags g("prog", "test");
+  g.add("json", "false", "");
+  char* args[] = {prog.data(), json.data(), dashes.data(), file.data()};
+  CHECK_THROWS_WITH(g.parse(4, args), Contains("unexpected argument 'x.png'"));
+}

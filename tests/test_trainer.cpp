@@ -292,6 +292,9 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.augmentation.resized_scale_min = 0; }, "--scale MIN,MAX must satisfy");
   refused([](auto& c) { c.workers = 100000; }, "--workers must be 0 (automatic) or in [1, 1024]");
   refused([](auto& c) { c.data = ""; }, "--data is empty");
+  std::ofstream(tmp.path / "a-file") << "not a directory";
+  refused([&](auto& c) { c.checkpoint_dir = (tmp.path / "a-file" / "run").string(); },
+          "a-file is not a directory");
   refused(
       [](auto& c) {
         c.schedule = "cosine";
@@ -402,7 +405,7 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   const auto [finished, out_finished] = train(" --resume " + run.string());
   CHECK(finished == 0);
   CHECK_THAT(out_finished,
-             Catch::Contains("has finished all 2 epochs of its run: nothing to train") &&
+             Catch::Contains("has finished 2 epochs (--epochs 2): nothing to train") &&
                  !Catch::Contains("loading"));
 
   // Without --checkpoint-dir each run gets a directory of its own under runs/.
@@ -445,7 +448,8 @@ TEST_CASE(
   auto older = tiny_config(tmp.path / "cifar", run);
   older.resume = (run / "epoch1.safetensors").string();
   REQUIRE_THROWS_WITH(examples::train(older),
-                      Catch::Contains("would write over") && Catch::Contains("--checkpoint-dir"));
+                      Catch::Contains("is not a run directory's last.safetensors") &&
+                          Catch::Contains("--checkpoint-dir"));
   // Into a new directory: the original run stays as it was, and the branch, which trained
   // epoch 2 again from the same state, ends as the original did (metrics of epoch 1 included).
   older.checkpoint_dir = branch.string();
@@ -454,6 +458,31 @@ TEST_CASE(
   CHECK(read(run / "metrics.jsonl") == metrics);
   require_identical(last_checkpoint(branch), last_checkpoint(run));
   CHECK(metrics_without_timing(branch) == metrics_without_timing(run));
+
+  // A branch never writes into a directory that holds another run's metrics.
+  const fs::path used = tmp.path / "used";
+  fs::create_directories(used);
+  std::ofstream(used / "metrics.jsonl") << R"({"epoch":1,"step":2,"train_loss":2.5})"
+                                        << "\n";
+  older.checkpoint_dir = used.string();
+  REQUIRE_THROWS_WITH(examples::train(older),
+                      Catch::Contains("already holds another run's metrics"));
+  CHECK(read(used / "metrics.jsonl") == "{\"epoch\":1,\"step\":2,\"train_loss\":2.5}\n");
+  CHECK_FALSE(fs::exists(used / "last.safetensors"));
+
+  // Resuming on other data (here 8x8 images of ten other classes) is refused.
+  const fs::path folder = tmp.path / "folder";
+  std::vector<uint8_t> px(8 * 8 * 3, 9);
+  for (const char* split : {"train", "test"})
+    for (int k = 0; k < 10; ++k) {
+      fs::create_directories(folder / split / ("class" + std::to_string(k)));
+      const fs::path png = folder / split / ("class" + std::to_string(k)) / "a.png";
+      REQUIRE(stbi_write_png(png.c_str(), 8, 8, 3, px.data(), 24) != 0);
+    }
+  auto other_data = tiny_config(folder, branch);
+  other_data.resume = branch.string();
+  other_data.epochs = 3;
+  REQUIRE_THROWS_WITH(examples::train(other_data), Catch::Contains("was trained on other data"));
 
   // A finished run: nothing to train, and the data is not even read.
   auto again = finish;

@@ -44,6 +44,7 @@ class DataLoader {
   // `data` must outlive the loader (the loader keeps a reference; a temporary is refused).
   DataLoader(const ImageDataset& data, LoaderOptions options);
   DataLoader(ImageDataset&& data, LoaderOptions options) = delete;
+  DataLoader(const ImageDataset&& data, LoaderOptions options) = delete;
   ~DataLoader();
   DataLoader(const DataLoader&) = delete;
   DataLoader& operator=(const DataLoader&) = delete;
