@@ -54,7 +54,9 @@ The data set is the first of:
 Here and now: $now
 
 The decoded set is cached in $cache and reused while its source files are unchanged. Trainer
-flags come after the two above and override them (--cache-dir '' turns the cache off).
+flags come after the two above and override them (--cache-dir '' turns the cache off). The script
+runs from the repository's root: relative paths (DATA, --resume, --checkpoint-dir) are read from
+there.
 Example: scripts/train.sh --epochs 5 --subset 2000
 USAGE
 }
