@@ -51,27 +51,29 @@ const std::set<std::string> kPerInvocation = {
 // the run computes.
 const std::set<std::string> kFreeOnResume = {"data", "cache-dir", "save-every-minutes"};
 
-// On --resume, flags not given take the values the run was started with; given ones must agree.
+// On --resume, flags not given take the values the run was started with; given ones must apply
+// to the run's settings and agree with them.
 void restore_run_flags(cli::Flags& f) {
-  std::string path = f.str("resume");
-  if (std::filesystem::is_directory(path))
-    path = (std::filesystem::path(path) / "last.safetensors").string();
+  const std::string path = examples::checkpoint_file(f.str("resume"));
   const auto metadata = io::read_checkpoint_metadata(path);
   auto recorded = metadata.find("flags");
   DL_CHECK(recorded != metadata.end(), path, ": the checkpoint does not record its run's flags");
-  std::string conflicts;
   const io::JsonValue run_flags = io::parse_json(recorded->second);
+  for (const auto& [name, value] : run_flags.as_object())
+    if (!kPerInvocation.count(name) && !f.given(name)) f.set(name, value.as_string());
+  reject_inapplicable(f);
+  std::string conflicts;
   for (const auto& [name, value] : run_flags.as_object()) {
     const std::string& saved = value.as_string();
-    if (kPerInvocation.count(name)) continue;
-    if (!f.given(name)) {
-      f.set(name, saved);
-    } else if (f.str(name) != saved && !kFreeOnResume.count(name)) {
+    if (f.given(name) && f.str(name) != saved && !kPerInvocation.count(name) &&
+        !kFreeOnResume.count(name))
       conflicts += "\n  --" + name + " " + f.str(name) + " (the run used " + saved + ")";
-    }
   }
   DL_CHECK(conflicts.empty(), "these flags differ from the run in ", path, ":", conflicts,
-           "\nleave them out to continue the run as it was started");
+           "\nleave them out to continue the run as it was started",
+           f.given("epochs") ? " (--epochs cannot change: the learning-rate schedule depends on "
+                               "the total; a longer run is a new run)"
+                             : "");
 }
 
 void declare_flags(cli::Flags& f) {
@@ -186,8 +188,14 @@ int main(int argc, char** argv) {
                      "Trains ConvMixer (or another registered model) on an image data set.");
     declare_flags(flags);
     if (!flags.parse(argc, argv)) return 0;
-    if (!flags.str("resume").empty()) restore_run_flags(flags);
-    reject_inapplicable(flags);  // the flags given here, against the run's settings
+    if (flags.str("resume").empty())
+      reject_inapplicable(flags);
+    else
+      restore_run_flags(flags);
+    // Recorded absolute, so that a resume from another directory finds them.
+    for (const char* path_flag : {"data", "cache-dir"})
+      if (!flags.str(path_flag).empty())
+        flags.set(path_flag, std::filesystem::absolute(flags.str(path_flag)).string());
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

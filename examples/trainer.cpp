@@ -318,6 +318,7 @@ std::map<std::string, std::string> checkpoint_metadata(const TrainConfig& cfg,
   metadata["data.height"] = std::to_string(d.train.height);
   metadata["data.width"] = std::to_string(d.train.width);
   metadata["data.classes"] = join(d.train.classes);
+  metadata["data.train_images"] = std::to_string(d.train.size());
   metadata["data.mean"] = join(d.augmentation.mean);
   metadata["data.std"] = join(d.augmentation.std);
   metadata["seed"] = std::to_string(cfg.seed);
@@ -380,11 +381,13 @@ void check_writable_directory(const fs::path& path, const char* what) {
 
 // A directory a new run (or a branch) may write into: it holds no checkpoint and no metrics of
 // another run.
+// `advice` says what to do about a checkpoint found there.
 void check_unused(const fs::path& dir, const std::string& advice) {
   const fs::path last = dir / "last.safetensors", metrics = dir / "metrics.jsonl";
   DL_CHECK(!fs::exists(last), last.string(), " already exists: ", advice);
   DL_CHECK(!fs::exists(metrics) || fs::file_size(metrics) == 0, metrics.string(),
-           " already holds another run's metrics: ", advice);
+           " holds the metrics of a run that saved no checkpoint there: move it away, or choose "
+           "another --checkpoint-dir");
 }
 
 // Where a run writes its checkpoint and metrics, decided before the data is read.
@@ -403,8 +406,10 @@ struct RunDirectory {
 // another run's checkpoint and metrics.
 RunDirectory plan_run_directory(const fs::path& checkpoint_dir, const std::string& resume) {
   if (resume.empty()) {
-    check_writable_directory(checkpoint_dir.empty() ? fs::path("runs") : checkpoint_dir,
-                             "--checkpoint-dir");
+    if (checkpoint_dir.empty())
+      check_writable_directory("runs", "the directory of new runs");
+    else
+      check_writable_directory(checkpoint_dir, "--checkpoint-dir");
     const std::string advice = "pass --resume " + checkpoint_dir.string() +
                                " to continue that run, or choose another --checkpoint-dir";
     if (!checkpoint_dir.empty()) check_unused(checkpoint_dir, advice);
@@ -412,11 +417,13 @@ RunDirectory plan_run_directory(const fs::path& checkpoint_dir, const std::strin
   }
   const fs::path file(resume);
   const fs::path origin = file.has_parent_path() ? file.parent_path() : fs::path(".");
+  // Compared as resolved paths: ./run, run/, a link to run and run/x/.. are all run.
   const bool branch = !checkpoint_dir.empty() &&
-                      !(fs::exists(checkpoint_dir) && fs::equivalent(checkpoint_dir, origin));
+                      fs::weakly_canonical(checkpoint_dir) != fs::weakly_canonical(origin);
   if (branch) {
     check_writable_directory(checkpoint_dir, "--checkpoint-dir");
-    const std::string advice = "choose another --checkpoint-dir to continue " + resume + " into";
+    const std::string advice = "pass --resume " + checkpoint_dir.string() +
+                               " to continue the run there, or choose another --checkpoint-dir";
     check_unused(checkpoint_dir, advice);
     const bool run_directory = fs::exists(origin / "last.safetensors");
     return {.dir = checkpoint_dir,
@@ -487,6 +494,14 @@ void validate(const TrainConfig& cfg) {
   data::validate_options(cfg.augmentation);
 }
 
+std::string checkpoint_file(const std::string& resume) {
+  if (!fs::is_directory(resume)) return resume;
+  const fs::path last = fs::path(resume) / "last.safetensors";
+  DL_CHECK(fs::exists(last), last.string(),
+           ": no such file (not a run directory, or the run has saved no checkpoint yet)");
+  return last.string();
+}
+
 void request_stop() {
   g_stop_requested = true;
 }
@@ -513,12 +528,7 @@ int train(const TrainConfig& cfg) {
               << "; a short run may prefer --schedule cosine or constant\n";
 
   // --- where the run writes, checked before the data is read ---
-  std::string resume = cfg.resume;
-  if (!resume.empty() && fs::is_directory(resume)) {
-    resume = (fs::path(resume) / "last.safetensors").string();
-    DL_CHECK(fs::exists(resume), resume,
-             ": no such file (not a run directory, or the run has saved no checkpoint yet)");
-  }
+  const std::string resume = cfg.resume.empty() ? "" : checkpoint_file(cfg.resume);
   if (!resume.empty()) {
     const io::TrainingPosition done = io::read_checkpoint_position(resume);
     if (done.epoch >= cfg.epochs) {
@@ -530,10 +540,11 @@ int train(const TrainConfig& cfg) {
   const RunDirectory plan = plan_run_directory(cfg.checkpoint_dir, resume);
   fs::path dir = plan.dir;
   fs::path last = dir / "last.safetensors";
-  // Continuing in place, the run holds its directory from before it loads the checkpoint, so no
-  // other process can write a newer one in between.
+  // The run holds its directory, when it exists, from before it reads the data and the checkpoint:
+  // no other process can write a newer checkpoint in between, and a directory in use is refused
+  // at once.
   std::optional<RunLock> lock;
-  if (plan.in_place) lock.emplace(dir);
+  if (!dir.empty() && fs::is_directory(dir)) lock.emplace(dir);
 
   // --- data ---
   const TrainingData loaded = load_training_data(cfg);
@@ -553,7 +564,8 @@ int train(const TrainConfig& cfg) {
              "', but these flags and data build '", spec.describe(),
              "': pass the same model flags and data set to resume");
     // The same data set: its image size, classes and normalisation as the run recorded them.
-    for (const char* key : {"data.height", "data.width", "data.classes", "data.mean", "data.std"}) {
+    for (const char* key : {"data.height", "data.width", "data.classes", "data.train_images",
+                            "data.mean", "data.std"}) {
       const auto recorded = saved_metadata.find(key);
       DL_CHECK(recorded == saved_metadata.end() || recorded->second == metadata.at(key), resume,
                " was trained on other data: its ", key, " is ", recorded->second, ", but ",
@@ -589,6 +601,11 @@ int train(const TrainConfig& cfg) {
   io::TrainingPosition pos;
   if (!resume.empty()) {
     pos = io::load_checkpoint(resume, *model, opt.get());
+    DL_CHECK(pos.batch < steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
+             resume, " was trained with another number of batches per epoch (at epoch ",
+             pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step, "; ", cfg.data,
+             " and --batch ", cfg.batch, " give ", steps_per_epoch,
+             "): resume with the run's data set");
     std::cerr << "resumed " << resume << " at epoch " << pos.epoch + 1 << ", batch " << pos.batch
               << ", step " << pos.step << "\n";
   }
@@ -612,9 +629,10 @@ int train(const TrainConfig& cfg) {
     }
     fs::create_directories(dir);
     lock.emplace(dir);
-    check_unused(dir, plan.advice);  // again: another run may have written it while data loaded
   }
+  if (!plan.in_place) check_unused(dir, plan.advice);  // again, now that the run holds it
   remove_stale_temporaries(dir);
+  const bool branch = !resume.empty() && !plan.in_place;
   // A branch starts from the metrics of the run it continues (trimmed to the checkpoint below).
   if (!plan.metrics_origin.empty() && fs::exists(plan.metrics_origin))
     fs::copy_file(plan.metrics_origin, dir / "metrics.jsonl", fs::copy_options::overwrite_existing);
@@ -622,6 +640,9 @@ int train(const TrainConfig& cfg) {
   const bool live = cfg.progress == "on" || (cfg.progress == "auto" && isatty(STDERR_FILENO));
   const fs::path metrics_path = dir / "metrics.jsonl";
   if (!resume.empty()) keep_metrics_of_finished_epochs(metrics_path, pos.epoch);
+  // A branch is a run directory from its first moment: its checkpoint is the one it continues,
+  // so a crash before its first save leaves something --resume continues.
+  if (branch) save(pos);
   std::ofstream metrics(metrics_path, std::ios::app);
   DL_CHECK(metrics, "cannot open ", metrics_path.string(), " for writing");
 

@@ -53,6 +53,10 @@ void validate(const TrainConfig& config);
 // directory is touched; bad configuration or data is a dl::Error.
 int train(const TrainConfig& config);
 
+// The checkpoint a --resume names: the file itself, or a run directory's last.safetensors (a
+// directory without one is an error saying so).
+std::string checkpoint_file(const std::string& resume);
+
 // Asks a running train() to stop after the current step; safe to call from a signal handler.
 void request_stop();
 

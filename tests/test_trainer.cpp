@@ -402,6 +402,10 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   REQUIRE(resumed == 0);
   REQUIRE_THAT(out3, Catch::Contains("convmixer dim=8 depth=1 kernel=3 patch=4"));
   REQUIRE(metrics_without_timing(run).size() == 2);
+  fs::create_directories(tmp.path / "no-checkpoint");
+  CHECK_THAT(train(" --resume " + (tmp.path / "no-checkpoint").string()).second,
+             Catch::Contains("no such file (not a run directory, or the run has saved no "
+                             "checkpoint yet)"));
   const auto [finished, out_finished] = train(" --resume " + run.string());
   CHECK(finished == 0);
   CHECK_THAT(out_finished,
@@ -466,7 +470,7 @@ TEST_CASE(
                                         << "\n";
   older.checkpoint_dir = used.string();
   REQUIRE_THROWS_WITH(examples::train(older),
-                      Catch::Contains("already holds another run's metrics"));
+                      Catch::Contains("holds the metrics of a run that saved no checkpoint"));
   CHECK(read(used / "metrics.jsonl") == "{\"epoch\":1,\"step\":2,\"train_loss\":2.5}\n");
   CHECK_FALSE(fs::exists(used / "last.safetensors"));
 
@@ -483,6 +487,26 @@ TEST_CASE(
   other_data.resume = branch.string();
   other_data.epochs = 3;
   REQUIRE_THROWS_WITH(examples::train(other_data), Catch::Contains("was trained on other data"));
+
+  // ... also CIFAR-format data of another size.
+  write_cifar(tmp.path / "cifar-40", 8, gen);
+  auto other_size = tiny_config(tmp.path / "cifar-40", branch);
+  other_size.resume = (run / "epoch1.safetensors").string();
+  other_size.checkpoint_dir = (tmp.path / "other-size").string();
+  REQUIRE_THROWS_WITH(examples::train(other_size), Catch::Contains("data.train_images"));
+
+  // A branch that fails before its first save of its own still holds the checkpoint it continues,
+  // so --resume picks it up (here an update past float's range stops it at step 1).
+  const fs::path crashed = tmp.path / "crashed";
+  auto diverging = tiny_config(tmp.path / "cifar", crashed);
+  diverging.resume = (run / "epoch1.safetensors").string();
+  diverging.lr = 1e39;
+  REQUIRE_THROWS_WITH(examples::train(diverging), Catch::Contains("training diverged"));
+  auto recover = tiny_config(tmp.path / "cifar", crashed);
+  recover.resume = crashed.string();
+  REQUIRE(examples::train(recover) == 0);
+  require_identical(last_checkpoint(crashed), last_checkpoint(run));
+  CHECK(metrics_without_timing(crashed) == metrics_without_timing(run));
 
   // A finished run: nothing to train, and the data is not even read.
   auto again = finish;
