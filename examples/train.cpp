@@ -71,9 +71,10 @@ void restore_run_flags(cli::Flags& f) {
   }
   DL_CHECK(conflicts.empty(), "these flags differ from the run in ", path, ":", conflicts,
            "\nleave them out to continue the run as it was started",
-           f.given("epochs") ? " (--epochs cannot change: the learning-rate schedule depends on "
-                               "the total; a longer run is a new run)"
-                             : "");
+           conflicts.find("\n  --epochs ") != std::string::npos
+               ? " (--epochs cannot change: the learning-rate schedule depends on "
+                 "the total; a longer run is a new run)"
+               : "");
 }
 
 void declare_flags(cli::Flags& f) {
@@ -195,7 +196,8 @@ int main(int argc, char** argv) {
     // Recorded absolute, so that a resume from another directory finds them.
     for (const char* path_flag : {"data", "cache-dir"})
       if (!flags.str(path_flag).empty())
-        flags.set(path_flag, std::filesystem::absolute(flags.str(path_flag)).string());
+        flags.set(path_flag,
+                  std::filesystem::absolute(flags.str(path_flag)).lexically_normal().string());
     const examples::TrainConfig config = config_from(flags, argc, argv);
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
