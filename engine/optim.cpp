@@ -351,17 +351,18 @@ double CosineWithWarmup::lr(int64_t step) const {
   return min_lr_ + (lr_ - min_lr_) * 0.5 * (1 + std::cos(std::numbers::pi * progress));
 }
 
-std::unique_ptr<LRSchedule> make_schedule(const std::string& name, double lr, int64_t epochs,
+std::unique_ptr<LRSchedule> make_schedule(Schedule kind, double lr, int64_t epochs,
                                           int64_t steps_per_epoch, int64_t warmup_steps,
                                           double min_lr) {
-  if (name == "onecycle") return std::make_unique<OneCycleLinear>(lr, epochs, steps_per_epoch);
-  if (name == "cosine") {
+  if (kind == Schedule::onecycle)
+    return std::make_unique<OneCycleLinear>(lr, epochs, steps_per_epoch);
+  if (kind == Schedule::cosine) {
     DL_CHECK(epochs > 0 && steps_per_epoch > 0, "cosine: epochs (", epochs,
              ") and steps_per_epoch (", steps_per_epoch, ") must be positive");
     return std::make_unique<CosineWithWarmup>(lr, epochs * steps_per_epoch, warmup_steps, min_lr);
   }
-  if (name == "constant") return std::make_unique<ConstantLR>(lr);
-  throw Error("unknown LR schedule '" + name + "' (valid: onecycle, cosine, constant)");
+  DL_CHECK(kind == Schedule::constant, "unknown LR schedule ", static_cast<int>(kind));
+  return std::make_unique<ConstantLR>(lr);
 }
 
 }  // namespace dl::optim

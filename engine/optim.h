@@ -169,8 +169,11 @@ class CosineWithWarmup : public LRSchedule {
   int64_t total_steps_, warmup_steps_;
 };
 
-// "onecycle" (lr is lr_max), "cosine" (over epochs * steps_per_epoch steps) or "constant".
-std::unique_ptr<LRSchedule> make_schedule(const std::string& name, double lr, int64_t epochs,
+// onecycle: OneCycleLinear (lr is lr_max); cosine: CosineWithWarmup over epochs * steps_per_epoch
+// steps; constant: ConstantLR.
+enum class Schedule { onecycle, cosine, constant };
+
+std::unique_ptr<LRSchedule> make_schedule(Schedule kind, double lr, int64_t epochs,
                                           int64_t steps_per_epoch, int64_t warmup_steps = 0,
                                           double min_lr = 0);
 

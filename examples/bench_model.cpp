@@ -15,12 +15,9 @@
 #include "engine/optim.h"
 #include "engine/profile.h"
 #include "examples/cli.h"
+#include "examples/runtime.h"
 #include "kernels/cpu/parallel.h"
 #include "models/convmixer.h"
-#ifdef DL_HAVE_CUDA
-#include "engine/cuda/cuda_backend.h"
-#include "engine/cuda/cuda_ops.h"
-#endif
 
 using namespace dl;
 
@@ -46,20 +43,14 @@ int run(int argc, char** argv) {
   flags.add("profile-steps", "3", "steps profiled by --profile");
   if (!flags.parse(argc, argv)) return 0;
 
-  const Device device = resolve_device(flags.str("device"));
-  const std::string precision = flags.str("precision");
-  DL_CHECK(precision == "fp32" || precision == "bf16", "--precision must be fp32 or bf16, got '",
-           precision, "'");
-  DL_CHECK(precision == "fp32" || device.is_cuda(),
-           "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
+  const examples::Precision precision =
+      examples::parse_precision("precision", flags.str("precision"));
   const bool tf32 = flags.boolean("tf32");
-  DL_CHECK(!tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
-#ifdef DL_HAVE_CUDA
-  if (device.is_cuda()) cuda::set_allow_tf32(tf32);
-#endif
   // bf16: the images are converted on the host before the copy, as the trainer does.
-  const DType activations = precision == "bf16" ? DType::bf16 : DType::f32;
-  cpu::set_num_threads(static_cast<int>(flags.integer("threads", 0)));
+  const examples::Runtime runtime = examples::setup_runtime(
+      flags.str("device"), static_cast<int>(flags.integer("threads", 0, 1024)), precision, tf32);
+  const Device device = runtime.device;
+  const DType activations = runtime.activations;
   const int64_t batch = flags.integer("batch"), steps = flags.integer("steps");
   DL_CHECK(batch > 0 && steps > 0, "--batch and --steps must be positive");
   const bool profile = flags.boolean("profile");
@@ -89,11 +80,7 @@ int run(int argc, char** argv) {
     return loss;
   };
   // Everything queued on the device is finished before each clock reading.
-  auto sync = [&] {
-#ifdef DL_HAVE_CUDA
-    if (device.is_cuda()) cuda::synchronize();
-#endif
-  };
+  auto sync = [&] { examples::synchronize(device); };
   for (int64_t i = 0; i < flags.integer("warmup"); ++i) step();
   sync();
   const auto start = std::chrono::steady_clock::now();
@@ -110,14 +97,10 @@ int run(int argc, char** argv) {
       "loss %.4f\n",
       static_cast<long long>(config.dim), static_cast<long long>(config.depth),
       static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
-      static_cast<long long>(batch), device.str().c_str(), precision.c_str(), tf32 ? ", tf32" : "",
-      cpu::num_threads(), 1000.0 * seconds / steps, last_loss);
+      static_cast<long long>(batch), device.str().c_str(), examples::to_string(precision).c_str(),
+      tf32 ? ", tf32" : "", cpu::num_threads(), 1000.0 * seconds / steps, last_loss);
   std::printf("step_ms=%.3f\n", 1000.0 * seconds / steps);
-#ifdef DL_HAVE_CUDA
-  if (device.is_cuda())
-    std::printf("peak_mem_mb=%.1f\n",
-                static_cast<double>(cuda::memory_stats().peak_in_use) / (1024.0 * 1024.0));
-#endif
+  if (device.is_cuda()) std::printf("peak_mem_mb=%.1f\n", examples::peak_memory_mb(device));
   if (profile) {
     // The profiled steps' wall time, to compare with the time inside the ops.
     const auto profile_start = std::chrono::steady_clock::now();

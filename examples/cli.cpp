@@ -1,5 +1,6 @@
 #include "examples/cli.h"
 
+#include <charconv>
 #include <cmath>
 #include <iostream>
 #include <optional>
@@ -33,6 +34,40 @@ std::optional<double> to_real(const std::string& text) {
 }
 
 }  // namespace
+
+int64_t parse_integer(const std::string& flag, const std::string& text) {
+  int64_t out = 0;
+  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), out);
+  DL_CHECK(error != std::errc::result_out_of_range, "flag --", flag, ": ", text,
+           " is out of range (at most ", std::numeric_limits<int64_t>::max(), ")");
+  DL_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(), "flag --",
+           flag, ": '", text, "' is not an integer");
+  return out;
+}
+
+double parse_real(const std::string& flag, const std::string& text) {
+  const std::optional<double> out = to_real(text);
+  DL_CHECK(out.has_value(), "flag --", flag, ": '", text, "' is not a finite number");
+  return *out;
+}
+
+std::pair<double, double> parse_real_range(const std::string& flag, const std::string& text,
+                                           double default_max) {
+  const size_t comma = text.find(',');
+  const std::optional<double> min = to_real(text.substr(0, comma));
+  const std::optional<double> max = comma == std::string::npos ? std::optional<double>(default_max)
+                                                               : to_real(text.substr(comma + 1));
+  DL_CHECK(min.has_value() && max.has_value(), "flag --", flag, ": '", text,
+           "' is not MIN or MIN,MAX (finite numbers)");
+  return {*min, *max};
+}
+
+bool parse_boolean(const std::string& flag, const std::string& text) {
+  bool value = false;
+  DL_CHECK(is_boolean_word(text, &value), "flag --", flag, ": '", text,
+           "' is not a boolean (true/false, yes/no, on/off, 1/0)");
+  return value;
+}
 
 void Flags::add(const std::string& name, const std::string& default_value,
                 const std::string& help) {
@@ -101,47 +136,8 @@ bool Flags::given(const std::string& name) const {
   return it->second.given;
 }
 
-void Flags::set(const std::string& name, const std::string& value) {
-  auto it = flags_.find(name);
-  DL_CHECK(it != flags_.end(), "unknown flag --", name);
-  it->second.value = value;
-}
-
-std::vector<std::pair<std::string, std::string>> Flags::values() const {
-  std::vector<std::pair<std::string, std::string>> out;
-  for (const auto& name : order_) out.emplace_back(name, flags_.at(name).value);
-  return out;
-}
-
 int64_t Flags::integer(const std::string& name) const {
-  const std::string v = str(name);
-  size_t used = 0;
-  int64_t out = 0;
-  try {
-    out = std::stoll(v, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  DL_CHECK(!v.empty() && used == v.size(), "flag --", name, ": '", v, "' is not an integer");
-  return out;
-}
-
-double Flags::real(const std::string& name) const {
-  const std::string v = str(name);
-  const std::optional<double> out = to_real(v);
-  DL_CHECK(out.has_value(), "flag --", name, ": '", v, "' is not a finite number");
-  return *out;
-}
-
-std::pair<double, double> Flags::real_range(const std::string& name, double default_max) const {
-  const std::string v = str(name);
-  const size_t comma = v.find(',');
-  const std::optional<double> min = to_real(v.substr(0, comma));
-  const std::optional<double> max = comma == std::string::npos ? std::optional<double>(default_max)
-                                                               : to_real(v.substr(comma + 1));
-  DL_CHECK(min.has_value() && max.has_value(), "flag --", name, ": '", v,
-           "' is not MIN or MIN,MAX (finite numbers)");
-  return {*min, *max};
+  return parse_integer(name, str(name));
 }
 
 int64_t Flags::integer(const std::string& name, int64_t min, int64_t max) const {
@@ -151,12 +147,16 @@ int64_t Flags::integer(const std::string& name, int64_t min, int64_t max) const 
   return v;
 }
 
+double Flags::real(const std::string& name) const {
+  return parse_real(name, str(name));
+}
+
+std::pair<double, double> Flags::real_range(const std::string& name, double default_max) const {
+  return parse_real_range(name, str(name), default_max);
+}
+
 bool Flags::boolean(const std::string& name) const {
-  const std::string v = str(name);
-  bool value = false;
-  DL_CHECK(is_boolean_word(v, &value), "flag --", name, ": '", v,
-           "' is not a boolean (true/false, yes/no, on/off, 1/0)");
-  return value;
+  return parse_boolean(name, str(name));
 }
 
 std::string Flags::usage() const {

@@ -11,6 +11,15 @@
 
 namespace dl::cli {
 
+// A flag's text read whole as a value; each throws naming the flag when the text is not one.
+int64_t parse_integer(const std::string& flag, const std::string& text);
+double parse_real(const std::string& flag, const std::string& text);  // finite
+// "MIN,MAX" as two numbers, or "MIN" alone with `default_max`.
+std::pair<double, double> parse_real_range(const std::string& flag, const std::string& text,
+                                           double default_max);
+bool parse_boolean(const std::string& flag,
+                   const std::string& text);  // true/false/1/0/yes/no/on/off
+
 class Flags {
  public:
   explicit Flags(std::string program, std::string summary)
@@ -27,20 +36,14 @@ class Flags {
   std::string str(const std::string& name) const;
   // True when the command line gave the flag (not just its default).
   bool given(const std::string& name) const;
-  // Replaces a flag's value (e.g. from a checkpoint's recorded flags); given() still tells
-  // whether the command line gave it.
-  void set(const std::string& name, const std::string& value);
-  // Every flag and its value, in declaration order.
-  std::vector<std::pair<std::string, std::string>> values() const;
-  // The value read as a number or a boolean; each throws naming the flag when the value is not
-  // one (or is outside [min, max]).
+  // The value read as a number or a boolean (the parse_* functions above); the integer also
+  // within [min, max].
   int64_t integer(const std::string& name) const;
   int64_t integer(const std::string& name, int64_t min,
                   int64_t max = std::numeric_limits<int64_t>::max()) const;
-  double real(const std::string& name) const;  // finite
-  // "MIN,MAX" as two numbers, or "MIN" alone with `default_max`.
+  double real(const std::string& name) const;
   std::pair<double, double> real_range(const std::string& name, double default_max) const;
-  bool boolean(const std::string& name) const;  // true/false/1/0/yes/no/on/off
+  bool boolean(const std::string& name) const;
   std::string usage() const;
 
  private:

@@ -98,7 +98,7 @@ TEST_CASE("A training run on the GPU matches the same run on the CPU", "[cuda][t
   check_checkpoints_close(tmp.path / "gpu", tmp.path / "cpu", 2e-4);
 
   auto bf16 = gpu_config(tmp.path / "cifar", tmp.path / "bf16");
-  bf16.precision = "bf16";
+  bf16.precision = examples::Precision::bf16;
   bf16.stop_after_steps = 5;  // the first epoch of the same two-epoch schedule
   REQUIRE(examples::train(bf16) == 130);
   const auto got = metrics_lines(tmp.path / "bf16"), want = metrics_lines(tmp.path / "cpu");

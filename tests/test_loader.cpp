@@ -44,7 +44,7 @@ ImageDataset make_dataset(uint64_t seed, int64_t images = kImages, int64_t chann
 // Every transform of the recipe, so that any difference in the random draws shows.
 AugmentConfig strong_augmentation() {
   AugmentConfig a;
-  a.crop = "random";
+  a.crop = Crop::random;
   a.crop_padding = 2;
   a.randaugment_n = 2;
   a.jitter = 0.4f;
@@ -314,8 +314,8 @@ TEST_CASE("a worker's error surfaces from next() as a dl::Error", "[loader]") {
   LoaderOptions o = options(seed);
   o.workers = 3;
   // A bad augmentation setting is caught when the loader is made, before any thread runs.
-  o.augmentation.crop = "center";
-  REQUIRE_THROWS_WITH(DataLoader(d, o), Contains("AugmentConfig.crop"));
+  o.augmentation.erasing_p = 2.0f;
+  REQUIRE_THROWS_WITH(DataLoader(d, o), Contains("AugmentConfig.erasing_p"));
 
   // Two-channel images pass construction without augmentation but fail in the workers.
   const ImageDataset two = make_dataset(seed, kImages, 2);

@@ -411,13 +411,13 @@ TEST_CASE("CosineWithWarmup and ConstantLR", "[schedule]") {
 }
 
 TEST_CASE("make_schedule", "[schedule]") {
-  CHECK(make_schedule("onecycle", 0.01, 10, 100)->lr(399) == Approx(0.01));
-  CHECK(make_schedule("cosine", 1.0, 10, 10, 10)->lr(54) == Approx(0.5));
-  CHECK(make_schedule("constant", 0.2, 10, 10)->lr(7) == 0.2);
-  CHECK_THROWS_WITH(
-      make_schedule("linear", 0.1, 10, 10),
-      Contains("unknown LR schedule 'linear'") && Contains("onecycle, cosine, constant"));
-  CHECK_THROWS_WITH(make_schedule("onecycle", -1, 10, 10), Contains("Invalid learning rate: -1"));
+  CHECK(make_schedule(Schedule::onecycle, 0.01, 10, 100)->lr(399) == Approx(0.01));
+  CHECK(make_schedule(Schedule::cosine, 1.0, 10, 10, 10)->lr(54) == Approx(0.5));
+  CHECK(make_schedule(Schedule::constant, 0.2, 10, 10)->lr(7) == 0.2);
+  CHECK_THROWS_WITH(make_schedule(static_cast<Schedule>(9), 0.1, 10, 10),
+                    Contains("unknown LR schedule 9"));
+  CHECK_THROWS_WITH(make_schedule(Schedule::onecycle, -1, 10, 10),
+                    Contains("Invalid learning rate: -1"));
 }
 
 TEST_CASE("Optimizer state round-trips bit-exactly", "[optim]") {

@@ -161,19 +161,16 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     REQUIRE(::flock(fd, LOCK_EX | LOCK_NB) == 0);  // as a running trainer holds it
     auto resume = config;
     resume.resume = run.string();
-    resume.epochs = 2;  // a run with an epoch left
     REQUIRE_THROWS_WITH(examples::train(resume), Catch::Contains("another train process"));
     ::close(fd);
-    REQUIRE(examples::train(resume) == 0);  // released: the run resumes
+    REQUIRE(examples::train(resume) == 0);  // released: the run is found finished
   }
   SECTION("a checkpoint of another model") {
     auto other = config;
     other.model.dim = 16;
     other.resume = run.string();
-    other.epochs = 2;  // a run with an epoch left
-    REQUIRE_THROWS_WITH(examples::train(other),
-                        Catch::Contains("is a checkpoint of 'convmixer dim=8") &&
-                            Catch::Contains("'convmixer dim=16"));
+    REQUIRE_THROWS_WITH(examples::train(other, {"dim"}),
+                        Catch::Contains("--dim 16 (the run used 8)"));
   }
   SECTION("a damaged checkpoint") {
     const fs::path file = run / "last.safetensors";
@@ -185,15 +182,16 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
   SECTION("a safetensors file that is not a checkpoint") {
     auto resume = config;
     resume.resume = DL_FIXTURE_DIR "/convmixer_reference.safetensors";
+    resume.checkpoint_dir = (tmp.path / "branch").string();
     REQUIRE_THROWS_WITH(examples::train(resume),
                         Catch::Contains("not a checkpoint of this engine"));
   }
   SECTION("a bad setting fails before the checkpoint directory is touched") {
     auto bad = config;
     bad.checkpoint_dir = (tmp.path / "bad").string();
-    bad.augmentation.crop = "sideways";
-    REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains("crop"));
-    bad.augmentation.crop = "none";
+    bad.augmentation.randaugment_m = 31;
+    REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains("--ra-m"));
+    bad.augmentation.randaugment_m = 9;
     bad.model.patch = 3;
     REQUIRE_THROWS_WITH(examples::train(bad), Catch::Contains("--patch 3 does not divide"));
     REQUIRE(!fs::exists(tmp.path / "bad"));
@@ -217,7 +215,7 @@ TEST_CASE("Checkpoint misuse gives one clear error") {
     auto bf16 = config;
     bf16.checkpoint_dir = (tmp.path / "bf16").string();
     bf16.device = "cpu";
-    bf16.precision = "bf16";
+    bf16.precision = examples::Precision::bf16;
     REQUIRE_THROWS_WITH(examples::train(bf16), Catch::Contains("needs the CUDA path"));
   }
 }
@@ -257,7 +255,7 @@ TEST_CASE("A diverged state is never written over the last checkpoint") {
   // The run stops there, before the epoch's metrics line and checkpoint.
   config.checkpoint_dir = (tmp.path / "one-step-epoch").string();
   config.lr = 1e39;
-  config.schedule = "constant";
+  config.schedule = optim::Schedule::constant;
   config.epochs = 1;
   config.batch = 80;
   REQUIRE_THROWS_WITH(examples::train(config),
@@ -276,18 +274,12 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   };
   refused([](auto& c) { c.subset = -5; }, "--subset must be 0 (all) or positive");
   refused([](auto& c) { c.test_subset = -1; }, "--test-subset must be 0 (all) or positive");
-  refused([](auto& c) { c.progress = "sometimes"; }, "--progress must be auto, on or off");
   refused([](auto& c) { c.clip_grad = -1; }, "--clip-grad must be 0 (off) or positive");
   refused([](auto& c) { c.threads = -3; }, "--threads must be 0 (all cores) or in [1, 1024]");
   refused([](auto& c) { c.batch = 0; }, "--batch must be positive");
-  refused([](auto& c) { c.optimizer = "adam"; }, "--optimizer must be adamw or sgd");
-  refused([](auto& c) { c.schedule = "linear"; },
-          "--schedule must be onecycle, cosine or constant");
   refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
   refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
   refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "--ra-m must be in [0, 30]");
-  refused([](auto& c) { c.augmentation.crop = "center"; },
-          "--crop must be none, random or resized");
   refused([](auto& c) { c.augmentation.erasing_p = 2; }, "--reprob must be in [0, 1]");
   refused([](auto& c) { c.augmentation.resized_scale_min = 0; }, "--scale MIN,MAX must satisfy");
   refused([](auto& c) { c.workers = 100000; }, "--workers must be 0 (automatic) or in [1, 1024]");
@@ -297,13 +289,113 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
           "a-file is not a directory");
   refused(
       [](auto& c) {
-        c.schedule = "cosine";
+        c.schedule = optim::Schedule::cosine;
         c.warmup_epochs = 3;
       },
       "--warmup-epochs must lie in [0, --epochs = 2]");
   // With good settings the same call gets as far as the data, which does not exist.
   REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("no-such-data"));
   CHECK_FALSE(fs::exists(tmp.path / "run"));
+}
+
+namespace {
+
+// The train_settings() row of `name`.
+const examples::Setting& setting(const std::string& name) {
+  for (const examples::Setting& s : examples::train_settings())
+    if (s.name == name) return s;
+  FAIL("no setting " << name);
+  throw std::logic_error("unreachable");
+}
+
+examples::TrainConfig with_flag(examples::TrainConfig config, const std::string& name,
+                                const std::string& text) {
+  setting(name).parse(config, text);
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("Every setting reads back as it writes itself, and a bad value names its flag") {
+  const examples::TrainConfig defaults;
+  for (const examples::Setting& s : examples::train_settings()) {
+    INFO("--" << s.name);
+    examples::TrainConfig other = defaults;
+    s.parse(other, s.text(defaults));  // a relative path becomes absolute
+    const std::string once = s.text(other);
+    s.parse(other, once);
+    CHECK(s.text(other) == once);
+  }
+  const auto refused = [&](const std::string& name, const std::string& text,
+                           const std::string& message) {
+    REQUIRE_THROWS_WITH(with_flag(defaults, name, text), Catch::Contains(message));
+  };
+  refused("progress", "sometimes", "--progress must be auto, on or off, got 'sometimes'");
+  refused("optimizer", "adam", "--optimizer must be adamw or sgd");
+  refused("schedule", "linear", "--schedule must be onecycle, cosine or constant");
+  refused("crop", "center", "--crop must be none, random or resized");
+  refused("precision", "fp16", "--precision must be fp32 or bf16");
+  refused("threads", "4294967296", "--threads must be 0 (all cores) or in [1, 1024]");
+  refused("batch", "9223372036854775808", "--batch: 9223372036854775808 is out of range");
+  refused("seed", "-1", "--seed must be non-negative");
+  refused("lr", "nan", "--lr: 'nan' is not a finite number");
+  refused("hflip", "maybe", "--hflip: 'maybe' is not a boolean");
+  refused("scale", "0.2,", "--scale: '0.2,' is not MIN or MIN,MAX");
+
+  CHECK(setting("lr").text(with_flag(defaults, "lr", "0.050")) == "0.05");
+  CHECK(setting("scale").text(with_flag(defaults, "scale", "0.35")) == "0.35,1");
+  const examples::TrainConfig relative = with_flag(defaults, "data", "data/../cifar");
+  CHECK(relative.data == (fs::current_path() / "cifar").string());
+
+  REQUIRE_THROWS_WITH(examples::check_applicable(defaults, {"momentum"}),
+                      Catch::Contains("--momentum only applies with --optimizer sgd"));
+  examples::check_applicable(with_flag(defaults, "optimizer", "sgd"), {"momentum", "nesterov"});
+  REQUIRE_THROWS_WITH(examples::check_applicable(defaults, {"scale"}),
+                      Catch::Contains("--scale only applies with --crop resized"));
+}
+
+TEST_CASE("A resumed config is the run's, with this invocation's own settings and no conflicts") {
+  TempDir tmp;
+  examples::TrainConfig run = tiny_config(tmp.path / "cifar", tmp.path / "run");
+  run.lr = 0.003;
+  run.optimizer = examples::OptimizerKind::sgd;
+  run.momentum = 0.8;
+  io::Checkpoint checkpoint{.path = "run/last.safetensors",
+                            .metadata = {{"flags", io::to_json(examples::recorded_settings(run))}},
+                            .position = {},
+                            .model_state = {},
+                            .optimizer_state = {}};
+  // A later invocation: another machine, flags left out.
+  examples::TrainConfig later;
+  later.threads = 1;
+  later.device = "cpu";
+  later.resume = "run";
+  const examples::TrainConfig resumed = examples::resumed_config({later, {}}, checkpoint);
+  for (const examples::Setting& s : examples::train_settings()) {
+    INFO("--" << s.name);
+    CHECK(s.text(resumed) == s.text(s.scope == examples::Scope::invocation ? later : run));
+  }
+
+  // Where the data is may change; what the run computes may not.
+  const auto resumed_with = [&](const std::string& name, const std::string& text) {
+    return examples::resumed_config({with_flag(later, name, text), {name}}, checkpoint);
+  };
+  CHECK(resumed_with("data", "/elsewhere/cifar").data == "/elsewhere/cifar");
+  CHECK(resumed_with("lr", "0.0030").lr == 0.003);
+  REQUIRE_THROWS_WITH(resumed_with("batch", "32"), Catch::Contains("--batch 32 (the run used 16)"));
+  REQUIRE_THROWS_WITH(resumed_with("epochs", "3"), Catch::Contains("--epochs 3 (the run used 2)") &&
+                                                       Catch::Contains("--epochs cannot change"));
+  REQUIRE_THROWS_WITH(resumed_with("ra-m", "3").augmentation.randaugment_m,
+                      Catch::Contains("--ra-m 3 (the run used 9)"));
+
+  io::Checkpoint damaged = checkpoint;
+  damaged.metadata["flags"] = R"({"batch":"sixteen"})";
+  REQUIRE_THROWS_WITH(examples::resumed_config({later, {}}, damaged),
+                      Catch::Contains("run/last.safetensors: its recorded settings are damaged") &&
+                          Catch::Contains("--batch"));
+  damaged.metadata.clear();
+  REQUIRE_THROWS_WITH(examples::resumed_config({later, {}}, damaged),
+                      Catch::Contains("does not record its run's flags"));
 }
 
 TEST_CASE("predict classifies images like the model in process, and names unreadable files") {
@@ -483,25 +575,35 @@ TEST_CASE(
       const fs::path png = folder / split / ("class" + std::to_string(k)) / "a.png";
       REQUIRE(stbi_write_png(png.c_str(), 8, 8, 3, px.data(), 24) != 0);
     }
-  auto other_data = tiny_config(folder, branch);
-  other_data.resume = branch.string();
-  other_data.epochs = 3;
-  REQUIRE_THROWS_WITH(examples::train(other_data), Catch::Contains("was trained on other data"));
+  auto other_data = tiny_config(folder, tmp.path / "other-data");
+  other_data.resume = (run / "epoch1.safetensors").string();
+  REQUIRE_THROWS_WITH(examples::train(other_data, {"data"}),
+                      Catch::Contains("was trained on other data"));
 
   // ... also CIFAR-format data of another size.
   write_cifar(tmp.path / "cifar-40", 8, gen);
   auto other_size = tiny_config(tmp.path / "cifar-40", branch);
   other_size.resume = (run / "epoch1.safetensors").string();
   other_size.checkpoint_dir = (tmp.path / "other-size").string();
-  REQUIRE_THROWS_WITH(examples::train(other_size), Catch::Contains("data.train_images"));
+  REQUIRE_THROWS_WITH(examples::train(other_size, {"data"}), Catch::Contains("data.train_images"));
 
-  // A branch that fails before its first save of its own still holds the checkpoint it continues,
-  // so --resume picks it up (here an update past float's range stops it at step 1).
+  // A branch killed before its first save of its own still holds the checkpoint it continues, so
+  // --resume picks it up: killed as soon as its directory holds a checkpoint.
   const fs::path crashed = tmp.path / "crashed";
-  auto diverging = tiny_config(tmp.path / "cifar", crashed);
-  diverging.resume = (run / "epoch1.safetensors").string();
-  diverging.lr = 1e39;
-  REQUIRE_THROWS_WITH(examples::train(diverging), Catch::Contains("training diverged"));
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int null = ::open("/dev/null", O_WRONLY);
+    dup2(null, STDOUT_FILENO), dup2(null, STDERR_FILENO);
+    execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--resume", (run / "epoch1.safetensors").c_str(),
+          "--checkpoint-dir", crashed.c_str(), "--threads", "1", nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  while (!fs::exists(crashed / "last.safetensors") && waitpid(pid, &status, WNOHANG) == 0)
+    usleep(100);
+  kill(pid, SIGKILL);
+  waitpid(pid, &status, 0);
   auto recover = tiny_config(tmp.path / "cifar", crashed);
   recover.resume = crashed.string();
   REQUIRE(examples::train(recover) == 0);

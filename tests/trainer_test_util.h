@@ -55,13 +55,13 @@ inline examples::TrainConfig tiny_config(const std::filesystem::path& data,
   c.batch = 16;  // 80 images: 5 steps per epoch
   c.lr = 0.01;
   c.augmentation.randaugment_n = 2;
-  c.augmentation.crop = "random";
+  c.augmentation.crop = data::Crop::random;
   c.augmentation.erasing_p = 0.5f;
   c.device = "cpu";
   c.threads = 2;
   c.workers = 2;
   c.seed = 7;
-  c.progress = "off";
+  c.progress = examples::ProgressMode::off;
   c.checkpoint_dir = run.string();
   return c;
 }
@@ -86,7 +86,7 @@ inline void require_identical(const io::SafetensorsFile& a, const io::Safetensor
 // stopped after that step: the checkpoint it would write holds infinities, so it must refuse.
 inline void require_diverged_state_not_saved(examples::TrainConfig config) {
   config.lr = 1e39;
-  config.schedule = "constant";
+  config.schedule = optim::Schedule::constant;
   config.stop_after_steps = 1;
   REQUIRE_THROWS_WITH(examples::train(config), Catch::Contains("training diverged by step 1") &&
                                                    Catch::Contains("is not finite"));

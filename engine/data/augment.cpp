@@ -355,9 +355,6 @@ std::vector<float> cifar10_std() {
 }
 
 void validate_options(const AugmentConfig& config) {
-  DL_CHECK(config.crop == "none" || config.crop == "random" || config.crop == "resized",
-           "crop mode (AugmentConfig.crop) must be \"none\", \"random\" or \"resized\", got \"",
-           config.crop, "\"");
   DL_CHECK(config.crop_padding >= 0,
            "crop padding (AugmentConfig.crop_padding) must be non-negative, got ",
            config.crop_padding);
@@ -405,11 +402,11 @@ void augment(const AugmentConfig& config, const uint8_t* in, int h, int w, int c
     transform(cur.data(), next.data());
     cur.swap(next);
   };
-  if (config.crop == "random") {
+  if (config.crop == Crop::random) {
     step([&](const uint8_t* a, uint8_t* b) {
       random_crop(a, h, w, c, config.crop_padding, b, gen);
     });
-  } else if (config.crop == "resized") {
+  } else if (config.crop == Crop::resized) {
     step([&](const uint8_t* a, uint8_t* b) {
       random_resized_crop(a, h, w, c, config.resized_scale_min, config.resized_scale_max,
                           config.resized_ratio_min, config.resized_ratio_max, b, gen);

@@ -17,10 +17,12 @@ namespace dl::data {
 std::vector<float> cifar10_mean();
 std::vector<float> cifar10_std();
 
+// none; random: RandomCrop(padding=crop_padding), zero fill; resized: RandomResizedCrop with the
+// scale and ratio ranges of AugmentConfig, bilinear. The output size is the input size.
+enum class Crop { none, random, resized };
+
 struct AugmentConfig {
-  // "none"; "random": RandomCrop(padding=crop_padding), zero fill; "resized": RandomResizedCrop
-  // with the scale and ratio ranges below, bilinear. The output size is the input size.
-  std::string crop = "none";
+  Crop crop = Crop::none;
   int crop_padding = 4;
   float resized_scale_min = 0.08f, resized_scale_max = 1.0f;
   float resized_ratio_min = 1.0f, resized_ratio_max = 1.0f;

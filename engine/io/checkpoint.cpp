@@ -62,36 +62,41 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
   save_safetensors(path, tensors, metadata);
 }
 
-std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
-  auto file = load_safetensors(path);
-  check_format(file.metadata, path);
-  return file.metadata;
-}
-
-TrainingPosition read_checkpoint_position(const std::string& path) {
+Checkpoint read_checkpoint(const std::string& path) {
   const SafetensorsFile file = load_safetensors(path);
   check_format(file.metadata, path);
-  return position_of(file, path);
+  Checkpoint out{.path = path,
+                 .metadata = file.metadata,
+                 .position = position_of(file, path),
+                 .model_state = {},
+                 .optimizer_state = {}};
+  for (const auto& [name, t] : file.tensors) {
+    if (name.rfind("model.", 0) == 0) out.model_state.emplace_back(name.substr(6), t);
+    if (name.rfind("optim.", 0) == 0) out.optimizer_state.emplace_back(name, t);
+  }
+  return out;
+}
+
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  return read_checkpoint(path).metadata;
+}
+
+void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer) {
+  model.load_state_dict(checkpoint.model_state, checkpoint.path);
+  if (optimizer) {
+    try {
+      optimizer->load_state_tensors(checkpoint.optimizer_state);
+    } catch (const Error& e) {
+      throw Error(checkpoint.path + ": optimizer state does not fit (" + e.what() + ")");
+    }
+  }
 }
 
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer) {
-  const SafetensorsFile file = load_safetensors(path);
-  check_format(file.metadata, path);
-  nn::NamedTensors state, optim_state;
-  for (const auto& [name, t] : file.tensors) {
-    if (name.rfind("model.", 0) == 0) state.emplace_back(name.substr(6), t);
-    if (name.rfind("optim.", 0) == 0) optim_state.emplace_back(name, t);
-  }
-  model.load_state_dict(state, path);
-  if (optimizer) {
-    try {
-      optimizer->load_state_tensors(optim_state);
-    } catch (const Error& e) {
-      throw Error(path + ": optimizer state does not fit (" + e.what() + ")");
-    }
-  }
-  return position_of(file, path);
+  const Checkpoint checkpoint = read_checkpoint(path);
+  load_checkpoint(checkpoint, model, optimizer);
+  return checkpoint.position;
 }
 
 }  // namespace dl::io

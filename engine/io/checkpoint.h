@@ -28,13 +28,25 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
                      const optim::Optimizer* optimizer, const TrainingPosition& position,
                      std::map<std::string, std::string> metadata);
 
-// Metadata only, after checking the file is a checkpoint of this engine at a known version.
-std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
-// The training position only (e.g. to see whether a run has finished before loading its data).
-TrainingPosition read_checkpoint_position(const std::string& path);
+// A checkpoint file read once: everything a resume needs before and while it builds the run.
+struct Checkpoint {
+  std::string path;
+  std::map<std::string, std::string> metadata;
+  TrainingPosition position;
+  nn::NamedTensors model_state;      // PyTorch names, without the "model." prefix
+  nn::NamedTensors optimizer_state;  // "optim." entries
+};
 
-// Loads the model (and the optimizer, when given) and returns the position. A checkpoint of
-// another model, a damaged file or a missing entry is one dl::Error naming the file.
+// Reads the file after checking it is a checkpoint of this engine at a known version, with a
+// valid position; a damaged file is one dl::Error naming it.
+Checkpoint read_checkpoint(const std::string& path);
+// Metadata only (the file is still read and checked whole).
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
+
+// Loads the model (and the optimizer, when given). A checkpoint of another model or a missing
+// entry is one dl::Error naming the file.
+void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer);
+// read_checkpoint, then load_checkpoint; returns the position.
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer);
 

@@ -1,0 +1,104 @@
+// The train command's settings: TrainConfig, and one table giving each setting its flag, help
+// line, parsing, range check, the choices it applies to, and what a resume does with it. The
+// flag declarations, the parsing, the validation, the applicability check, the settings a
+// checkpoint records and the resume rules all derive from that table.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/data/augment.h"
+#include "engine/io/checkpoint.h"
+#include "engine/io/json.h"
+#include "engine/optim.h"
+#include "examples/runtime.h"
+#include "models/registry.h"
+
+namespace dl::cli {
+class Flags;
+}
+
+namespace dl::examples {
+
+enum class OptimizerKind { adamw, sgd };
+enum class ProgressMode { automatic, on, off };  // automatic: a bar on a terminal, lines elsewhere
+
+struct TrainConfig {
+  std::string data = "data/cifar10";  // data set root (CIFAR-10 binary, image folders, IDX)
+  models::ModelSpec model;            // classes and in_channels are taken from the data
+  int64_t epochs = 25, batch = 512;
+  bool drop_last = false;
+  OptimizerKind optimizer = OptimizerKind::adamw;
+  double lr = 0.05, weight_decay = 0.005, momentum = 0.9;
+  bool nesterov = false;
+  optim::Schedule schedule = optim::Schedule::onecycle;
+  int64_t warmup_epochs = 0;
+  float label_smoothing = 0.0f;
+  double clip_grad = 0.0;  // 0: off
+  Precision precision = Precision::fp32;
+  bool tf32 = false;
+  std::string device = "auto";   // auto, cuda or cpu
+  int threads = 0, workers = 0;  // 0: see train --help
+  uint64_t seed = 0;
+  int64_t subset = 0, test_subset = 0, eval_every = 1;
+  data::AugmentConfig augmentation;  // mean/std are filled in from the data
+  std::string cache_dir;
+  // Empty: a new runs/<model>-<UTC date-time>. With `resume`: empty (or the checkpoint's own
+  // directory) continues the run there; another directory continues it into that one (a branch).
+  std::string checkpoint_dir;
+  std::string resume;  // a checkpoint file or run directory; empty: a new run
+  ProgressMode progress = ProgressMode::automatic;
+  int64_t stop_after_steps = 0;    // stop with a checkpoint after this many steps of this run
+  double save_every_minutes = 10;  // also checkpoint mid-epoch this often (0: epoch ends only)
+  std::string command;             // recorded in the checkpoint's metadata
+};
+
+// What a resume does with a setting.
+enum class Scope {
+  run,         // recorded in the checkpoint; a resume restores it and refuses another value
+  free,        // recorded; a resume restores it unless given: it does not change what is computed
+  invocation,  // this invocation's own (the machine, the terminal, where it stops and writes)
+};
+
+struct Setting {
+  std::string name;  // the flag, without "--"
+  std::string help;
+  Scope scope;
+  std::function<std::string(const TrainConfig&)> text;          // the value as the flag spells it
+  std::function<void(TrainConfig&, const std::string&)> parse;  // throws naming the flag
+  std::function<void(const TrainConfig&)>
+      check;  // the value's range, naming the flag; may be empty
+  std::function<bool(const TrainConfig&)> applies;  // empty: always
+  std::string applies_when;                         // e.g. "with --optimizer sgd"
+};
+
+const std::vector<Setting>& train_settings();
+
+// Declares every setting as a flag, with `defaults`' values as the defaults.
+void declare_flags(cli::Flags& flags, const TrainConfig& defaults);
+
+// What an invocation asks for: the settings, and the names of those it gave. On --resume the
+// others are taken from the run.
+struct TrainRequest {
+  TrainConfig config;
+  std::set<std::string> given;
+};
+// The flags' values (`defaults` where not given), each parsed (an error names its flag).
+TrainRequest request_from(const cli::Flags& flags, const TrainConfig& defaults);
+
+// Every check that needs neither the data nor the device, each naming its flag.
+void validate(const TrainConfig& config);
+// A given setting that does not apply to the config's choices is refused, e.g. "--momentum only
+// applies with --optimizer sgd".
+void check_applicable(const TrainConfig& config, const std::set<std::string>& given);
+
+// The settings a checkpoint records (run and free scope), as flag texts: its "flags" metadata.
+io::JsonValue recorded_settings(const TrainConfig& config);
+// A resumed run's config: `request`'s invocation settings and given ones, every other setting as
+// the checkpoint records it. Given run settings that differ from the run's are refused, all named
+// in one message; so is a given setting that does not apply.
+TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& checkpoint);
+
+}  // namespace dl::examples
