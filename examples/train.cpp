@@ -28,11 +28,11 @@ void on_signal(int signal) {
 int main(int argc, char** argv) {
   try {
     cli::Flags flags("train",
-                     "Trains ConvMixer (or another registered model) on an image data set.");
-    const examples::TrainConfig defaults;
-    examples::declare_flags(flags, defaults);
+                     "Trains ConvMixer (or another registered model) on an image data set.\n\n" +
+                         examples::describe_recipes());
+    examples::declare_flags(flags);
     if (!flags.parse(argc, argv)) return 0;
-    examples::TrainRequest request = examples::request_from(flags, defaults);
+    examples::TrainRequest request = examples::request_from(flags);
     for (int i = 0; i < argc; ++i) {
       if (i) request.config.command += ' ';
       request.config.command += argv[i];

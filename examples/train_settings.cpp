@@ -35,6 +35,8 @@ const Choices<optim::Schedule> kSchedules = {{optim::Schedule::onecycle, "onecyc
                                              {optim::Schedule::constant, "constant"}};
 const Choices<data::Crop> kCrops = {
     {data::Crop::none, "none"}, {data::Crop::random, "random"}, {data::Crop::resized, "resized"}};
+const Choices<Normalization> kNormalizations = {{Normalization::automatic, "auto"},
+                                                {Normalization::symmetric, "symmetric"}};
 const Choices<ProgressMode> kProgressModes = {
     {ProgressMode::automatic, "auto"}, {ProgressMode::on, "on"}, {ProgressMode::off, "off"}};
 
@@ -168,6 +170,64 @@ Setting only(Setting setting, std::function<bool(const TrainConfig&)> applies, s
   return setting;
 }
 
+const std::vector<Recipe> kRecipes = {
+    {"convmixer-cifar10",
+     "the ConvMixer authors' CIFAR-10 recipe (locuslab/convmixer-cifar10, train.py --lr-max=0.05 "
+     "--ra-n=2 --ra-m=12 --wd=0.005 --scale=1.0 --jitter=0 --reprob=0: about 92.5% in 25 "
+     "epochs)",
+     {{"model", "convmixer"},
+      {"dim", "256"},
+      {"depth", "8"},
+      {"kernel", "5"},
+      {"patch", "2"},
+      {"epochs", "25"},
+      {"batch", "512"},
+      {"optimizer", "adamw"},
+      {"lr", "0.05"},
+      {"wd", "0.005"},
+      {"schedule", "onecycle"},
+      {"crop", "none"},
+      {"hflip", "true"},
+      {"ra-n", "2"},
+      {"ra-m", "12"},
+      {"jitter", "0"},
+      {"reprob", "0"},
+      {"label-smoothing", "0"},
+      {"normalize", "auto"}}},
+    {"labml",
+     "labml_nn's ConvMixer experiment, where this project started (labml_nn/conv_mixer/"
+     "experiment.py and its CIFAR-10 configs): Adam at a constant 2.5e-4 without weight decay "
+     "(AdamW's update with --wd 0 is Adam's), training images padded by 4, cropped and flipped, "
+     "test images as they are, both normalised to [-1, 1]",
+     {{"model", "convmixer"},
+      {"dim", "256"},
+      {"depth", "8"},
+      {"kernel", "7"},
+      {"patch", "2"},
+      {"epochs", "150"},
+      {"batch", "64"},
+      {"optimizer", "adamw"},
+      {"lr", "0.00025"},
+      {"wd", "0"},
+      {"schedule", "constant"},
+      {"crop", "random"},
+      {"hflip", "true"},
+      {"ra-n", "0"},
+      {"jitter", "0"},
+      {"reprob", "0"},
+      {"label-smoothing", "0"},
+      {"normalize", "symmetric"}}},
+};
+
+const Recipe& find_recipe(const std::string& name) {
+  std::string names;
+  for (const Recipe& r : kRecipes) {
+    if (r.name == name) return r;
+    names += (names.empty() ? "" : " or ") + r.name;
+  }
+  throw Error("--recipe must be " + names + ", got '" + name + "'");
+}
+
 bool is_sgd(const TrainConfig& c) {
   return c.optimizer == OptimizerKind::sgd;
 }
@@ -185,6 +245,17 @@ std::vector<Setting> make_table() {
   const Range off_or_positive{0, kNoMax, "must be 0 (off) or positive"};
   const Range unit{0, 1, "must be in [0, 1]"};
   return {
+      Setting{"recipe",
+              "a complete set of defaults (see above); the flags given beside it override them",
+              S::run,
+              [](const TrainConfig& c) { return c.recipe; },
+              [](TrainConfig& c, const std::string& text) {
+                find_recipe(text);
+                c.recipe = text;
+              },
+              {},
+              {},
+              {}},
       text(
           {"data", S::free, "data set root: CIFAR-10 binary, image folders or IDX files"},
           [](auto& c) -> auto& { return c.data; }, true),
@@ -327,6 +398,11 @@ std::vector<Setting> make_table() {
       real<float>(
           {"reprob", S::run, "random-erasing probability"},
           [](auto& c) -> auto& { return c.augmentation.erasing_p; }, unit),
+      choice(
+          {"normalize", S::run,
+           "auto (CIFAR-10: the ConvMixer recipe's statistics; other data: its own) or "
+           "symmetric (mean 0.5, std 0.5: [0, 1] to [-1, 1])"},
+          [](auto& c) -> auto& { return c.normalize; }, kNormalizations),
       text(
           {"cache-dir", S::free, "cache the decoded data set here (empty: no cache)"},
           [](auto& c) -> auto& { return c.cache_dir; }, true),
@@ -363,15 +439,40 @@ const std::vector<Setting>& train_settings() {
   return table;
 }
 
-void declare_flags(cli::Flags& flags, const TrainConfig& defaults) {
+const std::vector<Recipe>& recipes() {
+  return kRecipes;
+}
+
+TrainConfig recipe_config(const std::string& name) {
+  TrainConfig config;
+  for (const auto& [flag, value] : find_recipe(name).settings)
+    for (const Setting& s : train_settings())
+      if (s.name == flag) s.parse(config, value);
+  config.recipe = name;
+  return config;
+}
+
+std::string describe_recipes() {
+  std::string out =
+      "recipes (--recipe NAME sets each of these; a flag given beside it overrides that one):";
+  for (const Recipe& r : kRecipes) {
+    out += "\n  " + r.name + (r.name == TrainConfig().recipe ? " (the default)" : "") + ": " +
+           r.origin + "\n     ";
+    for (const auto& [flag, value] : r.settings) out += " --" + flag + " " + value;
+  }
+  return out;
+}
+
+void declare_flags(cli::Flags& flags) {
+  const TrainConfig defaults;
   for (const Setting& s : train_settings()) flags.add(s.name, s.text(defaults), s.help);
 }
 
-TrainRequest request_from(const cli::Flags& flags, const TrainConfig& defaults) {
-  TrainRequest request{defaults, {}};
+TrainRequest request_from(const cli::Flags& flags) {
+  TrainRequest request{recipe_config(flags.str("recipe")), {}};
   for (const Setting& s : train_settings()) {
-    // Defaults too: a relative default path is recorded absolute.
-    s.parse(request.config, flags.str(s.name));
+    // Not given: the recipe's value, parsed too (a relative default path is recorded absolute).
+    s.parse(request.config, flags.given(s.name) ? flags.str(s.name) : s.text(request.config));
     if (flags.given(s.name)) request.given.insert(s.name);
   }
   return request;

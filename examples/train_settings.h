@@ -1,7 +1,8 @@
 // The train command's settings: TrainConfig, and one table giving each setting its flag, help
 // line, parsing, range check, the choices it applies to, and what a resume does with it. The
 // flag declarations, the parsing, the validation, the applicability check, the settings a
-// checkpoint records and the resume rules all derive from that table.
+// checkpoint records and the resume rules all derive from that table. Named recipes are complete
+// sets of defaults over it (--recipe).
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -24,10 +25,15 @@ namespace dl::examples {
 
 enum class OptimizerKind { adamw, sgd };
 enum class ProgressMode { automatic, on, off };  // automatic: a bar on a terminal, lines elsewhere
+// automatic: CIFAR-10 with the ConvMixer recipe's published statistics, other data with its own;
+// symmetric: mean 0.5 and std 0.5 per channel, [0, 1] to [-1, 1] (torchvision's common choice).
+enum class Normalization { automatic, symmetric };
 
+// The defaults are the convmixer-cifar10 recipe's.
 struct TrainConfig {
-  std::string data = "data/cifar10";  // data set root (CIFAR-10 binary, image folders, IDX)
-  models::ModelSpec model;            // classes and in_channels are taken from the data
+  std::string recipe = "convmixer-cifar10";  // the named recipe the run started from
+  std::string data = "data/cifar10";         // data set root (CIFAR-10 binary, image folders, IDX)
+  models::ModelSpec model;                   // classes and in_channels are taken from the data
   int64_t epochs = 25, batch = 512;
   bool drop_last = false;
   OptimizerKind optimizer = OptimizerKind::adamw;
@@ -43,7 +49,9 @@ struct TrainConfig {
   int threads = 0, workers = 0;  // 0: see train --help
   uint64_t seed = 0;
   int64_t subset = 0, test_subset = 0, eval_every = 1;
-  data::AugmentConfig augmentation;  // mean/std are filled in from the data
+  // RandAugment N 2 M 12 (the engine's own default is off); mean/std are filled in from the data.
+  data::AugmentConfig augmentation{.randaugment_n = 2, .randaugment_m = 12};
+  Normalization normalize = Normalization::automatic;
   std::string cache_dir;
   // Empty: a new runs/<model>-<UTC date-time>. With `resume`: empty (or the checkpoint's own
   // directory) continues the run there; another directory continues it into that one (a branch).
@@ -76,8 +84,20 @@ struct Setting {
 
 const std::vector<Setting>& train_settings();
 
-// Declares every setting as a flag, with `defaults`' values as the defaults.
-void declare_flags(cli::Flags& flags, const TrainConfig& defaults);
+// A named complete set of defaults: the settings it gives, as flag texts, over TrainConfig's
+// (which are convmixer-cifar10's); any flag given beside it overrides that one setting.
+struct Recipe {
+  std::string name, origin;
+  std::vector<std::pair<std::string, std::string>> settings;
+};
+const std::vector<Recipe>& recipes();
+// TrainConfig with the recipe's settings; an unknown name is an error listing the known ones.
+TrainConfig recipe_config(const std::string& name);
+// The recipes, what each sets and where it comes from, for train --help.
+std::string describe_recipes();
+
+// Declares every setting as a flag, with the default recipe's values as the defaults.
+void declare_flags(cli::Flags& flags);
 
 // What an invocation asks for: the settings, and the names of those it gave. On --resume the
 // others are taken from the run.
@@ -85,8 +105,8 @@ struct TrainRequest {
   TrainConfig config;
   std::set<std::string> given;
 };
-// The flags' values (`defaults` where not given), each parsed (an error names its flag).
-TrainRequest request_from(const cli::Flags& flags, const TrainConfig& defaults);
+// The flags' values (the recipe's where not given), each parsed (an error names its flag).
+TrainRequest request_from(const cli::Flags& flags);
 
 // Every check that needs neither the data nor the device, each naming its flag.
 void validate(const TrainConfig& config);

@@ -108,9 +108,12 @@ TrainingData load_training_data(const TrainConfig& cfg) {
   DL_CHECK(d.test.classes == d.train.classes, cfg.data,
            ": the train and test splits have different classes (train: ", join(d.train.classes),
            "; test: ", join(d.test.classes), ")");
-  // CIFAR-10 itself uses the recipe's published statistics; any other data set its own.
+  // Symmetric: 0.5 and 0.5. Otherwise CIFAR-10 itself uses the recipe's published statistics and
+  // any other data set its own.
   data::AugmentConfig& aug = d.augmentation;
-  if (d.train.classes == kCifar10Classes && d.train.channels == 3) {
+  if (cfg.normalize == Normalization::symmetric) {
+    aug.mean = aug.std = std::vector<float>(static_cast<size_t>(d.train.channels), 0.5f);
+  } else if (d.train.classes == kCifar10Classes && d.train.channels == 3) {
     aug.mean = data::cifar10_mean();
     aug.std = data::cifar10_std();
   } else {

@@ -57,6 +57,8 @@ The decoded set is cached in $cache and reused while its source files are unchan
 flags come after the two above and override them (--cache-dir '' turns the cache off). The script
 runs from the repository's root: relative paths (DATA, --resume, --checkpoint-dir) are read from
 there.
+Recipes: --recipe convmixer-cifar10 (the default) or --recipe labml; the trainer's --help
+says what each sets.
 Example: scripts/train.sh --epochs 5 --subset 2000
 USAGE
 }

@@ -19,6 +19,7 @@
 #include "engine/io/json.h"
 #include "engine/io/safetensors.h"
 #include "engine/ops.h"
+#include "examples/cli.h"
 #include "examples/trainer.h"
 #include "test_util.h"
 #include "trainer_test_util.h"
@@ -386,7 +387,7 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
   REQUIRE_THROWS_WITH(resumed_with("epochs", "3"), Catch::Contains("--epochs 3 (the run used 2)") &&
                                                        Catch::Contains("--epochs cannot change"));
   REQUIRE_THROWS_WITH(resumed_with("ra-m", "3").augmentation.randaugment_m,
-                      Catch::Contains("--ra-m 3 (the run used 9)"));
+                      Catch::Contains("--ra-m 3 (the run used 12)"));
 
   io::Checkpoint damaged = checkpoint;
   damaged.metadata["flags"] = R"({"batch":"sixteen"})";
@@ -396,6 +397,121 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
   damaged.metadata.clear();
   REQUIRE_THROWS_WITH(examples::resumed_config({later, {}}, damaged),
                       Catch::Contains("does not record its run's flags"));
+}
+
+namespace {
+
+// What the train command line `args` asks for.
+examples::TrainRequest request_of(std::vector<std::string> args) {
+  cli::Flags flags("train", "");
+  examples::declare_flags(flags);
+  args.insert(args.begin(), "train");
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  REQUIRE(flags.parse(static_cast<int>(argv.size()), argv.data()));
+  return examples::request_from(flags);
+}
+
+}  // namespace
+
+TEST_CASE("Each recipe sets what it lists, over the defaults, and a flag beside it wins") {
+  // The recipes as their sources state them (locuslab/convmixer-cifar10's README command;
+  // labml_nn's conv_mixer/experiment.py and CIFAR-10 configs).
+  const std::map<std::string, std::map<std::string, std::string>> expected = {
+      {"convmixer-cifar10",
+       {{"dim", "256"},
+        {"depth", "8"},
+        {"kernel", "5"},
+        {"patch", "2"},
+        {"epochs", "25"},
+        {"batch", "512"},
+        {"optimizer", "adamw"},
+        {"lr", "0.05"},
+        {"wd", "0.005"},
+        {"schedule", "onecycle"},
+        {"crop", "none"},
+        {"hflip", "true"},
+        {"ra-n", "2"},
+        {"ra-m", "12"},
+        {"jitter", "0"},
+        {"reprob", "0"},
+        {"normalize", "auto"}}},
+      {"labml",
+       {{"dim", "256"},
+        {"depth", "8"},
+        {"kernel", "7"},
+        {"patch", "2"},
+        {"epochs", "150"},
+        {"batch", "64"},
+        {"optimizer", "adamw"},
+        {"lr", "0.00025"},
+        {"wd", "0"},
+        {"schedule", "constant"},
+        {"crop", "random"},
+        {"hflip", "true"},
+        {"ra-n", "0"},
+        {"jitter", "0"},
+        {"reprob", "0"},
+        {"normalize", "symmetric"}}}};
+  REQUIRE(examples::recipes().size() == expected.size());
+  const examples::TrainConfig defaults;
+  for (const examples::Recipe& recipe : examples::recipes()) {
+    INFO("recipe " << recipe.name);
+    REQUIRE(expected.count(recipe.name));
+    const examples::TrainConfig config = examples::recipe_config(recipe.name);
+    const examples::TrainConfig from_flags = request_of({"--recipe", recipe.name}).config;
+    for (const examples::Setting& s : examples::train_settings()) {
+      INFO("--" << s.name);
+      const auto& listed = expected.at(recipe.name);
+      const std::string want = s.name == "recipe"     ? recipe.name
+                               : listed.count(s.name) ? listed.at(s.name)
+                                                      : s.text(defaults);
+      CHECK(s.text(config) == want);
+      if (s.name != "data") CHECK(s.text(from_flags) == want);
+    }
+  }
+  // The default recipe is TrainConfig's defaults.
+  for (const examples::Setting& s : examples::train_settings())
+    CHECK(s.text(examples::recipe_config(defaults.recipe)) == s.text(defaults));
+
+  const examples::TrainRequest request =
+      request_of({"--recipe", "labml", "--lr", "0.001", "--batch", "32"});
+  CHECK(request.config.lr == 0.001);
+  CHECK(request.config.batch == 32);
+  CHECK(request.config.model.kernel == 7);
+  CHECK(request.config.schedule == optim::Schedule::constant);
+  CHECK(request.given == std::set<std::string>{"recipe", "lr", "batch"});
+  const io::JsonValue recorded = examples::recorded_settings(request.config);
+  CHECK(recorded.find("recipe")->as_string() == "labml");
+  CHECK(recorded.find("lr")->as_string() == "0.001");
+  REQUIRE_THROWS_WITH(request_of({"--recipe", "timm"}),
+                      Catch::Contains("--recipe must be convmixer-cifar10 or labml, got 'timm'"));
+}
+
+TEST_CASE("A run of a named recipe resumes bit for bit without naming the recipe again") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 16, gen);  // 80 training images: 5 steps of 16 per epoch
+  const auto train = [&](const std::string& args) {
+    const std::string cmd = std::string(DL_TRAIN_BIN) + " --progress off --threads 2 " + args +
+                            " > " + (tmp.path / "log.txt").string() + " 2>&1";
+    const int status = std::system(cmd.c_str());
+    REQUIRE(WIFEXITED(status));
+    return WEXITSTATUS(status);
+  };
+  const std::string labml = " --recipe labml --data " + (tmp.path / "cifar").string() +
+                            " --dim 8 --depth 1 --kernel 3 --patch 4 --epochs 2 --batch 16";
+  const fs::path straight = tmp.path / "straight", resumed = tmp.path / "resumed";
+  REQUIRE(train(labml + " --checkpoint-dir " + straight.string()) == 0);
+  REQUIRE(train(labml + " --checkpoint-dir " + resumed.string() + " --stop-after-steps 7") == 130);
+  REQUIRE(train("--resume " + resumed.string()) == 0);
+  require_identical(last_checkpoint(resumed), last_checkpoint(straight));
+  CHECK(metrics_without_timing(resumed) == metrics_without_timing(straight));
+  const auto metadata = io::read_checkpoint_metadata((resumed / "last.safetensors").string());
+  CHECK(metadata.at("data.mean") == "0.5,0.5,0.5");
+  const io::JsonValue flags = io::parse_json(metadata.at("flags"));
+  CHECK(flags.find("recipe")->as_string() == "labml");
+  CHECK(flags.find("schedule")->as_string() == "constant");
 }
 
 TEST_CASE("predict classifies images like the model in process, and names unreadable files") {
