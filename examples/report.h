@@ -53,8 +53,9 @@ class Progress {
   std::chrono::steady_clock::time_point start_;
 };
 
-// One epoch's summary: a line on stdout and a JSON line appended to `metrics`, with the test
-// figures when the epoch was evaluated (`test` not null) and `peak_mem_mb` when given (>= 0).
+// One epoch's summary: a line on stdout and a JSON line appended to `metrics` (flushed: a failed
+// write shows in the stream's state), with the test figures when the epoch was evaluated (`test`
+// not null) and `peak_mem_mb` when given (>= 0).
 void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const EpochStats& train,
                   const EpochStats* test, double lr, double seconds, double peak_mem_mb);
 

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -367,6 +368,11 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     report_epoch(metrics, epoch, pos.step, stats, evaluate_now ? &test : nullptr, lr, epoch_seconds,
                  peak_memory_mb(device));
     save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
+    // A metrics line that could not be written (a full disk) stops the run, once the checkpoint
+    // is safe: the user sees it instead of a run that lost its history silently.
+    DL_CHECK(metrics, "cannot append to ", run.metrics().string(), " (", std::strerror(errno),
+             "): epoch ", epoch + 1, "'s metrics line is missing from it; the checkpoint ", last,
+             " is saved: make room and continue with --resume ", run.path().string());
     last_save = std::chrono::steady_clock::now();
     const bool stop =
         g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <stb_image_write.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -263,6 +265,52 @@ TEST_CASE("A diverged state is never written over the last checkpoint") {
                       Catch::Contains("the test loss is not finite after epoch 1"));
   CHECK_FALSE(fs::exists(tmp.path / "one-step-epoch" / "last.safetensors"));
   CHECK(metrics_lines(tmp.path / "one-step-epoch").empty());
+}
+
+TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);  // 20 training images: 2 steps per epoch
+  const fs::path run = tmp.path / "run";
+  auto first = tiny_config(tmp.path / "cifar", run);
+  first.stop_after_steps = 2;  // stops after epoch 1
+  REQUIRE(examples::train(first) == 130);
+  // Epoch 1's line made larger than the checkpoint, then a file size limit just above it: the
+  // checkpoint of epoch 2 fits, its metrics line does not (as on a full disk).
+  const fs::path metrics = run / "metrics.jsonl";
+  std::string line;
+  {
+    std::ifstream in(metrics);
+    std::getline(in, line);
+  }
+  line.insert(line.size() - 1, ",\"padding\":\"" + std::string(200000, 'x') + "\"");
+  std::ofstream(metrics, std::ios::trunc) << line << "\n";
+  const auto limit = static_cast<rlim_t>(fs::file_size(metrics) + 16);
+  REQUIRE(fs::file_size(run / "last.safetensors") < limit);
+  const fs::path log = tmp.path / "log.txt";
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+    const rlimit size_limit{limit, limit};
+    setrlimit(RLIMIT_FSIZE, &size_limit);
+    std::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead
+    execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--resume", run.c_str(), "--threads", "1", nullptr);
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  INFO(text);
+  REQUIRE(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 1);
+  CHECK_THAT(text, Catch::Contains("cannot append to " + metrics.string()) &&
+                       Catch::Contains("epoch 2's metrics line is missing") &&
+                       Catch::Contains("--resume " + run.string()));
+  const io::SafetensorsFile saved = last_checkpoint(run);
+  CHECK(saved.find("trainer.position")->data<int64_t>()[0] == 2);  // epoch 2 saved
 }
 
 TEST_CASE("Bad settings are refused, naming the flag, before any data is read") {
