@@ -17,10 +17,15 @@ using namespace dl;
 
 namespace {
 
-// The first Ctrl-C stops at the next step with a checkpoint; a second one ends the process.
+// The first Ctrl-C, SIGTERM or SIGHUP (a closed terminal, a dropped SSH session) stops at the
+// next step with a checkpoint and says so at once; a second one ends the process.
 void on_signal(int signal) {
   examples::request_stop();
   std::signal(signal, SIG_DFL);
+  constexpr char kAcknowledged[] =
+      "\nstopping after this step, with a checkpoint (signal again to end at once)\n";
+  [[maybe_unused]] const ssize_t written =
+      write(STDERR_FILENO, kAcknowledged, sizeof kAcknowledged - 1);
 }
 
 }  // namespace
@@ -39,6 +44,7 @@ int main(int argc, char** argv) {
     }
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);
+    std::signal(SIGHUP, on_signal);
     return examples::train(request.config, request.given);
   } catch (const std::exception& e) {
     // A new line first when a progress bar may be on the terminal's current line.

@@ -267,6 +267,41 @@ TEST_CASE("A diverged state is never written over the last checkpoint") {
   CHECK(metrics_lines(tmp.path / "one-step-epoch").empty());
 }
 
+TEST_CASE("SIGINT, SIGTERM and SIGHUP each stop a run with a checkpoint, acknowledged at once") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 16, gen);  // 80 training images: 5 steps per epoch
+  for (const int signal : {SIGINT, SIGTERM, SIGHUP}) {
+    INFO("signal " << signal);
+    const fs::path run = tmp.path / ("run" + std::to_string(signal)), log = run.string() + ".log";
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+      execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--data", (tmp.path / "cifar").c_str(), "--dim", "8",
+            "--depth", "1", "--kernel", "3", "--patch", "4", "--batch", "16", "--epochs", "1000",
+            "--threads", "1", "--progress", "off", "--checkpoint-dir", run.c_str(), nullptr);
+      _exit(127);
+    }
+    // Signalled once the first epoch is done, so that the run is mid-training.
+    int status = 0;
+    while (!fs::exists(run / "last.safetensors") && waitpid(pid, &status, WNOHANG) == 0)
+      usleep(1000);
+    kill(pid, signal);
+    waitpid(pid, &status, 0);
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    INFO(text);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 130);
+    CHECK_THAT(text, Catch::Contains("stopping after this step") &&
+                         Catch::Contains("continue with --resume " + run.string()));
+    const int64_t* position = last_checkpoint(run).find("trainer.position")->data<int64_t>();
+    CHECK(position[2] >= 5);  // at least the first epoch's steps
+  }
+}
+
 TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
   TempDir tmp;
   Generator gen(fresh_seed());
