@@ -1,5 +1,6 @@
 #include "examples/cli.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <iostream>
@@ -36,12 +37,17 @@ std::optional<double> to_real(const std::string& text) {
 }  // namespace
 
 int64_t parse_integer(const std::string& flag, const std::string& text) {
+  // As std::stoll reads it: leading white space and one sign; then the whole rest.
+  const char* begin = text.data() + std::min(text.find_first_not_of(" \t\n"), text.size());
+  const char* end = text.data() + text.size();
+  if (begin != end && *begin == '+' && end - begin > 1 && begin[1] != '-') ++begin;
   int64_t out = 0;
-  const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), out);
+  const auto [stop, error] = std::from_chars(begin, end, out);
   DL_CHECK(error != std::errc::result_out_of_range, "flag --", flag, ": ", text,
-           " is out of range (at most ", std::numeric_limits<int64_t>::max(), ")");
-  DL_CHECK(!text.empty() && error == std::errc() && end == text.data() + text.size(), "flag --",
-           flag, ": '", text, "' is not an integer");
+           " is out of range [", std::numeric_limits<int64_t>::min(), ", ",
+           std::numeric_limits<int64_t>::max(), "]");
+  DL_CHECK(begin != end && error == std::errc() && stop == end, "flag --", flag, ": '", text,
+           "' is not an integer");
   return out;
 }
 

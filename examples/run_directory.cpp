@@ -114,40 +114,47 @@ std::string checkpoint_file(const std::string& resume) {
   return last.string();
 }
 
-RunDirectory::RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file) {
+RunDirectory::RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file)
+    : resume_file_(resume_file) {
   const fs::path requested(checkpoint_dir);
   if (resume_file.empty()) {
-    if (requested.empty())
-      check_writable_directory("runs", "the directory of new runs");
-    else
-      check_writable_directory(requested, "--checkpoint-dir");
     dir_ = requested;
     advice_ = "pass --resume " + checkpoint_dir +
               " to continue that run, or choose another --checkpoint-dir";
-    if (!requested.empty()) check_unused(requested, advice_);
   } else {
     const fs::path file(resume_file);
     const fs::path origin = file.has_parent_path() ? file.parent_path() : fs::path(".");
     // Compared as resolved paths: ./run, run/, a link to run and run/x/.. are all run.
     branch_ = !requested.empty() && fs::weakly_canonical(requested) != fs::weakly_canonical(origin);
     if (branch_) {
-      check_writable_directory(requested, "--checkpoint-dir");
+      dir_ = requested;
       advice_ = "pass --resume " + checkpoint_dir +
                 " to continue the run there, or choose another --checkpoint-dir";
-      check_unused(requested, advice_);
-      dir_ = requested;
       if (fs::exists(origin / "last.safetensors")) metrics_origin_ = origin / "metrics.jsonl";
     } else {
-      DL_CHECK(file.filename() == "last.safetensors", resume_file,
-               " is not a run directory's last.safetensors: continuing beside it could write "
-               "over another run's checkpoint or metrics; pass --checkpoint-dir NEW_DIR to "
-               "continue the run there");
-      check_writable_directory(origin, "the resumed run's directory");
       dir_ = origin;
       in_place_ = true;
     }
   }
-  if (!dir_.empty() && fs::is_directory(dir_)) lock();
+  // A directory this process cannot write is refused by check(), unlocked.
+  if (!dir_.empty() && fs::is_directory(dir_) && access(dir_.c_str(), W_OK) == 0) lock();
+}
+
+void RunDirectory::check() const {
+  if (in_place_) {
+    DL_CHECK(fs::path(resume_file_).filename() == "last.safetensors", resume_file_,
+             " is not a run directory's last.safetensors: continuing beside it could write "
+             "over another run's checkpoint or metrics; pass --checkpoint-dir NEW_DIR to "
+             "continue the run there");
+    check_writable_directory(dir_, "the resumed run's directory");
+    return;
+  }
+  if (dir_.empty()) {
+    check_writable_directory("runs", "the directory of new runs");
+    return;
+  }
+  check_writable_directory(dir_, "--checkpoint-dir");
+  check_unused(dir_, advice_);
 }
 
 RunDirectory::~RunDirectory() {

@@ -16,17 +16,21 @@ std::string checkpoint_file(const std::string& resume);
 
 class RunDirectory {
  public:
-  // Decides where the run writes from the paths alone, before the data is read: a new run
-  // (`resume_file` empty) into `checkpoint_dir`, or a new runs/<model>-<UTC date-time> when that
-  // is empty; a resumed run in place when `resume_file` is its directory's last.safetensors and
-  // `checkpoint_dir` is empty or that directory, into `checkpoint_dir` otherwise (a branch). Any
-  // other checkpoint file needs a `checkpoint_dir`: continuing beside it could write over
-  // another run's files. When the directory exists its lock is taken now, so that no other
+  // Decides where the run writes from the paths alone: a new run (`resume_file` empty) into
+  // `checkpoint_dir`, or a new runs/<model>-<UTC date-time> when that is empty; a resumed run in
+  // place when `checkpoint_dir` is empty or the checkpoint's own directory, into `checkpoint_dir`
+  // otherwise (a branch). When the directory exists its lock is taken now, so that no other
   // process writes a newer checkpoint while this one reads it and the data.
   RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file);
   ~RunDirectory();
   RunDirectory(const RunDirectory&) = delete;
   RunDirectory& operator=(const RunDirectory&) = delete;
+
+  // The rules, before the data is read: the directory can be written; a new run or a branch
+  // finds it unused (no checkpoint, no metrics of another run); only a run directory's own
+  // last.safetensors continues in place (continuing beside any other checkpoint file could write
+  // over another run's files: that needs a --checkpoint-dir).
+  void check() const;
 
   // Makes the directory this run's, once it is about to train: creates (or claims a new
   // runs/<model>-...) and locks it, checks again that a new run or branch finds it unused, and
@@ -44,6 +48,7 @@ class RunDirectory {
  private:
   void lock();
 
+  std::string resume_file_;
   std::filesystem::path dir_;
   bool in_place_ = false, branch_ = false;
   std::filesystem::path metrics_origin_;  // a branch: the metrics of the run it continues

@@ -1,8 +1,10 @@
 #include "examples/train_settings.h"
 
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <utility>
 
 #include "engine/error.h"
@@ -109,7 +111,10 @@ Setting real(Row row, Field field, Range range) {
           row.scope,
           [field](const TrainConfig& c) { return number_text(field(c)); },
           [field, flag](TrainConfig& c, const std::string& text) {
-            field(c) = static_cast<T>(cli::parse_real(flag, text));
+            const double v = cli::parse_real(flag, text);
+            DL_CHECK(std::abs(v) <= std::numeric_limits<T>::max(), "--", flag, " ", text,
+                     " is out of range (at most ", std::numeric_limits<T>::max(), ")");
+            field(c) = static_cast<T>(v);
           },
           range_check<T>(flag, range, [field](const TrainConfig& c) { return field(c); }),
           {},
@@ -249,10 +254,9 @@ std::vector<Setting> make_table() {
               "a complete set of defaults (see above); the flags given beside it override them",
               S::run,
               [](const TrainConfig& c) { return c.recipe; },
-              [](TrainConfig& c, const std::string& text) {
-                find_recipe(text);
-                c.recipe = text;
-              },
+              // Any name: a run recorded with a recipe since renamed still resumes. The command
+              // line's is checked by request_from.
+              [](TrainConfig& c, const std::string& text) { c.recipe = text; },
               {},
               {},
               {}},
@@ -493,6 +497,11 @@ void validate(const TrainConfig& c) {
   data::validate_options(c.augmentation);
 }
 
+void check_given(const TrainConfig& config, const std::set<std::string>& given) {
+  for (const Setting& s : train_settings())
+    if (given.count(s.name) && s.check) s.check(config);
+}
+
 void check_applicable(const TrainConfig& config, const std::set<std::string>& given) {
   for (const Setting& s : train_settings())
     DL_CHECK(!given.count(s.name) || !s.applies || s.applies(config), "--", s.name,
@@ -518,19 +527,18 @@ TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& ch
   } catch (const Error& e) {
     throw Error(checkpoint + ": its recorded settings are damaged (" + e.what() + ")");
   }
-  // The run as recorded (invocation settings aside); a setting it does not record (a checkpoint
-  // older than the setting) keeps the request's value.
+  std::map<std::string, std::string> recorded_texts;
+  for (const auto& [name, value] : recorded.as_object())
+    if (value.is_string()) recorded_texts[name] = value.as_string();
+  const TrainConfig before;  // what the run used where it records nothing
   TrainConfig run = request.config;
-  std::set<std::string> recorded_names;
-  for (const auto& [name, value] : recorded.as_object()) {
-    for (const Setting& s : train_settings()) {
-      if (s.name != name || s.scope == Scope::invocation) continue;
-      try {
-        s.parse(run, value.as_string());
-      } catch (const Error& e) {
-        throw Error(checkpoint + ": its recorded settings are damaged (" + e.what() + ")");
-      }
-      recorded_names.insert(name);
+  for (const Setting& s : train_settings()) {
+    if (s.scope == Scope::invocation) continue;
+    const auto text = recorded_texts.find(s.name);
+    try {
+      s.parse(run, text != recorded_texts.end() ? text->second : s.text(before));
+    } catch (const Error& e) {
+      throw Error(checkpoint + ": its recorded settings are damaged (" + e.what() + ")");
     }
   }
   TrainConfig resumed = run;
@@ -539,7 +547,7 @@ TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& ch
     if (!request.given.count(s.name)) continue;
     const std::string asked = s.text(request.config), used = s.text(run);
     s.parse(resumed, asked);
-    if (s.scope == Scope::run && recorded_names.count(s.name) && asked != used)
+    if (s.scope == Scope::run && asked != used)
       conflicts += "\n  --" + s.name + " " + asked + " (the run used " + used + ")";
   }
   check_applicable(resumed, request.given);

@@ -110,6 +110,8 @@ TrainRequest request_from(const cli::Flags& flags);
 
 // Every check that needs neither the data nor the device, each naming its flag.
 void validate(const TrainConfig& config);
+// The range checks of the settings named in `given` only (a resume's, before the run's are known).
+void check_given(const TrainConfig& config, const std::set<std::string>& given);
 // A given setting that does not apply to the config's choices is refused, e.g. "--momentum only
 // applies with --optimizer sgd".
 void check_applicable(const TrainConfig& config, const std::set<std::string>& given);
@@ -117,8 +119,10 @@ void check_applicable(const TrainConfig& config, const std::set<std::string>& gi
 // The settings a checkpoint records (run and free scope), as flag texts: its "flags" metadata.
 io::JsonValue recorded_settings(const TrainConfig& config);
 // A resumed run's config: `request`'s invocation settings and given ones, every other setting as
-// the checkpoint records it. Given run settings that differ from the run's are refused, all named
-// in one message; so is a given setting that does not apply.
+// the checkpoint records it, or, where it records none (a checkpoint older than the setting), as
+// TrainConfig's default (the behaviour before the setting existed). Given run settings that
+// differ from the run's are refused, all named in one message; so is a given setting that does
+// not apply.
 TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& checkpoint);
 
 }  // namespace dl::examples

@@ -181,26 +181,34 @@ void request_stop() {
 
 int train(const TrainConfig& requested, const std::set<std::string>& given) {
   const std::string resume = requested.resume.empty() ? "" : checkpoint_file(requested.resume);
+  // What can be checked before any file is touched: a new run's settings and device; on a resume
+  // the device and the settings given (the others are the run's).
   if (resume.empty()) {
     check_applicable(requested, given);
     validate(requested);
+    setup_runtime(requested.device, requested.threads, requested.precision, requested.tf32);
+  } else {
+    check_given(requested, given);
+    resolve_device(requested.device);
   }
-  // Where the run writes is decided from the paths before anything is read; the directory, when
-  // it exists, is locked from here on, so no other process writes a newer checkpoint meanwhile.
+  // Where the run writes is decided from the paths; the directory, when it exists, is locked
+  // from here on, so no other process writes a newer checkpoint while this one reads it.
   RunDirectory run(requested.checkpoint_dir, resume);
   std::optional<io::Checkpoint> checkpoint;
   if (!resume.empty()) checkpoint = io::read_checkpoint(resume);
   const TrainConfig cfg = checkpoint ? resumed_config({requested, given}, *checkpoint) : requested;
-  if (checkpoint) validate(cfg);
-
+  if (checkpoint) {
+    validate(cfg);
+    if (checkpoint->position.epoch >= cfg.epochs) {
+      std::cerr << resume << " has finished " << checkpoint->position.epoch << " epochs (--epochs "
+                << cfg.epochs << "): nothing to train\n";
+      return 0;
+    }
+  }
+  run.check();
   const Runtime runtime = setup_runtime(cfg.device, cfg.threads, cfg.precision, cfg.tf32);
   const Device device = runtime.device;
   const DType activations = runtime.activations;
-  if (checkpoint && checkpoint->position.epoch >= cfg.epochs) {
-    std::cerr << resume << " has finished " << checkpoint->position.epoch << " epochs (--epochs "
-              << cfg.epochs << "): nothing to train\n";
-    return 0;
-  }
   if (cfg.schedule == optim::Schedule::onecycle && cfg.epochs < 3)
     std::cerr << "note: onecycle's breakpoints are whole epochs (2/5 and 4/5 of --epochs, rounded "
                  "down, as in the recipe): over "
@@ -250,6 +258,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
   io::TrainingPosition pos;
   if (checkpoint) {
     io::load_checkpoint(*checkpoint, *model, opt.get());
+    checkpoint->model_state.clear(), checkpoint->optimizer_state.clear();  // loaded: not kept twice
     pos = checkpoint->position;
     DL_CHECK(pos.batch < steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
              resume, " was trained with another number of batches per epoch (at epoch ",

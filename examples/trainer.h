@@ -14,7 +14,9 @@ namespace dl::examples {
 // refused (train_settings.h); for a new run a given setting must apply. Returns 0 when all epochs
 // are done, 130 when stopped early by request_stop() or stop_after_steps (a checkpoint of the
 // exact position is written first; a stop requested before the first step writes nothing).
-// Everything is validated before the checkpoint directory is touched; bad configuration or data
+// A new run's settings and device are checked before any file is touched; a resume's given
+// settings and device likewise, the run's own once its directory is locked and its checkpoint
+// read; the directory rules and the settings before the data is read. Bad configuration or data
 // is a dl::Error.
 int train(const TrainConfig& config, const std::set<std::string>& given = {});
 

@@ -59,6 +59,8 @@ TEST_CASE("Numbers and ranges are read whole, and bad ones name the flag") {
   CHECK_THROWS_WITH(parsed({"--top", "9223372036854775808"}).integer("top"),
                     Contains("--top: 9223372036854775808 is out of range"));
   CHECK_THROWS_WITH(parsed({"--top", "+-1"}).integer("top"), Contains("is not an integer"));
+  CHECK(parsed({"--top", "+5"}).integer("top") == 5);  // as std::stoll reads it
+  CHECK(parsed({"--top", " 6"}).integer("top") == 6);
   CHECK(parsed({"--lr", "1e-3"}).real("lr") == 1e-3);
   for (const char* bad : {"nan", "inf", "0.1.2", ""})
     CHECK_THROWS_WITH(parsed({"--lr", bad}).real("lr"), Contains("is not a finite number"));

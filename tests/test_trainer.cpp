@@ -472,6 +472,34 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
   REQUIRE_THROWS_WITH(resumed_with("ra-m", "3").augmentation.randaugment_m,
                       Catch::Contains("--ra-m 3 (the run used 12)"));
 
+  // A checkpoint written before the settings table recorded every flag's raw text, invocation
+  // ones included, and knew neither --recipe nor --normalize.
+  io::Checkpoint old = checkpoint;
+  io::JsonValue::Object old_flags;
+  const io::JsonValue recorded = examples::recorded_settings(run);
+  for (const auto& [name, value] : recorded.as_object())
+    if (name != "recipe" && name != "normalize") old_flags.emplace_back(name, value);
+  for (const auto& [name, value] :
+       std::vector<std::pair<std::string, std::string>>{{"device", "cuda"},
+                                                        {"threads", "16"},
+                                                        {"resume", "elsewhere"},
+                                                        {"stop-after-steps", "3"},
+                                                        {"checkpoint-dir", "/gone"},
+                                                        {"progress", "on"}})
+    old_flags.emplace_back(name, io::JsonValue(value));
+  for (auto& [name, value] : old_flags)
+    if (name == "batch") value = io::JsonValue(std::string("+16"));
+  old.metadata["flags"] = io::to_json(io::JsonValue(old_flags));
+  examples::TrainConfig labml_request = examples::recipe_config("labml");
+  labml_request.threads = 1, labml_request.device = "cpu";
+  const examples::TrainConfig from_old = examples::resumed_config({labml_request, {}}, old);
+  for (const examples::Setting& s : examples::train_settings()) {
+    INFO("--" << s.name);
+    CHECK(s.text(from_old) == s.text(s.scope == examples::Scope::invocation ? labml_request : run));
+  }
+  REQUIRE_THROWS_WITH(examples::resumed_config({labml_request, {"recipe"}}, old),
+                      Catch::Contains("--recipe labml (the run used convmixer-cifar10)"));
+
   io::Checkpoint damaged = checkpoint;
   damaged.metadata["flags"] = R"({"batch":"sixteen"})";
   REQUIRE_THROWS_WITH(examples::resumed_config({later, {}}, damaged),
@@ -684,10 +712,9 @@ TEST_CASE("train --resume restores the run's flags and rejects conflicting ones"
   REQUIRE(paused == 130);
   const io::JsonValue recorded =
       io::parse_json(io::read_checkpoint_metadata((run / "last.safetensors").string()).at("flags"));
-  for (const auto& [name, value] : recorded.as_object()) {
-    if (name == "workers") CHECK(value.as_string() == "0");
-    if (name == "dim") CHECK(value.as_string() == "8");
-  }
+  CHECK(recorded.find("workers") == nullptr);  // this invocation's own: not recorded
+  CHECK(recorded.find("dim")->as_string() == "8");
+
   const auto [resumed, out3] = train(data + " --resume " + run.string() + " --threads 1");
   INFO(out3);
   REQUIRE(resumed == 0);
@@ -814,4 +841,8 @@ TEST_CASE(
   again.data = (tmp.path / "moved-away").string();
   REQUIRE(examples::train(again) == 0);
   CHECK(read(run / "last.safetensors") == last);
+  // ... also from a copy of its checkpoint, which could not continue in place.
+  fs::copy_file(run / "last.safetensors", tmp.path / "finished-copy.safetensors");
+  again.resume = (tmp.path / "finished-copy.safetensors").string();
+  REQUIRE(examples::train(again) == 0);
 }
