@@ -35,6 +35,10 @@ ImageDataset load_cifar10_binary(const std::string& dir, Split split);
 // entries (names starting with '.') are skipped; any other file is an error.
 ImageDataset load_image_folder(const std::string& root, Split split, int channels = 3);
 
+// The most pixels an image may have, PIL's limit (Image.MAX_IMAGE_PIXELS): checked from the
+// file's header before it is decoded.
+inline constexpr int64_t kMaxImagePixels = 89'478'485;
+
 // One image file (PNG, JPEG, BMP, ... as stb_image reads them) decoded into `channels` (1..4)
 // components; 16-bit images keep the high byte of each value.
 struct DecodedImage {

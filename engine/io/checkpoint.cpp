@@ -1,6 +1,9 @@
 #include "engine/io/checkpoint.h"
 
+#include <algorithm>
 #include <bit>
+#include <charconv>
+#include <cmath>
 
 #include "engine/error.h"
 #include "engine/io/safetensors.h"
@@ -62,10 +65,49 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
   save_safetensors(path, tensors, metadata);
 }
 
-std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
-  auto file = load_safetensors(path);
+SafetensorsFile read_checkpoint(const std::string& path) {
+  SafetensorsFile file = load_safetensors(path);
   check_format(file.metadata, path);
-  return file.metadata;
+  return file;
+}
+
+std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
+  return read_checkpoint(path).metadata;
+}
+
+const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
+                                  const std::string& key, const std::string& path) {
+  const auto it = metadata.find(key);
+  DL_CHECK(it != metadata.end(), path, ": the checkpoint's metadata has no '", key, "'");
+  return it->second;
+}
+
+int64_t metadata_integer(const std::map<std::string, std::string>& metadata, const std::string& key,
+                         int64_t min, int64_t max, const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  DL_CHECK(ec == std::errc() && end == text.data() + text.size() && value >= min && value <= max,
+           path, ": the checkpoint's metadata '", key, "' is '", text, "', not an integer in [",
+           min, ", ", max, "]");
+  return value;
+}
+
+std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
+                                   const std::string& key, const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  std::vector<float> values;
+  for (size_t begin = 0; begin <= text.size();) {
+    const size_t comma = std::min(text.find(',', begin), text.size());
+    float value = 0.0f;
+    const auto [end, ec] = std::from_chars(text.data() + begin, text.data() + comma, value);
+    DL_CHECK(ec == std::errc() && end == text.data() + comma && std::isfinite(value), path,
+             ": the checkpoint's metadata '", key, "' is '", text,
+             "', not a comma-separated list of finite numbers");
+    values.push_back(value);
+    begin = comma + 1;
+  }
+  return values;
 }
 
 TrainingPosition read_checkpoint_position(const std::string& path) {

@@ -6,7 +6,9 @@
 #pragma once
 #include <map>
 #include <string>
+#include <vector>
 
+#include "engine/io/safetensors.h"
 #include "engine/nn.h"
 #include "engine/optim.h"
 
@@ -28,8 +30,21 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
                      const optim::Optimizer* optimizer, const TrainingPosition& position,
                      std::map<std::string, std::string> metadata);
 
-// Metadata only, after checking the file is a checkpoint of this engine at a known version.
+// The whole file, after checking it is a checkpoint of this engine at a known version.
+SafetensorsFile read_checkpoint(const std::string& path);
+// Its metadata only, after the same check.
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
+
+// A checkpoint's metadata value `key` read as a whole decimal number in [min, max], or as a
+// comma-separated list of finite numbers. A missing key or a malformed or out-of-range value is a
+// dl::Error naming the file and the key.
+int64_t metadata_integer(const std::map<std::string, std::string>& metadata, const std::string& key,
+                         int64_t min, int64_t max, const std::string& path);
+std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
+                                   const std::string& key, const std::string& path);
+// The value itself; a missing key is a dl::Error naming the file and the key.
+const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
+                                  const std::string& key, const std::string& path);
 // The training position only (e.g. to see whether a run has finished before loading its data).
 TrainingPosition read_checkpoint_position(const std::string& path);
 

@@ -49,18 +49,6 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
   throw Error(path + ": " + what);
 }
 
-// Bytes held by a tensor of this shape; false when the element count overflows.
-bool tensor_bytes(const Shape& shape, DType dtype, uint64_t* bytes) {
-  uint64_t n = dtype_size(dtype);
-  bool empty = false;
-  for (int64_t d : shape) {
-    empty = empty || d == 0;
-    if (__builtin_mul_overflow(n, static_cast<uint64_t>(std::max<int64_t>(d, 1)), &n)) return false;
-  }
-  *bytes = empty ? 0 : n;
-  return n <= static_cast<uint64_t>(INT64_MAX);
-}
-
 struct Entry {
   std::string name;
   DType dtype;
@@ -103,7 +91,11 @@ Entry parse_entry(const std::string& path, const std::string& name, const JsonVa
   if (e.end > buffer_bytes)
     bad(detail::concat(range, " run past the end of the data buffer (", buffer_bytes, " bytes)"));
   uint64_t bytes = 0;
-  if (!tensor_bytes(e.shape, e.dtype, &bytes)) bad("shape " + shape_str(e.shape) + " is too large");
+  try {
+    bytes = shape_nbytes(e.shape, e.dtype);
+  } catch (const Error& err) {
+    bad(err.what());
+  }
   if (e.end - e.begin != bytes)
     bad(detail::concat(range, " span ", e.end - e.begin, " bytes but ", dtype_name(e.dtype),
                        " shape ", shape_str(e.shape), " needs ", bytes));
