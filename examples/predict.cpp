@@ -1,10 +1,10 @@
 // predict: classifies PNG/JPEG files with a trained checkpoint (a file, or a run directory: its
-// last.safetensors). Each image is decoded with stb_image, resized to the model's input size
-// (antialiased bilinear, engine/data/resize.h, the filter scripts/pytorch_reference.py applies with
-// PyTorch), normalised as in training (the checkpoint records mean and std) and classified; prints
-// the top-K classes, or with --json one object per image with the logits and probabilities. An
-// unreadable image is reported by name, the others are still classified, and the exit status is
-// non-zero at the end.
+// last.safetensors). Each image is decoded (PNG or JPEG, engine/data/image.h), resized to the
+// model's input size (antialiased bilinear, engine/data/resize.h, the filter
+// scripts/pytorch_reference.py applies with PyTorch), normalised as in training (the checkpoint
+// records mean and std) and classified; prints the top-K classes, or with --json one object per
+// image with the logits and probabilities. An unreadable image is reported by name, the others are
+// still classified, and the exit status is non-zero at the end.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

@@ -1,6 +1,5 @@
 #include "engine/data/dataset.h"
 
-#include <stb_image.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -130,20 +129,11 @@ std::vector<std::string> cifar_classes(const fs::path& dir) {
 
 // ---- image folder -------------------------------------------------------------------------------
 
-constexpr const char* kFolderLayout = "<root>/<train|test>/<class>/*.png|jpg|jpeg|bmp";
+constexpr const char* kFolderLayout = "<root>/<train|test>/<class>/*.png|jpg|jpeg";
 
 bool has_image_extension(const fs::path& p) {
   const std::string ext = lower(p.extension().string());
-  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
-}
-
-// Why opening or stat-ing a file failed, as decode_image reports it.
-std::string open_error(int err) {
-  if (err == ENOENT || err == ENOTDIR) return "no such file";
-  std::string reason = std::strerror(err);
-  if (!reason.empty())
-    reason[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(reason[0])));
-  return "cannot open (" + reason + ")";
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
 // ---- IDX ----------------------------------------------------------------------------------------
@@ -642,43 +632,6 @@ ImageDataset load_cifar10_binary(const std::string& dir, Split split) {
   return d;
 }
 
-DecodedImage decode_image(const std::string& path, int channels) {
-  DL_CHECK(channels >= 1 && channels <= 4, "decode_image: channels must be 1..4, got ", channels);
-  DecodedImage d;
-  // Checked before opening, so a folder or a FIFO is named as such instead of read.
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    d.error = open_error(errno);
-    return d;
-  }
-  if (S_ISDIR(st.st_mode)) {
-    d.error = "is a directory";
-    return d;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    d.error = "not a regular file";
-    return d;
-  }
-  if (st.st_size == 0) {
-    d.error = "empty file";
-    return d;
-  }
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) {
-    d.error = open_error(errno);
-    return d;
-  }
-  int comp = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load_from_file(file.get(), &d.width, &d.height, &comp, channels), stbi_image_free);
-  if (!pixels) {
-    d.error = std::string("cannot decode the image (stb_image: ") + stbi_failure_reason() + ")";
-    return d;
-  }
-  d.pixels.assign(pixels.get(), pixels.get() + static_cast<size_t>(d.width) * d.height * channels);
-  return d;
-}
-
 ImageDataset load_image_folder(const std::string& root, Split split, int channels) {
   DL_CHECK(channels >= 1 && channels <= 4, "load_image_folder: channels must be 1..4, got ",
            channels);
@@ -703,8 +656,8 @@ ImageDataset load_image_folder(const std::string& root, Split split, int channel
              detail::concat("unexpected folder inside a class folder (", kFolderLayout, ")"));
       if (!has_image_extension(f.path()))
         fail(f.path(),
-             "not an image file: expected a .png, .jpg, .jpeg or .bmp extension (move "
-             "the file out of the dataset, or hide it with a leading '.')");
+             "not an image file: expected a .png, .jpg or .jpeg extension (move the file out "
+             "of the dataset, or hide it with a leading '.'; convert other formats to PNG)");
       files.push_back(f.path());
       d.labels.push_back(label);
     }
