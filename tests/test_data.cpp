@@ -466,6 +466,8 @@ TEST_CASE("decode_image reads only PNG and JPEG, within a pixel budget, and refu
           "cannot decode the JPEG (libjpeg: Premature end of JPEG file)");
     const std::vector<uint8_t> half_png(png.begin(), png.begin() + png.size() * 2 / 3);
     CHECK_THAT(decode(half_png).error, Contains("cannot decode the PNG (stb_image: "));
+    const std::vector<uint8_t> no_end(png.begin(), png.end() - 12);  // without its IEND chunk
+    CHECK_THAT(decode(no_end).error, Contains("cannot decode the PNG (stb_image: "));
   }
   SECTION("Huffman code counts that sum past 256 (out-of-bounds writes in stb_image)") {
     std::vector<uint8_t> bogus = jpeg;

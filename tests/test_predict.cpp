@@ -2,6 +2,7 @@
 // images it cannot read (the others are still classified). A tiny run is trained with the train
 // binary first; test_trainer compares predict's logits with the model in process.
 #include <stb_image_write.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
@@ -150,6 +151,19 @@ TEST_CASE("predict refuses hostile checkpoint metadata with one message, before 
     REQUIRE(r.status == 2);
     REQUIRE_THAT(r.err, Contains(checkpoint.string() + ": ") &&
                             Contains("ConvMixer patch (--patch) must be in [1, 1024]"));
+  }
+  SECTION("a FIFO as checkpoint is refused, not waited on (predict and train --resume hung)") {
+    const fs::path fifo = tmp.path / "fifo.safetensors";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    // timeout(1) ends a hang with status 124 instead of hanging the test.
+    Result r = run(tmp.path, std::string("timeout 60 ") + DL_PREDICT_BIN,
+                   {"--checkpoint", fifo.string(), png.string()});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains(fifo.string() + ": not a regular file"));
+    r = run(tmp.path, std::string("timeout 60 ") + DL_TRAIN_BIN,
+            {"--resume", fifo.string(), "--device", "cpu"});
+    REQUIRE(r.status == 1);
+    REQUIRE_THAT(r.err, Contains(fifo.string() + ": not a regular file"));
   }
   SECTION("a depth the tensors do not hold") {
     const Result r = predict_with({{"model.depth", "5"}});

@@ -18,6 +18,7 @@
 #include <optional>
 
 #include "engine/error.h"
+#include "engine/io/file.h"
 
 namespace dl::data {
 
@@ -65,11 +66,12 @@ std::vector<fs::directory_entry> list_dir(const fs::path& dir) {
 }
 
 std::vector<uint8_t> read_file(const fs::path& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) fail(path, std::string("cannot open the file: ") + std::strerror(errno));
+  std::string error;
+  const io::File file = io::open_regular_file(path.string(), &error);
+  if (!file) fail(path, error);
   struct stat st {};
-  if (::fstat(::fileno(file.get()), &st) != 0 || !S_ISREG(st.st_mode))
-    fail(path, "not a regular file");
+  if (::fstat(::fileno(file.get()), &st) != 0)
+    fail(path, std::string("cannot stat the file: ") + std::strerror(errno));
   std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
   if (std::fread(bytes.data(), 1, bytes.size(), file.get()) != bytes.size())
     fail(path, "read failed (the file changed while it was being read?)");

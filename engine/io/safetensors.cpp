@@ -16,6 +16,7 @@
 #include <zlib.h>
 
 #include "engine/error.h"
+#include "engine/io/file.h"
 #include "engine/io/json.h"
 
 namespace dl::io {
@@ -212,11 +213,12 @@ void save_safetensors(const std::string& path,
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) fail(path, std::string("cannot open file: ") + std::strerror(errno));
+  std::string error;
+  const File file = open_regular_file(path, &error);
+  if (!file) fail(path, error);
   struct stat st {};
-  if (::fstat(::fileno(file.get()), &st) != 0 || !S_ISREG(st.st_mode))
-    fail(path, "not a regular file");
+  if (::fstat(::fileno(file.get()), &st) != 0)
+    fail(path, std::string("cannot stat: ") + std::strerror(errno));
   const auto file_bytes = static_cast<uint64_t>(st.st_size);
   const auto read_at = [&](uint64_t offset, void* dst, size_t bytes) {
     if (::fseeko(file.get(), static_cast<off_t>(offset), SEEK_SET) != 0 ||
