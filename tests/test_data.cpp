@@ -1,6 +1,7 @@
 // Dataset readers: CIFAR-10 binary, image folders, IDX, format detection, the cache and subset.
 // Every test writes its own tiny data set under a fresh temp folder and removes it afterwards.
 #include <stb_image_write.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -362,6 +363,29 @@ TEST_CASE("image folder errors name the file or folder and the problem", "[data]
                                     Contains("6x4") && Contains("5x4") &&
                                     Contains((cls / "a.png").string()));
   }
+}
+
+TEST_CASE("an image folder's memory grows with the images it decodes, not from the first one",
+          "[data]") {
+  // A 2000x2000 first image and 200 damaged ones: the whole set was sized from the first image
+  // (2.4 GB, zero-filled) before the second was found damaged.
+  TempDir tmp;
+  const fs::path cls = tmp.path / "train" / "cat";
+  write_png(cls / "a.png", 2000, 2000, 1, std::vector<uint8_t>(2000 * 2000, 0));
+  for (int i = 0; i < 200; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "b%d.png", i);
+    write_file(cls / name, {'n', 'o'});
+  }
+  const auto peak_rss_kib = [] {
+    struct rusage usage {};
+    ::getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_maxrss;
+  };
+  const long before = peak_rss_kib();
+  REQUIRE_THROWS_WITH(dl::data::load_image_folder(tmp.path.string(), Split::train),
+                      Contains((cls / "b0.png").string() + ": not a PNG or JPEG file"));
+  CHECK(peak_rss_kib() - before < 256 * 1024);
 }
 
 TEST_CASE("decode_image names why a file cannot be read", "[data]") {

@@ -669,29 +669,35 @@ ImageDataset load_image_folder(const std::string& root, Split split, int channel
   if (d.classes.empty())
     fail(split_dir, detail::concat("no class folders (expected ", kFolderLayout, ")"));
 
-  // The first image sets the size; the rest decode in parallel.
+  // The first image sets the size. The rest decode in parallel, a batch at a time, and are
+  // appended in order; an image of another size is dropped as soon as it is decoded. So memory
+  // grows with the images that belong to the set, and the first bad file ends the load.
   const DecodedImage first = decode_image(files[0].string(), channels);
   if (!first.error.empty()) fail(files[0], first.error);
   d.height = first.height;
   d.width = first.width;
-  const int64_t n = d.size(), bytes = d.image_bytes();
-  d.pixels.resize(static_cast<size_t>(n * bytes));
-  std::copy_n(first.pixels.data(), bytes, d.pixels.data());
-  std::vector<std::string> errors(static_cast<size_t>(n));
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 1; i < n; ++i) {
-    const DecodedImage img = decode_image(files[i].string(), channels);
-    if (!img.error.empty())
-      errors[i] = img.error;
-    else if (img.width != d.width || img.height != d.height)
-      errors[i] = detail::concat("image is ", img.width, "x", img.height, " but ",
-                                 files[0].string(), " is ", d.width, "x", d.height,
-                                 " (width x height); all images must be the same size");
-    else
-      std::copy_n(img.pixels.data(), bytes, d.pixels.data() + i * bytes);
+  d.pixels = first.pixels;
+  constexpr int64_t kBatch = 256;
+  const int64_t n = d.size();
+  for (int64_t start = 1; start < n; start += kBatch) {
+    const int64_t count = std::min(kBatch, n - start);
+    std::vector<DecodedImage> batch(static_cast<size_t>(count));
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t i = 0; i < count; ++i) {
+      DecodedImage img = decode_image(files[start + i].string(), channels);
+      if (img.error.empty() && (img.width != d.width || img.height != d.height)) {
+        img.error = detail::concat("image is ", img.width, "x", img.height, " but ",
+                                   files[0].string(), " is ", d.width, "x", d.height,
+                                   " (width x height); all images must be the same size");
+        img.pixels = {};
+      }
+      batch[i] = std::move(img);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      if (!batch[i].error.empty()) fail(files[start + i], batch[i].error);
+      d.pixels.insert(d.pixels.end(), batch[i].pixels.begin(), batch[i].pixels.end());
+    }
   }
-  for (int64_t i = 1; i < n; ++i)
-    if (!errors[i].empty()) fail(files[i], errors[i]);
   return d;
 }
 
