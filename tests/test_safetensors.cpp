@@ -157,6 +157,35 @@ TEST_CASE("json: malformed input is rejected with the byte offset", "[json]") {
   }
 }
 
+TEST_CASE("json: a document's memory is bounded by a limit on its values", "[json]") {
+  CHECK_THROWS_WITH(parse_json("[" + std::string(2'000'000, '[') + "]"), Contains("nesting"));
+  std::string many = "[0";
+  for (int64_t i = 1; i < dl::io::kMaxJsonValues - 1; ++i) many += ",0";
+  REQUIRE(parse_json(many + "]").as_array().size() == size_t(dl::io::kMaxJsonValues - 1));
+  CHECK_THROWS_WITH(parse_json(many + ",0]"), Contains("JSON: more than 1000000 values at byte " +
+                                                       std::to_string(many.size() + 1)));
+  std::string members = "{\"k0\":0";
+  for (int64_t i = 1; i < dl::io::kMaxJsonValues; ++i)
+    members += ",\"k" + std::to_string(i) + "\":0";
+  CHECK_THROWS_WITH(parse_json(members + "}"), Contains("more than 1000000 values"));
+
+  // A 10 MB safetensors header of a JSON array (5 million values) took about 150 bytes a value
+  // (750 MB) before its error; it now stops at the limit.
+  std::string header = "[0";
+  for (int i = 1; i < 5'000'000; ++i) header += ",0";
+  header += "]";
+  TempPath file;
+  write_file(file.str(), le64(header.size()) + header);
+  header = {};
+  const dl::test::ChildResult baseline = dl::test::run_in_child(60, [] {});
+  const dl::test::ChildResult loaded =
+      dl::test::run_in_child(60, [&] { dl::io::load_safetensors(file.str()); });
+  REQUIRE(loaded.finished);
+  CHECK_THAT(loaded.error, Contains(file.str() + ": header is not valid JSON: JSON: more than "
+                                                 "1000000 values at byte"));
+  CHECK(loaded.peak_rss_kib - baseline.peak_rss_kib < 256 * 1024);
+}
+
 TEST_CASE("json: serializer escapes strings and round-trips", "[json]") {
   const JsonValue v(JsonValue::Object{
       {"s", "q\"b\\n\nt\tc\x01\x1f u\xC3\xA9"},
