@@ -10,6 +10,7 @@
 #include <random>
 
 #include "engine/error.h"
+#include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
 #include "engine/io/safetensors.h"
 #include "tests/test_util.h"
@@ -538,4 +539,37 @@ TEST_CASE("copy_checked: copies matching tensors and names mismatches", "[safete
   CHECK_THROWS_WITH(
       dl::io::copy_checked(dst, Tensor::zeros({3, 2}, DType::bf16), "w", "m.safetensors"),
       "m.safetensors: tensor 'w' has dtype BF16 but the model expects F32");
+}
+
+TEST_CASE("checkpoint metadata: values are read whole; errors name the file and the key",
+          "[checkpoint]") {
+  const std::map<std::string, std::string> metadata = {{"n", "42"},
+                                                       {"big", "99999999999999999999"},
+                                                       {"list", "0.5,-1,2e3"},
+                                                       {"bad", "0.5,,1"},
+                                                       {"inf", "inf"},
+                                                       {"flags", R"({"dim":"8","lr":"0.1"})"},
+                                                       {"array", R"(["8"])"},
+                                                       {"cut", R"({"dim":)"}};
+  using namespace dl::io;
+  CHECK(metadata_integer(metadata, "n", 0, 100, "ckpt") == 42);
+  CHECK_THROWS_WITH(metadata_integer(metadata, "n", 0, 10, "ckpt"),
+                    "ckpt: the checkpoint's metadata 'n' is '42', not an integer in [0, 10]");
+  CHECK_THROWS_WITH(metadata_integer(metadata, "big", 0, INT64_MAX, "ckpt"),
+                    Contains("ckpt: the checkpoint's metadata 'big' is '99999999999999999999'"));
+  CHECK_THROWS_WITH(metadata_integer(metadata, "missing", 0, 1, "ckpt"),
+                    "ckpt: the checkpoint's metadata has no 'missing'");
+  CHECK(metadata_floats(metadata, "list", "ckpt") == std::vector<float>{0.5f, -1.0f, 2000.0f});
+  for (const char* key : {"bad", "inf"})
+    CHECK_THROWS_WITH(metadata_floats(metadata, key, "ckpt"),
+                      Contains(std::string("ckpt: the checkpoint's metadata '") + key) &&
+                          Contains("not a comma-separated list of finite numbers"));
+  using Members = std::vector<std::pair<std::string, std::string>>;
+  CHECK(metadata_string_object(metadata, "flags", "ckpt") == Members{{"dim", "8"}, {"lr", "0.1"}});
+  CHECK_THROWS_WITH(metadata_string_object(metadata, "array", "ckpt"),
+                    "ckpt: the checkpoint's metadata 'array' is not a JSON object of strings "
+                    "(JSON: expected object, got array)");
+  CHECK_THROWS_WITH(metadata_string_object(metadata, "cut", "ckpt"),
+                    Contains("ckpt: the checkpoint's metadata 'cut' is not a JSON object") &&
+                        Contains("unexpected end of input at byte 7"));
 }

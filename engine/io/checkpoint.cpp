@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "engine/error.h"
+#include "engine/io/json.h"
 #include "engine/io/safetensors.h"
 
 namespace dl::io {
@@ -91,6 +92,22 @@ int64_t metadata_integer(const std::map<std::string, std::string>& metadata, con
            path, ": the checkpoint's metadata '", key, "' is '", text, "', not an integer in [",
            min, ", ", max, "]");
   return value;
+}
+
+std::vector<std::pair<std::string, std::string>> metadata_string_object(
+    const std::map<std::string, std::string>& metadata, const std::string& key,
+    const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  std::vector<std::pair<std::string, std::string>> members;
+  try {
+    const JsonValue object = parse_json(text);
+    for (const auto& [name, value] : object.as_object())
+      members.emplace_back(name, value.as_string());
+  } catch (const Error& e) {
+    throw Error(path + ": the checkpoint's metadata '" + key +
+                "' is not a JSON object of strings (" + e.what() + ")");
+  }
+  return members;
 }
 
 std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,

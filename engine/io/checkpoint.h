@@ -6,6 +6,7 @@
 #pragma once
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/io/safetensors.h"
@@ -42,6 +43,10 @@ int64_t metadata_integer(const std::map<std::string, std::string>& metadata, con
                          int64_t min, int64_t max, const std::string& path);
 std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
                                    const std::string& key, const std::string& path);
+// A metadata value that holds a JSON object of strings (the run's flags), its members in order.
+std::vector<std::pair<std::string, std::string>> metadata_string_object(
+    const std::map<std::string, std::string>& metadata, const std::string& key,
+    const std::string& path);
 // The value itself; a missing key is a dl::Error naming the file and the key.
 const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
                                   const std::string& key, const std::string& path);
