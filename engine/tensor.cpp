@@ -1,5 +1,6 @@
 #include "engine/tensor.h"
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -8,10 +9,30 @@
 
 namespace dl {
 
+namespace {
+
+// The product of the dimensions times `element_bytes`, checked. Zero dimensions are skipped while
+// multiplying, so that every partial product (contiguous strides, any sub-shape) fits too.
+int64_t checked_size(const Shape& shape, int64_t element_bytes) {
+  int64_t product = element_bytes;
+  bool empty = false;
+  for (int64_t d : shape) {
+    DL_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
+    empty = empty || d == 0;
+    DL_CHECK(d == 0 || !__builtin_mul_overflow(product, d, &product), "shape ", shape_str(shape),
+             " is too large: its size overflows 64-bit arithmetic");
+  }
+  return empty ? 0 : product;
+}
+
+}  // namespace
+
 int64_t shape_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
+  return checked_size(shape, 1);
+}
+
+size_t shape_nbytes(const Shape& shape, DType dtype) {
+  return static_cast<size_t>(checked_size(shape, static_cast<int64_t>(dtype_size(dtype))));
 }
 
 std::string shape_str(const Shape& shape) {
@@ -111,10 +132,8 @@ void for_each_strided_offset(const Tensor& t, F&& f) {
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  for (int64_t d : shape) DL_CHECK(d >= 0, "negative dimension in shape ", shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
-  impl->storage = std::make_shared<Storage>(
-      static_cast<size_t>(shape_numel(shape)) * dtype_size(dtype), device);
+  impl->storage = std::make_shared<Storage>(shape_nbytes(shape, dtype), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
@@ -200,20 +219,16 @@ void Tensor::check_dtype(DType expected) const {
 
 Tensor Tensor::reshape(const Shape& new_shape) const {
   Shape shape = new_shape;
-  int64_t known = 1, infer = -1;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    if (shape[i] == -1) {
-      DL_CHECK(infer < 0, "reshape: more than one -1 in ", shape_str(new_shape));
-      infer = static_cast<int64_t>(i);
-    } else {
-      DL_CHECK(shape[i] >= 0, "reshape: negative dimension in ", shape_str(new_shape));
-      known *= shape[i];
-    }
-  }
-  if (infer >= 0) {
+  const auto infer = std::find(shape.begin(), shape.end(), int64_t{-1});
+  if (infer != shape.end()) {
+    DL_CHECK(std::find(infer + 1, shape.end(), int64_t{-1}) == shape.end(),
+             "reshape: more than one -1 in ", shape_str(new_shape));
+    Shape known_dims(shape.begin(), infer);
+    known_dims.insert(known_dims.end(), infer + 1, shape.end());
+    const int64_t known = shape_numel(known_dims);
     DL_CHECK(known > 0 && numel() % known == 0, "reshape: cannot infer -1 in ",
              shape_str(new_shape), " for ", numel(), " elements");
-    shape[static_cast<size_t>(infer)] = numel() / known;
+    *infer = numel() / known;
   }
   DL_CHECK(shape_numel(shape) == numel(), "reshape: shape ", shape_str(this->shape()),
            " cannot become ", shape_str(new_shape));

@@ -15,7 +15,10 @@
 namespace dl {
 
 using Shape = std::vector<int64_t>;
+// Elements in a tensor of this shape. Every size computation goes through these two, which are
+// checked: a negative dimension, or a count whose bytes would not fit in int64, is a dl::Error.
 int64_t shape_numel(const Shape& shape);
+size_t shape_nbytes(const Shape& shape, DType dtype);
 std::string shape_str(const Shape& shape);
 
 class Tensor;
@@ -68,7 +71,7 @@ class Tensor {
   DType dtype() const { return impl().dtype; }
   Device device() const { return impl().storage->device(); }
   bool is_contiguous() const;
-  size_t nbytes() const { return static_cast<size_t>(numel()) * dtype_size(dtype()); }
+  size_t nbytes() const { return shape_nbytes(shape(), dtype()); }
 
   // Typed pointer to the first element (on the tensor's device); checks the dtype.
   template <class T>

@@ -1,10 +1,10 @@
 // predict: classifies PNG/JPEG files with a trained checkpoint (a file, or a run directory: its
-// last.safetensors). Each image is decoded with stb_image, resized to the model's input size
-// (antialiased bilinear, engine/data/resize.h, the filter scripts/pytorch_reference.py applies with
-// PyTorch), normalised as in training (the checkpoint records mean and std) and classified; prints
-// the top-K classes, or with --json one object per image with the logits and probabilities. An
-// unreadable image is reported by name, the others are still classified, and the exit status is
-// non-zero at the end.
+// last.safetensors). Each image is decoded (PNG or JPEG, engine/data/image.h), resized to the
+// model's input size (antialiased bilinear, engine/data/resize.h, the filter
+// scripts/pytorch_reference.py applies with PyTorch), normalised as in training (the checkpoint
+// records mean and std) and classified; prints the top-K classes, or with --json one object per
+// image with the logits and probabilities. An unreadable image is reported by name, the others are
+// still classified, and the exit status is non-zero at the end.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -32,13 +32,6 @@ std::vector<std::string> split(const std::string& text) {
   return out;
 }
 
-const std::string& meta(const std::map<std::string, std::string>& m, const std::string& key,
-                        const std::string& path) {
-  auto it = m.find(key);
-  DL_CHECK(it != m.end(), path, ": checkpoint metadata has no '", key, "'");
-  return it->second;
-}
-
 int run(int argc, char** argv) {
   cli::Flags flags("predict",
                    "Classifies PNG/JPEG images (any size: resized to the model's input) with a\n"
@@ -63,23 +56,36 @@ int run(int argc, char** argv) {
              ": no such file (not a run directory, or the run has saved no checkpoint yet)");
   }
 
-  const auto metadata = io::read_checkpoint_metadata(checkpoint);
-  const models::ModelSpec spec = models::ModelSpec::from_metadata(metadata, checkpoint);
-  const int height = std::stoi(meta(metadata, "data.height", checkpoint));
-  const int width = std::stoi(meta(metadata, "data.width", checkpoint));
-  const std::vector<std::string> classes = split(meta(metadata, "data.classes", checkpoint));
-  std::vector<float> mean, std_dev;
-  for (auto& v : split(meta(metadata, "data.mean", checkpoint))) mean.push_back(std::stof(v));
-  for (auto& v : split(meta(metadata, "data.std", checkpoint))) std_dev.push_back(std::stof(v));
+  // Every size is checked against the file and bounded before anything is allocated.
+  const io::Checkpoint file = io::read_checkpoint(checkpoint);
+  const std::map<std::string, std::string>& metadata = file.metadata;
+  const models::ModelSpec spec = models::ModelSpec::from_checkpoint(file);
+  const int64_t height =
+      io::metadata_integer(metadata, "data.height", 1, data::kMaxImagePixels, checkpoint);
+  const int64_t width =
+      io::metadata_integer(metadata, "data.width", 1, data::kMaxImagePixels, checkpoint);
+  DL_CHECK(height * width <= data::kMaxImagePixels, checkpoint, ": the checkpoint's images are ",
+           width, "x", height, ", over the limit of ", data::kMaxImagePixels, " pixels");
+  DL_CHECK(spec.name != "convmixer" || (height % spec.patch == 0 && width % spec.patch == 0),
+           checkpoint, ": the checkpoint's images are ", width, "x", height,
+           ", not a multiple of its model's patch ", spec.patch);
+  const std::vector<std::string> classes =
+      split(io::metadata_value(metadata, "data.classes", checkpoint));
+  const std::vector<float> mean = io::metadata_floats(metadata, "data.mean", checkpoint);
+  const std::vector<float> std_dev = io::metadata_floats(metadata, "data.std", checkpoint);
   const int channels = static_cast<int>(spec.in_channels);
   DL_CHECK(static_cast<int64_t>(classes.size()) == spec.classes &&
                static_cast<int>(mean.size()) == channels &&
                static_cast<int>(std_dev.size()) == channels,
            checkpoint, ": inconsistent metadata (classes, mean or std)");
+  for (float s : std_dev)
+    DL_CHECK(s > 0, checkpoint, ": the checkpoint's metadata 'data.std' is '",
+             io::metadata_value(metadata, "data.std", checkpoint),
+             "': a standard deviation must be positive");
 
   Generator gen(0);
   auto model = models::make_model(spec, gen);
-  io::load_checkpoint(checkpoint, *model, nullptr);
+  io::load_checkpoint(file, *model, nullptr);
   const Device device = resolve_device(flags.str("device"));
   model->to(device);
   model->eval();

@@ -517,19 +517,10 @@ io::JsonValue recorded_settings(const TrainConfig& config) {
 
 TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& checkpoint_file) {
   const std::string& checkpoint = checkpoint_file.path;
-  const auto flags = checkpoint_file.metadata.find("flags");
-  DL_CHECK(flags != checkpoint_file.metadata.end(), checkpoint,
-           ": the checkpoint does not record its run's flags");
-  io::JsonValue recorded;
-  try {
-    recorded = io::parse_json(flags->second);
-    recorded.as_object();
-  } catch (const Error& e) {
-    throw Error(checkpoint + ": its recorded settings are damaged (" + e.what() + ")");
-  }
   std::map<std::string, std::string> recorded_texts;
-  for (const auto& [name, value] : recorded.as_object())
-    if (value.is_string()) recorded_texts[name] = value.as_string();
+  for (const auto& [name, value] :
+       io::metadata_string_object(checkpoint_file.metadata, "flags", checkpoint))
+    recorded_texts[name] = value;
   const TrainConfig before;  // what the run used where it records nothing
   TrainConfig run = request.config;
   for (const Setting& s : train_settings()) {

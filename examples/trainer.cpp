@@ -159,8 +159,7 @@ std::map<std::string, std::string> checkpoint_metadata(const TrainConfig& cfg,
 // run was trained on: its image size, classes, number of images and normalisation.
 void check_same_run(const io::Checkpoint& checkpoint, const models::ModelSpec& spec,
                     const std::map<std::string, std::string>& metadata, const std::string& data) {
-  const models::ModelSpec saved =
-      models::ModelSpec::from_metadata(checkpoint.metadata, checkpoint.path);
+  const models::ModelSpec saved = models::ModelSpec::from_checkpoint(checkpoint);
   DL_CHECK(saved.describe() == spec.describe(), checkpoint.path, " is a checkpoint of '",
            saved.describe(), "', but these flags and data build '", spec.describe(),
            "': pass the same model flags and data set to resume");
@@ -195,12 +194,16 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
   // from here on, so no other process writes a newer checkpoint while this one reads it.
   RunDirectory run(requested.checkpoint_dir, resume);
   std::optional<io::Checkpoint> checkpoint;
-  if (!resume.empty()) checkpoint = io::read_checkpoint(resume);
+  if (!resume.empty()) {
+    checkpoint = io::read_checkpoint(resume);
+    DL_CHECK(checkpoint->position, resume,
+             ": no 'trainer.position' entry (a model file, not a training checkpoint)");
+  }
   const TrainConfig cfg = checkpoint ? resumed_config({requested, given}, *checkpoint) : requested;
   if (checkpoint) {
     validate(cfg);
-    if (checkpoint->position.epoch >= cfg.epochs) {
-      std::cerr << resume << " has finished " << checkpoint->position.epoch << " epochs (--epochs "
+    if (checkpoint->position->epoch >= cfg.epochs) {
+      std::cerr << resume << " has finished " << checkpoint->position->epoch << " epochs (--epochs "
                 << cfg.epochs << "): nothing to train\n";
       return 0;
     }
@@ -259,7 +262,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
   if (checkpoint) {
     io::load_checkpoint(*checkpoint, *model, opt.get());
     checkpoint->model_state.clear(), checkpoint->optimizer_state.clear();  // loaded: not kept twice
-    pos = checkpoint->position;
+    pos = *checkpoint->position;
     DL_CHECK(pos.batch < steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
              resume, " was trained with another number of batches per epoch (at epoch ",
              pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step, "; ", cfg.data,

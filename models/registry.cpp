@@ -1,6 +1,7 @@
 #include "models/registry.h"
 
 #include "engine/error.h"
+#include "engine/io/checkpoint.h"
 #include "models/convmixer.h"
 #include "models/resnet.h"
 
@@ -26,38 +27,75 @@ std::map<std::string, std::string> ModelSpec::to_metadata() const {
 
 ModelSpec ModelSpec::from_metadata(const std::map<std::string, std::string>& metadata,
                                    const std::string& source) {
-  auto field = [&](const std::string& key) -> const std::string& {
-    auto it = metadata.find(key);
-    DL_CHECK(it != metadata.end(), source, ": not a checkpoint of this engine (no '", key,
-             "' in its metadata)");
-    return it->second;
-  };
-  auto integer = [&](const std::string& key) {
-    const std::string& v = field(key);
-    DL_CHECK(!v.empty() && v.find_first_not_of("0123456789") == std::string::npos, source,
-             ": metadata '", key, "' is '", v, "', not a positive integer");
-    return std::stoll(v);
+  const auto integer = [&](const std::string& key) {
+    return io::metadata_integer(metadata, key, 0, INT64_MAX, source);
   };
   ModelSpec s;
-  s.name = field("model");
+  s.name = io::metadata_value(metadata, "model", source);
   s.dim = integer("model.dim"), s.depth = integer("model.depth");
   s.kernel = integer("model.kernel"), s.patch = integer("model.patch");
   s.classes = integer("model.classes"), s.in_channels = integer("model.in_channels");
+  try {
+    validate(s);
+  } catch (const Error& e) {
+    throw Error(source + ": the checkpoint's metadata describes no valid model: " + e.what());
+  }
+  return s;
+}
+
+ModelSpec ModelSpec::from_checkpoint(const io::Checkpoint& checkpoint) {
+  const std::string& path = checkpoint.path;
+  const ModelSpec s = from_metadata(checkpoint.metadata, path);
+  int64_t held = 0;
+  for (const auto& [name, t] : checkpoint.model_state) held += t.numel();
+  DL_CHECK(held == state_size(s), path, ": its metadata describes '", s.describe(), "', ",
+           state_size(s), " values, but its model tensors hold ", held,
+           ": the metadata does not match the weights (a damaged or edited file?)");
   return s;
 }
 
 void validate(const ModelSpec& s) {
+  const auto check_range = [](int64_t value, int64_t min, int64_t max, const char* what) {
+    DL_CHECK(value >= min && value <= max, what, " must be in [", min, ", ", max, "], got ", value);
+  };
   DL_CHECK(s.name == "convmixer" || s.name == "resnet", "unknown model '", s.name,
            "' (known: convmixer, resnet)");
-  DL_CHECK(s.dim > 0, "model dim (--dim) must be positive, got ", s.dim);
-  DL_CHECK(s.depth >= 0, "model depth (--depth) must be non-negative, got ", s.depth);
-  DL_CHECK(s.classes > 0 && s.in_channels > 0, "a model needs classes and input channels, got ",
-           s.classes, " and ", s.in_channels);
+  check_range(s.dim, 1, kMaxDim, "model dim (--dim)");
+  check_range(s.depth, 0, kMaxDepth, "model depth (--depth)");
+  check_range(s.classes, 1, kMaxClasses, "the number of classes");
+  check_range(s.in_channels, 1, kMaxInChannels, "the number of input channels");
   if (s.name == "convmixer") {
-    DL_CHECK(s.kernel >= 1 && s.kernel % 2 == 1, "ConvMixer kernel (--kernel) must be odd, got ",
+    DL_CHECK(s.kernel >= 1 && s.kernel <= kMaxKernel && s.kernel % 2 == 1,
+             "ConvMixer kernel (--kernel) must be odd and in [1, ", kMaxKernel, "], got ",
              s.kernel);
-    DL_CHECK(s.patch > 0, "ConvMixer patch (--patch) must be positive, got ", s.patch);
+    check_range(s.patch, 1, kMaxPatch, "ConvMixer patch (--patch)");
   }
+  DL_CHECK(state_size(s) <= kMaxStateValues, "'", s.describe(), "' has ", state_size(s),
+           " parameter and buffer values, over the limit of ", kMaxStateValues,
+           " (4 GiB of fp32); use a smaller dim or depth");
+}
+
+int64_t state_size(const ModelSpec& s) {
+  // validate()'s bounds keep every product below 2^46.
+  const auto conv = [](int64_t in, int64_t out, int64_t kernel, bool bias) {
+    return out * in * kernel * kernel + (bias ? out : 0);
+  };
+  const auto batch_norm = [](int64_t channels) {
+    return 4 * channels + 1;  // weight, bias, running_mean, running_var; num_batches_tracked
+  };
+  const auto linear = [](int64_t in, int64_t out) { return out * in + out; };
+  if (s.name == "resnet") {
+    const auto conv_bn = [&](int64_t in, int64_t width) {
+      return conv(in, width, 3, false) + batch_norm(width);
+    };
+    const int64_t w = s.dim;
+    return conv_bn(s.in_channels, w) + s.depth * 2 * conv_bn(w, w) + conv_bn(w, 2 * w) +
+           s.depth * 2 * conv_bn(2 * w, 2 * w) + linear(2 * w, s.classes);
+  }
+  const int64_t layer = conv(1, s.dim, s.kernel, true) + batch_norm(s.dim) +
+                        conv(s.dim, s.dim, 1, true) + batch_norm(s.dim);
+  return s.depth * layer + conv(s.in_channels, s.dim, s.patch, true) + batch_norm(s.dim) +
+         linear(s.dim, s.classes);
 }
 
 std::shared_ptr<nn::Module> make_model(const ModelSpec& s, Generator& gen) {

@@ -3,7 +3,8 @@
 # Idempotent: installs only what is missing and says what it installs.
 set -euo pipefail
 
-packages=(build-essential cmake ninja-build catch2 libstb-dev libopenblas-openmp-dev zlib1g-dev)
+packages=(build-essential cmake ninja-build catch2 libstb-dev libopenblas-openmp-dev zlib1g-dev
+          libjpeg-dev)
 if [[ $# -gt 0 ]]; then packages+=("$@"); fi
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

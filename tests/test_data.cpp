@@ -1,6 +1,7 @@
 // Dataset readers: CIFAR-10 binary, image folders, IDX, format detection, the cache and subset.
 // Every test writes its own tiny data set under a fresh temp folder and removes it afterwards.
 #include <stb_image_write.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -263,7 +264,7 @@ TEST_CASE("CIFAR-10 binary errors name the file and the problem", "[data]") {
   }
 }
 
-TEST_CASE("image folders decode PNG, JPEG and BMP in a fixed order", "[data]") {
+TEST_CASE("image folders decode PNG and JPEG in a fixed order", "[data]") {
   const uint64_t seed = dl::test::fresh_seed();
   INFO("seed " << seed);
   dl::Generator gen(seed);
@@ -272,11 +273,10 @@ TEST_CASE("image folders decode PNG, JPEG and BMP in a fixed order", "[data]") {
   const fs::path train = tmp.path / "train";
   // Classes and files are sorted by name: "a_cat" is label 0 and "10.png" comes before "2.PNG".
   const auto cat10 = random_bytes(gen, w * h * 3), cat2 = random_bytes(gen, w * h * 3);
-  const auto dog_bmp = random_bytes(gen, w * h * 3);
+  const auto dog = random_bytes(gen, w * h * 3);
   write_png(train / "a_cat" / "10.png", w, h, 3, cat10);
   write_png(train / "a_cat" / "2.PNG", w, h, 3, cat2);
-  fs::create_directories(train / "b_dog");
-  REQUIRE(stbi_write_bmp((train / "b_dog" / "x.bmp").c_str(), w, h, 3, dog_bmp.data()) != 0);
+  write_png(train / "b_dog" / "x.png", w, h, 3, dog);
   write_file(train / "b_dog" / ".DS_Store", {1, 2, 3});
   fs::create_directories(train / ".hidden_class");
   // JPEG is lossy: a smooth image at quality 100 comes back within a small mean error.
@@ -294,7 +294,7 @@ TEST_CASE("image folders decode PNG, JPEG and BMP in a fixed order", "[data]") {
   REQUIRE(d.channels == 3);
   REQUIRE(std::vector<uint8_t>(d.image(0), d.image(0) + d.image_bytes()) == cat10);
   REQUIRE(std::vector<uint8_t>(d.image(1), d.image(1) + d.image_bytes()) == cat2);
-  REQUIRE(std::vector<uint8_t>(d.image(2), d.image(2) + d.image_bytes()) == dog_bmp);
+  REQUIRE(std::vector<uint8_t>(d.image(2), d.image(2) + d.image_bytes()) == dog);
   double err = 0;
   for (int i = 0; i < w * h * 3; ++i) err += std::abs(int{d.image(3)[i]} - int{smooth[i]});
   REQUIRE(err / (w * h * 3) < 3);
@@ -331,7 +331,16 @@ TEST_CASE("image folder errors name the file or folder and the problem", "[data]
   }
   SECTION("a corrupt .png") {
     write_file(cls / "b.png", {'n', 'o', 't', ' ', 'p', 'n', 'g'});
-    REQUIRE_THROWS_WITH(load(), Contains((cls / "b.png").string()) && Contains("cannot decode"));
+    REQUIRE_THROWS_WITH(load(), Contains((cls / "b.png").string() + ": not a PNG or JPEG file"));
+  }
+  SECTION("a 16-bit PGM named .png (stb_image read past its end, and it was trained on)") {
+    write_file(cls / "x.png", {'P', '5', ' ', '3', ' ', '5', ' ', '5', '1', '2', '\n', 0, 1, 2});
+    REQUIRE_THROWS_WITH(load(), Contains((cls / "x.png").string() + ": not a PNG or JPEG file"));
+  }
+  SECTION("a BMP, which no longer reads") {
+    write_file(cls / "b.bmp", {'B', 'M'});
+    REQUIRE_THROWS_WITH(load(), Contains((cls / "b.bmp").string()) &&
+                                    Contains("expected a .png, .jpg or .jpeg extension"));
   }
   SECTION("an empty class folder") {
     fs::create_directories(tmp.path / "train" / "dog");
@@ -356,6 +365,29 @@ TEST_CASE("image folder errors name the file or folder and the problem", "[data]
   }
 }
 
+TEST_CASE("an image folder's memory grows with the images it decodes, not from the first one",
+          "[data]") {
+  // A 2000x2000 first image and 200 damaged ones: the whole set was sized from the first image
+  // (2.4 GB, zero-filled) before the second was found damaged.
+  TempDir tmp;
+  const fs::path cls = tmp.path / "train" / "cat";
+  write_png(cls / "a.png", 2000, 2000, 1, std::vector<uint8_t>(2000 * 2000, 0));
+  for (int i = 0; i < 200; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "b%d.png", i);
+    write_file(cls / name, {'n', 'o'});
+  }
+  const auto peak_rss_kib = [] {
+    struct rusage usage {};
+    ::getrusage(RUSAGE_SELF, &usage);
+    return usage.ru_maxrss;
+  };
+  const long before = peak_rss_kib();
+  REQUIRE_THROWS_WITH(dl::data::load_image_folder(tmp.path.string(), Split::train),
+                      Contains((cls / "b0.png").string() + ": not a PNG or JPEG file"));
+  CHECK(peak_rss_kib() - before < 256 * 1024);
+}
+
 TEST_CASE("decode_image names why a file cannot be read", "[data]") {
   dl::Generator gen(dl::test::fresh_seed());
   TempDir tmp;
@@ -375,13 +407,112 @@ TEST_CASE("decode_image names why a file cannot be read", "[data]") {
   CHECK(reason(tmp.path / "empty.png") == "empty file");
   REQUIRE(::mkfifo((tmp.path / "fifo.png").c_str(), 0600) == 0);
   CHECK(reason(tmp.path / "fifo.png") == "not a regular file");  // named, not opened
-  // A file that is there but does not decode keeps stb_image's reason.
   write_file(tmp.path / "notes.png", {'h', 'i'});
-  CHECK(reason(tmp.path / "notes.png") ==
-        "cannot decode the image (stb_image: unknown image type)");
+  CHECK(reason(tmp.path / "notes.png") == "not a PNG or JPEG file");
   if (::geteuid() != 0) {  // root reads any file
     fs::permissions(tmp.path / "a.png", fs::perms::none);
     CHECK(reason(tmp.path / "a.png") == "cannot open (permission denied)");
+  }
+}
+
+namespace {
+
+std::vector<uint8_t> encode(bool jpeg, int w, int h, int comp, const std::vector<uint8_t>& px) {
+  std::vector<uint8_t> out;
+  const auto append = [](void* context, void* data, int size) {
+    auto* bytes = static_cast<std::vector<uint8_t>*>(context);
+    bytes->insert(bytes->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+  };
+  const int ok = jpeg ? stbi_write_jpg_to_func(append, &out, w, h, comp, px.data(), 90)
+                      : stbi_write_png_to_func(append, &out, w, h, comp, px.data(), w * comp);
+  REQUIRE(ok != 0);
+  return out;
+}
+
+// The offset of the first JPEG marker 0xFF `code` (its segment follows).
+size_t find_marker(const std::vector<uint8_t>& jpeg, uint8_t code) {
+  for (size_t i = 2; i + 1 < jpeg.size(); ++i)
+    if (jpeg[i] == 0xFF && jpeg[i + 1] == code) return i;
+  FAIL("no marker 0xFF" << std::hex << int{code});
+  return 0;
+}
+
+void put_be16(std::vector<uint8_t>& bytes, size_t at, uint16_t v) {
+  bytes[at] = static_cast<uint8_t>(v >> 8);
+  bytes[at + 1] = static_cast<uint8_t>(v);
+}
+
+}  // namespace
+
+TEST_CASE("decode_image reads only PNG and JPEG, within a pixel budget, and refuses damage",
+          "[data]") {
+  dl::Generator gen(dl::test::fresh_seed());
+  TempDir tmp;
+  const int w = 24, h = 16;
+  const std::vector<uint8_t> px = random_bytes(gen, w * h * 3);
+  const std::vector<uint8_t> png = encode(false, w, h, 3, px), jpeg = encode(true, w, h, 3, px);
+  const auto decode = [&](const std::vector<uint8_t>& bytes, int channels = 3) {
+    write_file(tmp.path / "x.png", bytes);
+    return dl::data::decode_image((tmp.path / "x.png").string(), channels);
+  };
+  REQUIRE(decode(png).pixels == px);
+  REQUIRE(decode(jpeg).error.empty());
+
+  SECTION("other formats, whatever the name (stb_image decoded them all)") {
+    // A 16-bit PGM with too little data, a TGA and a BMP header claiming 16000x16000.
+    CHECK(decode({'P', '5', ' ', '3', ' ', '5', ' ', '5', '1', '2', '\n', 0, 1, 2}).error ==
+          "not a PNG or JPEG file");
+    std::vector<uint8_t> tga(30, 0);
+    tga[2] = 2, tga[12] = 0x80, tga[13] = 0x3e, tga[14] = 0x80, tga[15] = 0x3e, tga[16] = 24;
+    CHECK(decode(tga).error == "not a PNG or JPEG file");
+    std::vector<uint8_t> bmp(54, 0);
+    bmp[0] = 'B', bmp[1] = 'M', bmp[14] = 40, bmp[18] = 0x80, bmp[19] = 0x3e, bmp[22] = 0x80;
+    bmp[23] = 0x3e, bmp[26] = 1, bmp[28] = 24;
+    CHECK(decode(bmp).error == "not a PNG or JPEG file");
+  }
+  SECTION("a header over the pixel budget is refused before decoding") {
+    std::vector<uint8_t> big_png = png;  // IHDR's width and height at bytes 16..23, CRC after
+    for (size_t at : {16, 20})
+      big_png[at] = 0, big_png[at + 1] = 0, put_be16(big_png, at + 2, 16000);
+    const uLong crc = crc32(0, big_png.data() + 12, 17);
+    for (int i = 0; i < 4; ++i) big_png[29 + i] = static_cast<uint8_t>(crc >> (24 - 8 * i));
+    CHECK(decode(big_png).error == "image is 16000x16000, over the limit of 89478485 pixels");
+    std::vector<uint8_t> big_jpeg = jpeg;  // SOF0: marker, length, precision, height, width
+    const size_t sof = find_marker(big_jpeg, 0xC0);
+    put_be16(big_jpeg, sof + 5, 16000);
+    put_be16(big_jpeg, sof + 7, 16000);
+    big_jpeg.resize(find_marker(big_jpeg, 0xDA) + 20);  // truncated inside the scan data
+    CHECK(decode(big_jpeg).error == "image is 16000x16000, over the limit of 89478485 pixels");
+  }
+  SECTION("truncated files are refused, not decoded as far as they go") {
+    const std::vector<uint8_t> half_jpeg(jpeg.begin(), jpeg.begin() + jpeg.size() * 2 / 3);
+    CHECK(decode(half_jpeg).error ==
+          "cannot decode the JPEG (libjpeg: Premature end of JPEG file)");
+    const std::vector<uint8_t> half_png(png.begin(), png.begin() + png.size() * 2 / 3);
+    CHECK_THAT(decode(half_png).error, Contains("cannot decode the PNG (stb_image: "));
+    const std::vector<uint8_t> no_end(png.begin(), png.end() - 12);  // without its IEND chunk
+    CHECK_THAT(decode(no_end).error, Contains("cannot decode the PNG (stb_image: "));
+  }
+  SECTION("Huffman code counts that sum past 256 (out-of-bounds writes in stb_image)") {
+    std::vector<uint8_t> bogus = jpeg;
+    const size_t dht = find_marker(bogus, 0xC4);  // marker, length, class/id, 16 code counts
+    for (size_t i = 0; i < 16; ++i) bogus[dht + 5 + i] = 255;
+    CHECK(decode(bogus).error ==
+          "cannot decode the JPEG (libjpeg: Bogus Huffman table definition)");
+  }
+  SECTION("a colour JPEG in 1, 2 and 4 channels follows stb_image's conversions") {
+    const std::vector<uint8_t> rgb = decode(jpeg).pixels;
+    const std::vector<uint8_t> grey = decode(jpeg, 1).pixels, grey_alpha = decode(jpeg, 2).pixels,
+                               rgba = decode(jpeg, 4).pixels;
+    REQUIRE(grey.size() == size_t{w * h});
+    for (int i = 0; i < w * h; ++i) {
+      const int y = (rgb[i * 3] * 77 + rgb[i * 3 + 1] * 150 + rgb[i * 3 + 2] * 29) >> 8;
+      REQUIRE(int{grey[i]} == y);
+      REQUIRE(grey_alpha[i * 2] == grey[i]);
+      REQUIRE(grey_alpha[i * 2 + 1] == 255);
+      for (int c = 0; c < 3; ++c) REQUIRE(rgba[i * 4 + c] == rgb[i * 3 + c]);
+      REQUIRE(rgba[i * 4 + 3] == 255);
+    }
   }
 }
 

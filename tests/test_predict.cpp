@@ -2,16 +2,20 @@
 // images it cannot read (the others are still classified). A tiny run is trained with the train
 // binary first; test_trainer compares predict's logits with the model in process.
 #include <stb_image_write.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <vector>
 
+#include "engine/io/checkpoint.h"
 #include "engine/random.h"
+#include "models/registry.h"
 #include "test_util.h"
 
 namespace fs = std::filesystem;
@@ -106,10 +110,91 @@ TEST_CASE("predict takes a run directory and names why an image cannot be read")
     REQUIRE(r.status == 1);
     REQUIRE_THAT(r.err, Contains("cannot read " + missing.string() + ": no such file\n"));
     REQUIRE_THAT(r.err, Contains("cannot read " + data.string() + ": is a directory\n"));
-    REQUIRE_THAT(r.err, Contains("cannot read " + notes.string() +
-                                 ": cannot decode the image (stb_image: unknown image type)\n"));
+    REQUIRE_THAT(r.err, Contains("cannot read " + notes.string() + ": not a PNG or JPEG file\n"));
     REQUIRE_THAT(r.err, Contains("3 of 4 images could not be read"));
     REQUIRE(r.out.rfind(png.string() + ":", 0) == 0);  // the one good image, on one line
     REQUIRE(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+}
+
+TEST_CASE("predict refuses hostile checkpoint metadata with one message, before building") {
+  TempDir tmp;
+  std::vector<uint8_t> pixels(32 * 32 * 3, 128);
+  const fs::path png = tmp.path / "img.png", checkpoint = tmp.path / "model.safetensors";
+  REQUIRE(stbi_write_png(png.c_str(), 32, 32, 3, pixels.data(), 32 * 3) != 0);
+  const dl::models::ModelSpec spec{.dim = 4, .depth = 1, .kernel = 3, .patch = 2};
+  const auto predict_with = [&](const std::map<std::string, std::string>& edits) {
+    std::map<std::string, std::string> metadata = spec.to_metadata();
+    metadata.insert({{"data.height", "32"},
+                     {"data.width", "32"},
+                     {"data.classes", "a,b,c,d,e,f,g,h,i,j"},
+                     {"data.mean", "0.5,0.5,0.5"},
+                     {"data.std", "0.25,0.25,0.25"}});
+    for (const auto& [key, value] : edits) metadata[key] = value;
+    dl::Generator gen(0);
+    dl::io::save_checkpoint(checkpoint.string(), *dl::models::make_model(spec, gen), nullptr, {},
+                            metadata);
+    return run(tmp.path, DL_PREDICT_BIN, {"--checkpoint", checkpoint.string(), png.string()});
+  };
+  REQUIRE(predict_with({}).status == 0);
+
+  SECTION("a 2^31 patch in a file with no tensors (it built a 2^62-element weight)") {
+    std::map<std::string, std::string> metadata = spec.to_metadata();
+    metadata["model.patch"] = std::to_string(int64_t{1} << 31);
+    metadata["model.dim"] = metadata["model.in_channels"] = "1";
+    metadata["model.depth"] = "0";
+    metadata["format"] = dl::io::kCheckpointFormat;
+    metadata["format_version"] = std::to_string(dl::io::kCheckpointVersion);
+    dl::io::save_safetensors(checkpoint.string(), {}, metadata);
+    const Result r =
+        run(tmp.path, DL_PREDICT_BIN, {"--checkpoint", checkpoint.string(), png.string()});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains(checkpoint.string() + ": ") &&
+                            Contains("ConvMixer patch (--patch) must be in [1, 1024]"));
+  }
+  SECTION("a FIFO as checkpoint is refused, not waited on (predict and train --resume hung)") {
+    const fs::path fifo = tmp.path / "fifo.safetensors";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    // timeout(1) ends a hang with status 124 instead of hanging the test.
+    Result r = run(tmp.path, std::string("timeout 60 ") + DL_PREDICT_BIN,
+                   {"--checkpoint", fifo.string(), png.string()});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains(fifo.string() + ": not a regular file"));
+    r = run(tmp.path, std::string("timeout 60 ") + DL_TRAIN_BIN,
+            {"--resume", fifo.string(), "--device", "cpu"});
+    REQUIRE(r.status == 1);
+    REQUIRE_THAT(r.err, Contains(fifo.string() + ": not a regular file"));
+  }
+  SECTION("a depth the tensors do not hold") {
+    const Result r = predict_with({{"model.depth", "5"}});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains("but its model tensors hold"));
+  }
+  SECTION("image sizes are bounded and must fit the patch") {
+    Result r = predict_with({{"data.height", "100000"}, {"data.width", "100000"}});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains("100000x100000, over the limit of 89478485 pixels"));
+    r = predict_with({{"data.height", "33"}});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains("not a multiple of its model's patch 2"));
+  }
+  SECTION("a malformed number names the key and the file") {
+    Result r = predict_with({{"data.height", "32px"}});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains(checkpoint.string() +
+                                 ": the checkpoint's metadata 'data.height' is '32px', not an "
+                                 "integer in [1, 89478485]"));
+    r = predict_with({{"data.mean", "0.5,x,0.5"}});
+    REQUIRE(r.status == 2);
+    REQUIRE_THAT(r.err, Contains("'data.mean' is '0.5,x,0.5', not a comma-separated list"));
+  }
+  SECTION("a zero or non-finite std (NaN probabilities before)") {
+    for (const std::string std_dev : {"0.25,0,0.25", "0.25,-1,0.25", "nan,0.25,0.25"}) {
+      const Result r = predict_with({{"data.std", std_dev}});
+      INFO(r.out << r.err);
+      REQUIRE(r.status == 2);
+      REQUIRE_THAT(r.err, Contains(checkpoint.string() +
+                                   ": the checkpoint's metadata 'data.std' is '" + std_dev + "'"));
+    }
   }
 }

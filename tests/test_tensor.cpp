@@ -154,6 +154,27 @@ TEST_CASE("reshape: -1 inference, views, errors", "[tensor]") {
   require_values(rs, expected);
 }
 
+TEST_CASE("sizes are checked: a shape whose byte count overflows is an error", "[tensor]") {
+  using Catch::Contains;
+  constexpr int64_t big = int64_t{1} << 31;
+  // 2^62 f32 elements: 2^64 bytes, which wrapped to an empty allocation.
+  REQUIRE_THROWS_WITH(Tensor::empty({big, 1, big, 1}), Contains("is too large"));
+  REQUIRE_THROWS_WITH(Tensor::uniform({big, 1, big, 1}, -1, 1), Contains("is too large"));
+  REQUIRE_THROWS_WITH(shape_numel({int64_t{1} << 32, int64_t{1} << 32}), Contains("is too large"));
+  REQUIRE_THROWS_WITH(shape_nbytes({int64_t{1} << 61}, DType::f32), Contains("is too large"));
+  REQUIRE_THROWS_WITH(shape_numel({2, -3}), Contains("negative dimension"));
+  REQUIRE(shape_nbytes({int64_t{1} << 60}, DType::f32) == size_t{1} << 62);
+  // A zero dimension empties the shape; the other dimensions must still fit together, so that
+  // strides do.
+  REQUIRE(shape_numel({0, int64_t{1} << 30, int64_t{1} << 30}) == 0);
+  REQUIRE(Tensor::empty({int64_t{1} << 30, 0, int64_t{1} << 30}).nbytes() == 0);
+  REQUIRE_THROWS_WITH(shape_numel({0, int64_t{1} << 62, int64_t{1} << 62}),
+                      Contains("is too large"));
+  const Tensor x = Tensor::zeros({2, 3});
+  REQUIRE_THROWS_WITH(x.reshape({int64_t{1} << 32, int64_t{1} << 32, -1}),
+                      Contains("is too large"));
+}
+
 TEST_CASE("reshape is differentiable", "[tensor][autograd]") {
   Tensor x = leaf(iota(6, 1.0f), {2, 3});
   const Tensor r = Tensor::from_vector(iota(6, -2.0f), {3, 2});

@@ -507,7 +507,7 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
                           Catch::Contains("--batch"));
   damaged.metadata.clear();
   REQUIRE_THROWS_WITH(examples::resumed_config({later, {}}, damaged),
-                      Catch::Contains("does not record its run's flags"));
+                      Catch::Contains("the checkpoint's metadata has no 'flags'"));
 }
 
 namespace {

@@ -1,13 +1,21 @@
 // Helpers shared by the tests: fresh random seeds (printed on failure) and tolerance checks.
 #pragma once
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -30,6 +38,53 @@ inline uint64_t fresh_seed() {
   }
   static std::random_device rd;
   return (static_cast<uint64_t>(rd()) << 32) ^ rd();
+}
+
+// What run_in_child saw of a function run in a child process.
+struct ChildResult {
+  bool finished = false;  // false: still running after the time limit, and killed
+  std::string error;      // what() of the exception it threw; empty when it returned
+  long peak_rss_kib = 0;  // the child's peak resident memory
+};
+
+// Runs f in a forked child process, killed after `seconds`: for code that could hang or allocate
+// without bound. f must not use OpenMP (libgomp is not fork-safe) nor Catch2's assertions.
+inline ChildResult run_in_child(double seconds, const std::function<void()>& f) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    std::string error;
+    try {
+      f();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    [[maybe_unused]] const ssize_t written = ::write(fds[1], error.data(), error.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  ChildResult result;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  int status = 0;
+  struct rusage usage {};
+  while (::wait4(pid, &status, WNOHANG, &usage) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::wait4(pid, &status, 0, &usage);
+      ::close(fds[0]);
+      return result;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  result.finished = true;
+  result.peak_rss_kib = usage.ru_maxrss;
+  char buffer[4096];
+  for (ssize_t n; (n = ::read(fds[0], buffer, sizeof buffer)) > 0;) result.error.append(buffer, n);
+  ::close(fds[0]);
+  return result;
 }
 
 // |a - b| <= atol + rtol * |b| elementwise; on failure names the first bad index.

@@ -1,6 +1,5 @@
 #include "engine/data/dataset.h"
 
-#include <stb_image.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -19,6 +18,7 @@
 #include <optional>
 
 #include "engine/error.h"
+#include "engine/io/file.h"
 
 namespace dl::data {
 
@@ -66,11 +66,12 @@ std::vector<fs::directory_entry> list_dir(const fs::path& dir) {
 }
 
 std::vector<uint8_t> read_file(const fs::path& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) fail(path, std::string("cannot open the file: ") + std::strerror(errno));
+  std::string error;
+  const io::File file = io::open_regular_file(path.string(), &error);
+  if (!file) fail(path, error);
   struct stat st {};
-  if (::fstat(::fileno(file.get()), &st) != 0 || !S_ISREG(st.st_mode))
-    fail(path, "not a regular file");
+  if (::fstat(::fileno(file.get()), &st) != 0)
+    fail(path, std::string("cannot stat the file: ") + std::strerror(errno));
   std::vector<uint8_t> bytes(static_cast<size_t>(st.st_size));
   if (std::fread(bytes.data(), 1, bytes.size(), file.get()) != bytes.size())
     fail(path, "read failed (the file changed while it was being read?)");
@@ -130,20 +131,11 @@ std::vector<std::string> cifar_classes(const fs::path& dir) {
 
 // ---- image folder -------------------------------------------------------------------------------
 
-constexpr const char* kFolderLayout = "<root>/<train|test>/<class>/*.png|jpg|jpeg|bmp";
+constexpr const char* kFolderLayout = "<root>/<train|test>/<class>/*.png|jpg|jpeg";
 
 bool has_image_extension(const fs::path& p) {
   const std::string ext = lower(p.extension().string());
-  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".bmp";
-}
-
-// Why opening or stat-ing a file failed, as decode_image reports it.
-std::string open_error(int err) {
-  if (err == ENOENT || err == ENOTDIR) return "no such file";
-  std::string reason = std::strerror(err);
-  if (!reason.empty())
-    reason[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(reason[0])));
-  return "cannot open (" + reason + ")";
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
 // ---- IDX ----------------------------------------------------------------------------------------
@@ -642,43 +634,6 @@ ImageDataset load_cifar10_binary(const std::string& dir, Split split) {
   return d;
 }
 
-DecodedImage decode_image(const std::string& path, int channels) {
-  DL_CHECK(channels >= 1 && channels <= 4, "decode_image: channels must be 1..4, got ", channels);
-  DecodedImage d;
-  // Checked before opening, so a folder or a FIFO is named as such instead of read.
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) {
-    d.error = open_error(errno);
-    return d;
-  }
-  if (S_ISDIR(st.st_mode)) {
-    d.error = "is a directory";
-    return d;
-  }
-  if (!S_ISREG(st.st_mode)) {
-    d.error = "not a regular file";
-    return d;
-  }
-  if (st.st_size == 0) {
-    d.error = "empty file";
-    return d;
-  }
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) {
-    d.error = open_error(errno);
-    return d;
-  }
-  int comp = 0;
-  std::unique_ptr<stbi_uc, void (*)(void*)> pixels(
-      stbi_load_from_file(file.get(), &d.width, &d.height, &comp, channels), stbi_image_free);
-  if (!pixels) {
-    d.error = std::string("cannot decode the image (stb_image: ") + stbi_failure_reason() + ")";
-    return d;
-  }
-  d.pixels.assign(pixels.get(), pixels.get() + static_cast<size_t>(d.width) * d.height * channels);
-  return d;
-}
-
 ImageDataset load_image_folder(const std::string& root, Split split, int channels) {
   DL_CHECK(channels >= 1 && channels <= 4, "load_image_folder: channels must be 1..4, got ",
            channels);
@@ -703,8 +658,8 @@ ImageDataset load_image_folder(const std::string& root, Split split, int channel
              detail::concat("unexpected folder inside a class folder (", kFolderLayout, ")"));
       if (!has_image_extension(f.path()))
         fail(f.path(),
-             "not an image file: expected a .png, .jpg, .jpeg or .bmp extension (move "
-             "the file out of the dataset, or hide it with a leading '.')");
+             "not an image file: expected a .png, .jpg or .jpeg extension (move the file out "
+             "of the dataset, or hide it with a leading '.'; convert other formats to PNG)");
       files.push_back(f.path());
       d.labels.push_back(label);
     }
@@ -714,29 +669,35 @@ ImageDataset load_image_folder(const std::string& root, Split split, int channel
   if (d.classes.empty())
     fail(split_dir, detail::concat("no class folders (expected ", kFolderLayout, ")"));
 
-  // The first image sets the size; the rest decode in parallel.
+  // The first image sets the size. The rest decode in parallel, a batch at a time, and are
+  // appended in order; an image of another size is dropped as soon as it is decoded. So memory
+  // grows with the images that belong to the set, and the first bad file ends the load.
   const DecodedImage first = decode_image(files[0].string(), channels);
   if (!first.error.empty()) fail(files[0], first.error);
   d.height = first.height;
   d.width = first.width;
-  const int64_t n = d.size(), bytes = d.image_bytes();
-  d.pixels.resize(static_cast<size_t>(n * bytes));
-  std::copy_n(first.pixels.data(), bytes, d.pixels.data());
-  std::vector<std::string> errors(static_cast<size_t>(n));
-#pragma omp parallel for schedule(dynamic, 16)
-  for (int64_t i = 1; i < n; ++i) {
-    const DecodedImage img = decode_image(files[i].string(), channels);
-    if (!img.error.empty())
-      errors[i] = img.error;
-    else if (img.width != d.width || img.height != d.height)
-      errors[i] = detail::concat("image is ", img.width, "x", img.height, " but ",
-                                 files[0].string(), " is ", d.width, "x", d.height,
-                                 " (width x height); all images must be the same size");
-    else
-      std::copy_n(img.pixels.data(), bytes, d.pixels.data() + i * bytes);
+  d.pixels = first.pixels;
+  constexpr int64_t kBatch = 256;
+  const int64_t n = d.size();
+  for (int64_t start = 1; start < n; start += kBatch) {
+    const int64_t count = std::min(kBatch, n - start);
+    std::vector<DecodedImage> batch(static_cast<size_t>(count));
+#pragma omp parallel for schedule(dynamic, 4)
+    for (int64_t i = 0; i < count; ++i) {
+      DecodedImage img = decode_image(files[start + i].string(), channels);
+      if (img.error.empty() && (img.width != d.width || img.height != d.height)) {
+        img.error = detail::concat("image is ", img.width, "x", img.height, " but ",
+                                   files[0].string(), " is ", d.width, "x", d.height,
+                                   " (width x height); all images must be the same size");
+        img.pixels = {};
+      }
+      batch[i] = std::move(img);
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      if (!batch[i].error.empty()) fail(files[start + i], batch[i].error);
+      d.pixels.insert(d.pixels.end(), batch[i].pixels.begin(), batch[i].pixels.end());
+    }
   }
-  for (int64_t i = 1; i < n; ++i)
-    if (!errors[i].empty()) fail(files[i], errors[i]);
   return d;
 }
 

@@ -1,10 +1,12 @@
 // Image-classification datasets for the trainer: readers for the CIFAR-10 binary release, image
-// folders (<root>/<split>/<class>/*.png|jpg|jpeg|bmp) and (Fashion-)MNIST IDX files, plus a
+// folders (<root>/<split>/<class>/*.png|jpg|jpeg) and (Fashion-)MNIST IDX files, plus a
 // binary cache of the decoded set. Every set is held decoded in memory as uint8 NHWC.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "engine/data/image.h"
 
 namespace dl::data {
 
@@ -30,21 +32,10 @@ const char* split_name(Split split);  // "train" or "test"
 ImageDataset load_cifar10_binary(const std::string& dir, Split split);
 
 // An image folder: <root>/<split>/<class>/<file>, classes sorted by name (label = rank), files
-// sorted by name within a class. Files must be .png, .jpg, .jpeg or .bmp (any case) and all of one
-// size; they are decoded with stb_image into `channels` (1..4) components, in parallel. Hidden
+// sorted by name within a class. Files must be .png, .jpg or .jpeg (any case) and all of one
+// size; they are decoded with decode_image into `channels` (1..4) components, in parallel. Hidden
 // entries (names starting with '.') are skipped; any other file is an error.
 ImageDataset load_image_folder(const std::string& root, Split split, int channels = 3);
-
-// One image file (PNG, JPEG, BMP, ... as stb_image reads them) decoded into `channels` (1..4)
-// components; 16-bit images keep the high byte of each value.
-struct DecodedImage {
-  int width = 0, height = 0;
-  std::vector<uint8_t> pixels;  // [height, width, channels]; empty on failure
-  std::string error;            // why the file could not be read; empty on success
-};
-// Never throws for a bad file: error says "no such file", "is a directory", "not a regular
-// file", "empty file", "cannot open (<reason>)" or "cannot decode the image (stb_image: <reason>)".
-DecodedImage decode_image(const std::string& path, int channels);
 
 // MNIST / Fashion-MNIST IDX files in dir, gzip'd or not: {train,t10k}-images-idx3-ubyte[.gz] and
 // {train,t10k}-labels-idx1-ubyte[.gz]. One channel. Class names are Fashion-MNIST's when the

@@ -1,8 +1,12 @@
 #include "engine/io/checkpoint.h"
 
+#include <algorithm>
 #include <bit>
+#include <charconv>
+#include <cmath>
 
 #include "engine/error.h"
+#include "engine/io/json.h"
 #include "engine/io/safetensors.h"
 
 namespace dl::io {
@@ -67,7 +71,9 @@ Checkpoint read_checkpoint(const std::string& path) {
   check_format(file.metadata, path);
   Checkpoint out{.path = path,
                  .metadata = file.metadata,
-                 .position = position_of(file, path),
+                 .position = file.find("trainer.position")
+                                 ? std::optional<TrainingPosition>(position_of(file, path))
+                                 : std::nullopt,
                  .model_state = {},
                  .optimizer_state = {}};
   for (const auto& [name, t] : file.tensors) {
@@ -79,6 +85,57 @@ Checkpoint read_checkpoint(const std::string& path) {
 
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path) {
   return read_checkpoint(path).metadata;
+}
+
+const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
+                                  const std::string& key, const std::string& path) {
+  const auto it = metadata.find(key);
+  DL_CHECK(it != metadata.end(), path, ": the checkpoint's metadata has no '", key, "'");
+  return it->second;
+}
+
+int64_t metadata_integer(const std::map<std::string, std::string>& metadata, const std::string& key,
+                         int64_t min, int64_t max, const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  int64_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  DL_CHECK(ec == std::errc() && end == text.data() + text.size() && value >= min && value <= max,
+           path, ": the checkpoint's metadata '", key, "' is '", text, "', not an integer in [",
+           min, ", ", max, "]");
+  return value;
+}
+
+std::vector<std::pair<std::string, std::string>> metadata_string_object(
+    const std::map<std::string, std::string>& metadata, const std::string& key,
+    const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  std::vector<std::pair<std::string, std::string>> members;
+  try {
+    const JsonValue object = parse_json(text);
+    for (const auto& [name, value] : object.as_object())
+      members.emplace_back(name, value.as_string());
+  } catch (const Error& e) {
+    throw Error(path + ": the checkpoint's metadata '" + key +
+                "' is not a JSON object of strings (" + e.what() + ")");
+  }
+  return members;
+}
+
+std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
+                                   const std::string& key, const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  std::vector<float> values;
+  for (size_t begin = 0; begin <= text.size();) {
+    const size_t comma = std::min(text.find(',', begin), text.size());
+    float value = 0.0f;
+    const auto [end, ec] = std::from_chars(text.data() + begin, text.data() + comma, value);
+    DL_CHECK(ec == std::errc() && end == text.data() + comma && std::isfinite(value), path,
+             ": the checkpoint's metadata '", key, "' is '", text,
+             "', not a comma-separated list of finite numbers");
+    values.push_back(value);
+    begin = comma + 1;
+  }
+  return values;
 }
 
 void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer) {
@@ -96,7 +153,8 @@ TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer) {
   const Checkpoint checkpoint = read_checkpoint(path);
   load_checkpoint(checkpoint, model, optimizer);
-  return checkpoint.position;
+  DL_CHECK(checkpoint.position, path, ": no 'trainer.position' entry (not a training checkpoint)");
+  return *checkpoint.position;
 }
 
 }  // namespace dl::io

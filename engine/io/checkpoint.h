@@ -5,8 +5,12 @@
 // random state. Written atomically: a crash mid-write leaves the previous checkpoint intact.
 #pragma once
 #include <map>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "engine/io/safetensors.h"
 #include "engine/nn.h"
 #include "engine/optim.h"
 
@@ -32,21 +36,36 @@ void save_checkpoint(const std::string& path, const nn::Module& model,
 struct Checkpoint {
   std::string path;
   std::map<std::string, std::string> metadata;
-  TrainingPosition position;
-  nn::NamedTensors model_state;      // PyTorch names, without the "model." prefix
-  nn::NamedTensors optimizer_state;  // "optim." entries
+  std::optional<TrainingPosition> position;  // none in a file holding only a model
+  nn::NamedTensors model_state;              // PyTorch names, without the "model." prefix
+  nn::NamedTensors optimizer_state;          // "optim." entries
 };
 
-// Reads the file after checking it is a checkpoint of this engine at a known version, with a
-// valid position; a damaged file is one dl::Error naming it.
+// Reads the file after checking it is a checkpoint of this engine at a known version; a damaged
+// file or position is one dl::Error naming it.
 Checkpoint read_checkpoint(const std::string& path);
 // Metadata only (the file is still read and checked whole).
 std::map<std::string, std::string> read_checkpoint_metadata(const std::string& path);
 
+// A checkpoint's metadata value `key` read as a whole decimal number in [min, max], or as a
+// comma-separated list of finite numbers. A missing key or a malformed or out-of-range value is a
+// dl::Error naming the file and the key.
+int64_t metadata_integer(const std::map<std::string, std::string>& metadata, const std::string& key,
+                         int64_t min, int64_t max, const std::string& path);
+std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
+                                   const std::string& key, const std::string& path);
+// A metadata value that holds a JSON object of strings (the run's flags), its members in order.
+std::vector<std::pair<std::string, std::string>> metadata_string_object(
+    const std::map<std::string, std::string>& metadata, const std::string& key,
+    const std::string& path);
+// The value itself; a missing key is a dl::Error naming the file and the key.
+const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
+                                  const std::string& key, const std::string& path);
+
 // Loads the model (and the optimizer, when given). A checkpoint of another model or a missing
 // entry is one dl::Error naming the file.
 void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer);
-// read_checkpoint, then load_checkpoint; returns the position.
+// read_checkpoint, then load_checkpoint; returns the position (an error when there is none).
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer);
 

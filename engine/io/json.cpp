@@ -1,8 +1,9 @@
 #include "engine/io/json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
-#include <set>
+#include <vector>
 
 #include "engine/error.h"
 
@@ -80,6 +81,7 @@ class Parser {
   JsonValue parse_value(int depth) {
     skip_ws();
     if (at_end()) fail("unexpected end of input");
+    if (++values_ > kMaxJsonValues) fail(detail::concat("more than ", kMaxJsonValues, " values"));
     const char c = peek();
     if (c == '{') return parse_object(depth + 1);
     if (c == '[') return parse_array(depth + 1);
@@ -95,24 +97,37 @@ class Parser {
     if (depth > kMaxJsonDepth) fail(detail::concat("nesting deeper than ", kMaxJsonDepth));
     ++pos_;
     JsonValue::Object members;
-    std::set<std::string> keys;
+    std::vector<size_t> key_offsets;
     skip_ws();
     if (consume('}')) return JsonValue(std::move(members));
     while (true) {
       skip_ws();
       if (peek() != '"') fail("expected a string key");
-      const size_t key_pos = pos_;
+      key_offsets.push_back(pos_);
       std::string key = parse_string();
-      if (!keys.insert(key).second) {
-        pos_ = key_pos;
-        fail("duplicate key \"" + key + "\"");
-      }
       expect_char(':', "expected ':' after an object key");
       members.emplace_back(std::move(key), parse_value(depth));
       skip_ws();
-      if (consume('}')) return JsonValue(std::move(members));
+      if (consume('}')) break;
       expect_char(',', "expected ',' or '}' in an object");
     }
+    check_unique_keys(members, key_offsets);
+    return JsonValue(std::move(members));
+  }
+
+  // Fails at the first key, in text order, that repeats an earlier one.
+  void check_unique_keys(const JsonValue::Object& members, const std::vector<size_t>& offsets) {
+    std::vector<size_t> order(members.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return members[a].first < members[b].first; });
+    size_t repeat = members.size();
+    for (size_t i = 1; i < order.size(); ++i)
+      if (members[order[i]].first == members[order[i - 1]].first)
+        repeat = std::min(repeat, order[i]);
+    if (repeat == members.size()) return;
+    pos_ = offsets[repeat];
+    fail("duplicate key \"" + members[repeat].first + "\"");
   }
 
   JsonValue parse_array(int depth) {
@@ -237,6 +252,7 @@ class Parser {
 
   std::string_view s_;
   size_t pos_ = 0;
+  int64_t values_ = 0;
 };
 
 void write_string(std::string& out, const std::string& s) {
@@ -292,8 +308,20 @@ void write_value(std::string& out, const JsonValue& v) {
 
 }  // namespace
 
-JsonValue::JsonValue(double d) : type_(Type::number), number_(d) {
-  is_int_ = integral_int64(d, &int_);
+JsonValue::JsonValue(double d) : value_(std::in_place_type<double>, d) {
+  int64_t i = 0;
+  if (integral_int64(d, &i)) value_.emplace<int64_t>(i);
+}
+
+JsonValue::Type JsonValue::type() const {
+  static constexpr Type types[] = {Type::null,   Type::boolean, Type::number, Type::number,
+                                   Type::string, Type::array,   Type::object};
+  return types[value_.index()];
+}
+
+double JsonValue::as_double() const {
+  expect(Type::number);
+  return is_int() ? static_cast<double>(std::get<int64_t>(value_)) : std::get<double>(value_);
 }
 
 const char* json_type_name(JsonValue::Type t) {
@@ -302,13 +330,13 @@ const char* json_type_name(JsonValue::Type t) {
 }
 
 void JsonValue::expect(Type t) const {
-  DL_CHECK(type_ == t, "JSON: expected ", json_type_name(t), ", got ", json_type_name(type_));
+  DL_CHECK(type() == t, "JSON: expected ", json_type_name(t), ", got ", json_type_name(type()));
 }
 
 int64_t JsonValue::as_int() const {
   expect(Type::number);
-  DL_CHECK(is_int_, "JSON: ", number_, " is not an integer that fits in int64");
-  return int_;
+  DL_CHECK(is_int(), "JSON: ", as_double(), " is not an integer that fits in int64");
+  return std::get<int64_t>(value_);
 }
 
 const JsonValue* JsonValue::find(std::string_view key) const {

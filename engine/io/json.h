@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace dl::io {
@@ -18,47 +19,43 @@ class JsonValue {
 
   JsonValue() = default;
   JsonValue(std::nullptr_t) {}
-  JsonValue(bool b) : type_(Type::boolean), bool_(b) {}
+  JsonValue(bool b) : value_(std::in_place_type<bool>, b) {}
   JsonValue(double d);
-  JsonValue(int64_t i)
-      : type_(Type::number), number_(static_cast<double>(i)), int_(i), is_int_(true) {}
+  JsonValue(int64_t i) : value_(std::in_place_type<int64_t>, i) {}
   JsonValue(int i) : JsonValue(static_cast<int64_t>(i)) {}
-  JsonValue(std::string s) : type_(Type::string), string_(std::move(s)) {}
+  JsonValue(std::string s) : value_(std::in_place_type<std::string>, std::move(s)) {}
   JsonValue(const char* s) : JsonValue(std::string(s)) {}
-  JsonValue(Array a) : type_(Type::array), array_(std::move(a)) {}
-  JsonValue(Object o) : type_(Type::object), object_(std::move(o)) {}
+  JsonValue(Array a) : value_(std::in_place_type<Array>, std::move(a)) {}
+  JsonValue(Object o) : value_(std::in_place_type<Object>, std::move(o)) {}
 
-  Type type() const { return type_; }
-  bool is_null() const { return type_ == Type::null; }
-  bool is_bool() const { return type_ == Type::boolean; }
-  bool is_number() const { return type_ == Type::number; }
+  Type type() const;
+  bool is_null() const { return type() == Type::null; }
+  bool is_bool() const { return type() == Type::boolean; }
+  bool is_number() const { return type() == Type::number; }
   // A number that is integral and exactly representable as int64.
-  bool is_int() const { return type_ == Type::number && is_int_; }
-  bool is_string() const { return type_ == Type::string; }
-  bool is_array() const { return type_ == Type::array; }
-  bool is_object() const { return type_ == Type::object; }
+  bool is_int() const { return std::holds_alternative<int64_t>(value_); }
+  bool is_string() const { return type() == Type::string; }
+  bool is_array() const { return type() == Type::array; }
+  bool is_object() const { return type() == Type::object; }
 
   // Accessors throw dl::Error when the value has another type.
   bool as_bool() const {
     expect(Type::boolean);
-    return bool_;
+    return std::get<bool>(value_);
   }
-  double as_double() const {
-    expect(Type::number);
-    return number_;
-  }
+  double as_double() const;
   int64_t as_int() const;
   const std::string& as_string() const {
     expect(Type::string);
-    return string_;
+    return std::get<std::string>(value_);
   }
   const Array& as_array() const {
     expect(Type::array);
-    return array_;
+    return std::get<Array>(value_);
   }
   const Object& as_object() const {
     expect(Type::object);
-    return object_;
+    return std::get<Object>(value_);
   }
   // Member of an object by key; nullptr when absent. Throws when this is not an object.
   const JsonValue* find(std::string_view key) const;
@@ -66,23 +63,20 @@ class JsonValue {
  private:
   void expect(Type t) const;
 
-  Type type_ = Type::null;
-  bool bool_ = false;
-  double number_ = 0.0;
-  int64_t int_ = 0;
-  bool is_int_ = false;
-  std::string string_;
-  Array array_;
-  Object object_;
+  // One alternative per kind of value (40 bytes a value): an integral number that fits in int64
+  // is held as int64_t, any other number as double.
+  std::variant<std::nullptr_t, bool, int64_t, double, std::string, Array, Object> value_;
 };
 
 // Name of a JSON type for error messages ("object", "string", ...).
 const char* json_type_name(JsonValue::Type t);
 
 // Parses exactly one JSON value (surrounding whitespace allowed). Rejects duplicate object keys,
-// invalid UTF-8, lone surrogates and nesting deeper than kMaxJsonDepth. Errors are dl::Error
-// naming the byte offset.
+// invalid UTF-8, lone surrogates, nesting deeper than kMaxJsonDepth and documents of more than
+// kMaxJsonValues values (every value counts, containers and object keys' values included), which
+// bounds the memory a document can take. Errors are dl::Error naming the byte offset.
 constexpr int kMaxJsonDepth = 64;
+constexpr int64_t kMaxJsonValues = 1'000'000;
 JsonValue parse_json(std::string_view text);
 
 // Compact serialization (no whitespace); non-finite numbers are an error.

@@ -16,6 +16,7 @@
 #include <zlib.h>
 
 #include "engine/error.h"
+#include "engine/io/file.h"
 #include "engine/io/json.h"
 
 namespace dl::io {
@@ -47,18 +48,6 @@ uint32_t crc32_update(uint32_t crc, const void* data, size_t bytes) {
 
 [[noreturn]] void fail(const std::string& path, const std::string& what) {
   throw Error(path + ": " + what);
-}
-
-// Bytes held by a tensor of this shape; false when the element count overflows.
-bool tensor_bytes(const Shape& shape, DType dtype, uint64_t* bytes) {
-  uint64_t n = dtype_size(dtype);
-  bool empty = false;
-  for (int64_t d : shape) {
-    empty = empty || d == 0;
-    if (__builtin_mul_overflow(n, static_cast<uint64_t>(std::max<int64_t>(d, 1)), &n)) return false;
-  }
-  *bytes = empty ? 0 : n;
-  return n <= static_cast<uint64_t>(INT64_MAX);
 }
 
 struct Entry {
@@ -103,7 +92,11 @@ Entry parse_entry(const std::string& path, const std::string& name, const JsonVa
   if (e.end > buffer_bytes)
     bad(detail::concat(range, " run past the end of the data buffer (", buffer_bytes, " bytes)"));
   uint64_t bytes = 0;
-  if (!tensor_bytes(e.shape, e.dtype, &bytes)) bad("shape " + shape_str(e.shape) + " is too large");
+  try {
+    bytes = shape_nbytes(e.shape, e.dtype);
+  } catch (const Error& err) {
+    bad(err.what());
+  }
   if (e.end - e.begin != bytes)
     bad(detail::concat(range, " span ", e.end - e.begin, " bytes but ", dtype_name(e.dtype),
                        " shape ", shape_str(e.shape), " needs ", bytes));
@@ -220,11 +213,12 @@ void save_safetensors(const std::string& path,
 }
 
 SafetensorsFile load_safetensors(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file(std::fopen(path.c_str(), "rb"), std::fclose);
-  if (!file) fail(path, std::string("cannot open file: ") + std::strerror(errno));
+  std::string error;
+  const File file = open_regular_file(path, &error);
+  if (!file) fail(path, error);
   struct stat st {};
-  if (::fstat(::fileno(file.get()), &st) != 0 || !S_ISREG(st.st_mode))
-    fail(path, "not a regular file");
+  if (::fstat(::fileno(file.get()), &st) != 0)
+    fail(path, std::string("cannot stat: ") + std::strerror(errno));
   const auto file_bytes = static_cast<uint64_t>(st.st_size);
   const auto read_at = [&](uint64_t offset, void* dst, size_t bytes) {
     if (::fseeko(file.get(), static_cast<off_t>(offset), SEEK_SET) != 0 ||
