@@ -34,24 +34,36 @@ Progress::Progress(bool live, int64_t epoch, int64_t epochs, int64_t total, doub
       epochs_(epochs),
       total_(total),
       prior_seconds_(prior_seconds),
-      start_(std::chrono::steady_clock::now()) {}
+      start_(std::chrono::steady_clock::now()),
+      last_line_(start_) {}
 
 void Progress::update(int64_t done, int64_t first, int64_t images, double loss) {
+  const auto now = std::chrono::steady_clock::now();
   const double rate = images / std::max(seconds(), 1e-9);
-  const double eta = (total_ - done) * this_run() / std::max<int64_t>(done - first, 1);
-  const int64_t every = std::max<int64_t>(1, total_ / 10);
+  const double per_step = this_run() / static_cast<double>(std::max<int64_t>(done - first, 1));
+  const double epoch_eta = static_cast<double>(total_ - done) * per_step;
+  const double run_eta =
+      epoch_eta + static_cast<double>((epochs_ - epoch_ - 1) * total_) * per_step;
   if (live_) {
     const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
-    std::fprintf(stderr, "\repoch %lld/%lld [%s%s] %lld/%lld  %.0f img/s  loss %.4f  ETA %s ",
+    std::fprintf(stderr,
+                 "\repoch %lld/%lld [%s%s] %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s ",
                  (long long)epoch_ + 1, (long long)epochs_, std::string(filled, '#').c_str(),
                  std::string(width - filled, '.').c_str(), (long long)done, (long long)total_, rate,
-                 loss, format_duration(eta).c_str());
-  } else if (done / every > printed_ / every || done == total_) {
-    std::fprintf(stderr, "epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s\n",
+                 loss, format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
+  } else if (done == total_ ||
+             std::chrono::duration<double>(now - last_line_).count() >= kLineSeconds) {
+    std::fprintf(stderr, "epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s\n",
                  (long long)epoch_ + 1, (long long)epochs_, (long long)done, (long long)total_,
-                 rate, loss, format_duration(eta).c_str());
+                 rate, loss, format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
+    last_line_ = now;
   }
-  printed_ = done;
+}
+
+void Progress::evaluating(int64_t images) {
+  std::fprintf(stderr, "%sepoch %lld/%lld: evaluating on %lld test images%s",
+               live_ ? "\r\033[K" : "", (long long)epoch_ + 1, (long long)epochs_,
+               (long long)images, live_ ? " " : "\n");
 }
 
 void Progress::finish() {

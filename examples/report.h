@@ -35,12 +35,18 @@ class EpochStats {
 // "H:MM:SS".
 std::string format_duration(double seconds);
 
-// Progress of one epoch; `prior_seconds` is the time the epoch had run before a resume.
+// Progress of one epoch of `total` steps: a bar redrawn in place on a terminal (`live`), else a
+// line every kLineSeconds and at the epoch's end; both with the time left in the epoch and in the
+// run's training (evaluations aside). `prior_seconds` is the time the epoch ran before a resume.
 class Progress {
  public:
+  static constexpr double kLineSeconds = 30;
+
   Progress(bool live, int64_t epoch, int64_t epochs, int64_t total, double prior_seconds);
-  // `done` batches of the epoch, `first` of them before this run; `images` and `loss` so far.
+  // `done` steps of the epoch, `first` of them before this run; `images` and `loss` so far.
   void update(int64_t done, int64_t first, int64_t images, double loss);
+  // The epoch's evaluation on `images` test images begins; finish() ends it.
+  void evaluating(int64_t images);
   void finish();
   double seconds() const { return prior_seconds_ + this_run(); }
 
@@ -48,9 +54,8 @@ class Progress {
   double this_run() const;
   bool live_;
   int64_t epoch_, epochs_, total_;
-  int64_t printed_ = 0;  // `done` at the last update
   double prior_seconds_;
-  std::chrono::steady_clock::time_point start_;
+  std::chrono::steady_clock::time_point start_, last_line_;
 };
 
 // One epoch's summary: a line on stdout and a JSON line appended to `metrics` (flushed: a failed

@@ -17,6 +17,8 @@ namespace {
 // Upper bound of --threads and --workers: beyond it a thread count is a typo, and the system
 // refuses the threads anyway.
 constexpr int kMaxThreads = 1024;
+// Bounds that keep the step and schedule arithmetic (epochs x steps per epoch) far from overflow.
+constexpr int64_t kMaxEpochs = 1'000'000, kMaxBatch = 1 << 20;
 
 // The shortest text that reads back as the same number (0.05, 1e-09).
 template <class T>
@@ -280,11 +282,12 @@ std::vector<Setting> make_table() {
                {"patch", S::run, "ConvMixer patch size"},
                [](auto& c) -> auto& { return c.model.patch; }, positive),
            is_convmixer, "with --model convmixer"),
-      integer<int64_t>(
-          {"epochs", S::run, "training epochs"}, [](auto& c) -> auto& { return c.epochs; },
-          positive),
-      integer<int64_t>(
-          {"batch", S::run, "images per step"}, [](auto& c) -> auto& { return c.batch; }, positive),
+      integer<int64_t>({"epochs", S::run, "training epochs"},
+                       [](auto& c) -> auto& { return c.epochs; },
+                       {1, kMaxEpochs, "must be in [1, 1000000]"}),
+      integer<int64_t>({"batch", S::run, "images per step"},
+                       [](auto& c) -> auto& { return c.batch; },
+                       {1, kMaxBatch, "must be in [1, 1048576]"}),
       boolean(
           {"drop-last", S::run, "drop the last partial batch of each epoch"},
           [](auto& c) -> auto& { return c.drop_last; }),

@@ -30,6 +30,9 @@ namespace {
 
 std::atomic<bool> g_stop_requested{false};
 
+// A CPU run of this many images or more (epochs x images) takes hours: the header says so.
+constexpr int64_t kManyImagesForCpu = 1'000'000;
+
 const std::vector<std::string> kCifar10Classes = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
@@ -41,18 +44,22 @@ int loader_workers(int requested, Device device) {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
 }
 
-EpochStats evaluate(nn::Module& model, data::DataLoader& loader, Device device, DType activations) {
+// Loss and accuracy on `loader`'s data in eval mode; nothing when a stop is requested meanwhile
+// (an evaluation is abandoned, not awaited, so that a stop saves within a step's time).
+std::optional<EpochStats> evaluate(nn::Module& model, data::DataLoader& loader, Device device,
+                                   DType activations) {
   NoGradGuard no_grad;
   model.eval();
   EpochStats stats;
   data::Batch batch;
   loader.start_epoch(0);
-  while (loader.next(batch)) {
+  while (!g_stop_requested && loader.next(batch)) {
     const Tensor logits = model.forward(batch.images.to(activations).to(device));
     stats.add(logits, batch.labels, cross_entropy(logits, batch.labels));
   }
-  stats.flush();
   model.train();
+  if (g_stop_requested) return std::nullopt;
+  stats.flush();
   return stats;
 }
 
@@ -263,7 +270,8 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     io::load_checkpoint(*checkpoint, *model, opt.get());
     checkpoint->model_state.clear(), checkpoint->optimizer_state.clear();  // loaded: not kept twice
     pos = *checkpoint->position;
-    DL_CHECK(pos.batch < steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
+    // pos.batch == steps_per_epoch: the epoch was trained, its evaluation had not finished.
+    DL_CHECK(pos.batch <= steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
              resume, " was trained with another number of batches per epoch (at epoch ",
              pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step, "; ", cfg.data,
              " and --batch ", cfg.batch, " give ", steps_per_epoch,
@@ -298,8 +306,16 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
             << test_set.size() << " test images, " << steps_per_epoch
             << (steps_per_epoch == 1 ? " step" : " steps")
             << " per epoch; checkpoint and metrics in " << run.path().string() << "\n";
+  const int64_t images_to_train = (cfg.epochs - pos.epoch) * train_set.size();
+  if (device.is_cpu() && images_to_train >= kManyImagesForCpu)
+    std::cerr << "note: " << images_to_train
+              << " images to train on the CPU is hours of work (a time estimate follows the first "
+                 "steps); a run of minutes: --subset 2000 --test-subset 1000 --epochs 4 --dim 64 "
+                 "--depth 4 --batch 64 --lr 0.01, or a GPU (--device cuda)\n";
   const std::vector<Tensor> params = model->parameters();
   int64_t steps_this_run = 0;
+  bool estimated = false;
+  const auto run_start = std::chrono::steady_clock::now();
   const double save_every_seconds = cfg.save_every_minutes * 60.0;
   auto last_save = std::chrono::steady_clock::now();
   for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
@@ -316,7 +332,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     }
     data::Batch batch;
     int64_t done = first;
-    double lr = 0.0;
+    double lr = first > 0 ? schedule->lr(pos.step - 1) : 0.0;  // the last step's, for the report
     auto last_read = std::chrono::steady_clock::now();
     while (train_loader.next(batch)) {
       lr = schedule->lr(pos.step);
@@ -347,6 +363,16 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
                  "training diverged: the loss is not finite by step ", pos.step,
                  " (try a lower --lr or --clip-grad 1)");
         progress.update(done, first, stats.seen, stats.loss());
+        const double elapsed = std::chrono::duration<double>(now - run_start).count();
+        if (!estimated && steps_this_run >= 2 && (steps_this_run >= 20 || elapsed >= 10)) {
+          estimated = true;
+          const double per_step = elapsed / static_cast<double>(steps_this_run);
+          const int64_t left = cfg.epochs * steps_per_epoch - pos.step;
+          std::cerr << "timing: " << per_step << " s per step over the first " << steps_this_run
+                    << " steps: the " << left << " steps left take about "
+                    << format_duration(per_step * static_cast<double>(left))
+                    << ", evaluations aside\n";
+        }
       }
       // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.
       if ((stop || save_due) && done < steps_per_epoch) {
@@ -370,14 +396,29 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     progress.finish();
     const double epoch_seconds = progress.seconds();
     const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;
-    EpochStats test;
+    std::optional<EpochStats> test;
     if (evaluate_now) {
+      progress.evaluating(test_set.size());
       test = evaluate(*model, test_loader, device, activations);
-      DL_CHECK(std::isfinite(test.loss_sum),
+      progress.finish();
+      if (!test) {
+        // The epoch's training is saved; --resume evaluates it again.
+        save({.epoch = epoch,
+              .batch = steps_per_epoch,
+              .step = pos.step,
+              .loss_sum = stats.loss_sum,
+              .seconds = epoch_seconds,
+              .correct = stats.correct,
+              .seen = stats.seen});
+        std::cerr << "stopped during epoch " << epoch + 1 << "'s evaluation: checkpoint " << last
+                  << " holds its training; continue with --resume " << run.path().string() << "\n";
+        return 130;
+      }
+      DL_CHECK(std::isfinite(test->loss_sum),
                "training diverged: the test loss is not finite after ", "epoch ", epoch + 1,
                ", so ", last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
     }
-    report_epoch(metrics, epoch, pos.step, stats, evaluate_now ? &test : nullptr, lr, epoch_seconds,
+    report_epoch(metrics, epoch, pos.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
                  peak_memory_mb(device));
     save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
     // A metrics line that could not be written (a full disk) stops the run, once the checkpoint

@@ -297,9 +297,80 @@ TEST_CASE("SIGINT, SIGTERM and SIGHUP each stop a run with a checkpoint, acknowl
     CHECK(WEXITSTATUS(status) == 130);
     CHECK_THAT(text, Catch::Contains("stopping after this step") &&
                          Catch::Contains("continue with --resume " + run.string()));
-    const int64_t* position = last_checkpoint(run).find("trainer.position")->data<int64_t>();
+    const io::SafetensorsFile saved = last_checkpoint(run);
+    const int64_t* position = saved.find("trainer.position")->data<int64_t>();
     CHECK(position[2] >= 5);  // at least the first epoch's steps
   }
+}
+
+TEST_CASE("A stop during an evaluation abandons it; the resumed run evaluates the epoch again") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  const fs::path cifar = tmp.path / "cifar";
+  write_cifar(cifar, 4, gen);  // 20 training images
+  {
+    // 2000 test images, evaluated 10 at a time: a window of 200 batches for the signal to land
+    // inside the evaluation.
+    std::ofstream test(cifar / "test_batch.bin", std::ios::binary | std::ios::trunc);
+    for (int r = 0; r < 2000; ++r) {
+      test.put(static_cast<char>(gen.below(10)));
+      for (int i = 0; i < 3072; ++i) test.put(static_cast<char>(gen.below(256)));
+    }
+  }
+  const std::vector<std::string> common = {
+      "--data",  cifar.string(), "--dim",    "16",         "--depth",
+      "2",       "--kernel",     "3",        "--patch",    "2",
+      "--batch", "10",           "--epochs", "1",          "--ra-n",
+      "0",       "--threads",    "2",        "--progress", "off"};
+  const auto start = [&](const fs::path& run, const fs::path& log) {
+    std::vector<std::string> args = {DL_TRAIN_BIN};
+    args.insert(args.end(), common.begin(), common.end());
+    args.insert(args.end(), {"--checkpoint-dir", run.string()});
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+      execv(argv[0], argv.data());
+      _exit(127);
+    }
+    return pid;
+  };
+  const auto text_of = [](const fs::path& log) {
+    std::ifstream in(log);
+    return std::string((std::istreambuf_iterator<char>(in)), {});
+  };
+  const fs::path straight = tmp.path / "straight", stopped = tmp.path / "stopped";
+  int status = 0;
+  waitpid(start(straight, tmp.path / "straight.log"), &status, 0);
+  REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+
+  const fs::path log = tmp.path / "stopped.log";
+  const pid_t pid = start(stopped, log);
+  while (text_of(log).find("evaluating on 2000 test images") == std::string::npos &&
+         waitpid(pid, &status, WNOHANG) == 0)
+    usleep(1000);
+  kill(pid, SIGINT);
+  waitpid(pid, &status, 0);
+  INFO(text_of(log));
+  REQUIRE(WIFEXITED(status));
+  REQUIRE(WEXITSTATUS(status) == 130);
+  CHECK_THAT(text_of(log), Catch::Contains("stopped during epoch 1's evaluation"));
+  const io::SafetensorsFile saved = last_checkpoint(stopped);
+  const int64_t* position = saved.find("trainer.position")->data<int64_t>();
+  CHECK((position[0] == 0 && position[1] == 2 && position[2] == 2));  // epoch 1 trained
+  CHECK(metrics_lines(stopped).empty());
+
+  const std::string resume = std::string(DL_TRAIN_BIN) + " --resume " + stopped.string() +
+                             " --progress off > " + log.string() + " 2>&1";
+  status = std::system(resume.c_str());
+  INFO(text_of(log));
+  REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
+  require_identical(last_checkpoint(stopped), last_checkpoint(straight));
+  CHECK(metrics_without_timing(stopped) == metrics_without_timing(straight));
 }
 
 TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
@@ -360,7 +431,8 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.test_subset = -1; }, "--test-subset must be 0 (all) or positive");
   refused([](auto& c) { c.clip_grad = -1; }, "--clip-grad must be 0 (off) or positive");
   refused([](auto& c) { c.threads = -3; }, "--threads must be 0 (all cores) or in [1, 1024]");
-  refused([](auto& c) { c.batch = 0; }, "--batch must be positive");
+  refused([](auto& c) { c.batch = 0; }, "--batch must be in [1, 1048576]");
+  refused([](auto& c) { c.epochs = int64_t{1} << 62; }, "--epochs must be in [1, 1000000]");
   refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
   refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
   refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "--ra-m must be in [0, 30]");
