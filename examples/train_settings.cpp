@@ -541,15 +541,17 @@ TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& ch
     if (!request.given.count(s.name)) continue;
     const std::string asked = s.text(request.config), used = s.text(run);
     s.parse(resumed, asked);
-    if (s.scope == Scope::run && asked != used)
+    // A run may be extended: more epochs, over a schedule recomputed for the new total.
+    const bool extends = s.name == "epochs" && resumed.epochs > run.epochs;
+    if (s.scope == Scope::run && asked != used && !extends)
       conflicts += "\n  --" + s.name + " " + asked + " (the run used " + used + ")";
   }
   check_applicable(resumed, request.given);
   DL_CHECK(conflicts.empty(), "these flags differ from the run in ", checkpoint, ":", conflicts,
            "\nleave them out to continue the run as it was started",
            conflicts.find("\n  --epochs ") != std::string::npos
-               ? " (--epochs cannot change: the learning-rate schedule depends on "
-                 "the total; a longer run is a new run)"
+               ? " (--epochs can only grow: a longer run continues over a schedule recomputed "
+                 "for the new total)"
                : "");
   return resumed;
 }

@@ -121,8 +121,9 @@ io::JsonValue recorded_settings(const TrainConfig& config);
 // A resumed run's config: `request`'s invocation settings and given ones, every other setting as
 // the checkpoint records it, or, where it records none (a checkpoint older than the setting), as
 // TrainConfig's default (the behaviour before the setting existed). Given run settings that
-// differ from the run's are refused, all named in one message; so is a given setting that does
-// not apply.
+// differ from the run's are refused, all named in one message, except a larger --epochs, which
+// extends the run (its schedule is then recomputed over the new total, as timm does on resume);
+// a given setting that does not apply is refused too.
 TrainConfig resumed_config(const TrainRequest& request, const io::Checkpoint& checkpoint);
 
 }  // namespace dl::examples

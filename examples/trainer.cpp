@@ -20,6 +20,7 @@
 #include "engine/io/json.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "examples/cli.h"
 #include "examples/report.h"
 #include "examples/run_directory.h"
 #include "examples/runtime.h"
@@ -179,6 +180,14 @@ void check_same_run(const io::Checkpoint& checkpoint, const models::ModelSpec& s
   }
 }
 
+// The --epochs a checkpoint's run was recorded with.
+int64_t recorded_epochs_of(const io::Checkpoint& checkpoint) {
+  for (const auto& [name, value] :
+       io::metadata_string_object(checkpoint.metadata, "flags", checkpoint.path))
+    if (name == "epochs") return cli::parse_integer("epochs", value);
+  return TrainConfig().epochs;
+}
+
 }  // namespace
 
 void request_stop() {
@@ -278,6 +287,16 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
              "): resume with the run's data set");
     std::cerr << "resumed " << resume << " at epoch " << pos.epoch + 1 << ", batch " << pos.batch
               << ", step " << pos.step << "\n";
+    const int64_t recorded_epochs = recorded_epochs_of(*checkpoint);
+    if (cfg.epochs != recorded_epochs && pos.step > 0) {
+      const auto old_schedule =
+          optim::make_schedule(cfg.schedule, cfg.lr, recorded_epochs, steps_per_epoch,
+                               cfg.warmup_epochs * steps_per_epoch);
+      std::cerr << "extending the run from " << recorded_epochs << " to " << cfg.epochs
+                << " epochs: the learning-rate schedule is recomputed over " << cfg.epochs
+                << " epochs; at step " << pos.step << " the lr goes from "
+                << old_schedule->lr(pos.step - 1) << " to " << schedule->lr(pos.step) << "\n";
+    }
   }
   if (g_stop_requested) {
     std::cerr << "interrupted while loading: nothing trained, nothing saved\n";

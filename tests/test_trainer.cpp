@@ -373,6 +373,34 @@ TEST_CASE("A stop during an evaluation abandons it; the resumed run evaluates th
   CHECK(metrics_without_timing(stopped) == metrics_without_timing(straight));
 }
 
+TEST_CASE("A finished run continues for more epochs over a schedule recomputed for the total") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);  // 20 training images: 2 steps per epoch
+  // With a constant learning rate the recomputed schedule is the same: one epoch extended to two
+  // ends bit-identical to two epochs straight.
+  auto straight = tiny_config(tmp.path / "cifar", tmp.path / "straight");
+  straight.schedule = optim::Schedule::constant;
+  REQUIRE(examples::train(straight) == 0);
+  auto extended = straight;
+  extended.checkpoint_dir = (tmp.path / "extended").string();
+  extended.epochs = 1;
+  REQUIRE(examples::train(extended) == 0);
+  auto more = extended;
+  more.resume = extended.checkpoint_dir;
+  more.epochs = 2;
+  REQUIRE(examples::train(more, {"epochs"}) == 0);
+  require_identical(last_checkpoint(tmp.path / "extended"), last_checkpoint(tmp.path / "straight"));
+  CHECK(metrics_without_timing(tmp.path / "extended").size() == 2);
+  const auto flags = io::parse_json(
+      io::read_checkpoint_metadata((tmp.path / "extended" / "last.safetensors").string())
+          .at("flags"));
+  CHECK(flags.find("epochs")->as_string() == "2");
+  // Fewer epochs than the run's is refused.
+  more.epochs = 1;
+  REQUIRE_THROWS_WITH(examples::train(more, {"epochs"}), Catch::Contains("can only grow"));
+}
+
 TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
   TempDir tmp;
   Generator gen(fresh_seed());
@@ -539,8 +567,9 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
   CHECK(resumed_with("data", "/elsewhere/cifar").data == "/elsewhere/cifar");
   CHECK(resumed_with("lr", "0.0030").lr == 0.003);
   REQUIRE_THROWS_WITH(resumed_with("batch", "32"), Catch::Contains("--batch 32 (the run used 16)"));
-  REQUIRE_THROWS_WITH(resumed_with("epochs", "3"), Catch::Contains("--epochs 3 (the run used 2)") &&
-                                                       Catch::Contains("--epochs cannot change"));
+  REQUIRE_THROWS_WITH(resumed_with("epochs", "1"), Catch::Contains("--epochs 1 (the run used 2)") &&
+                                                       Catch::Contains("--epochs can only grow"));
+  CHECK(resumed_with("epochs", "3").epochs == 3);  // extends the run
   REQUIRE_THROWS_WITH(resumed_with("ra-m", "3").augmentation.randaugment_m,
                       Catch::Contains("--ra-m 3 (the run used 12)"));
 
