@@ -411,6 +411,12 @@ std::vector<Setting> make_table() {
            "symmetric (mean 0.5, std 0.5: [0, 1] to [-1, 1])"},
           [](auto& c) -> auto& { return c.normalize; }, kNormalizations),
       text(
+          {"init-from", S::run,
+           "start a new run from this checkpoint's model weights (a file or run directory; "
+           "fine-tuning): only the number of classes may differ, the classifier then starts "
+           "afresh (empty: random weights)"},
+          [](auto& c) -> auto& { return c.init_from; }, true),
+      text(
           {"cache-dir", S::free, "cache the decoded data set here (empty: no cache)"},
           [](auto& c) -> auto& { return c.cache_dir; }, true),
       text(

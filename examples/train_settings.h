@@ -53,6 +53,9 @@ struct TrainConfig {
   data::AugmentConfig augmentation{.randaugment_n = 2, .randaugment_m = 12};
   Normalization normalize = Normalization::automatic;
   std::string cache_dir;
+  // A new run's initial model weights from this checkpoint (fine-tuning); empty: random. Only the
+  // number of classes may differ: the tensors it shapes (the classifier) start afresh.
+  std::string init_from;
   // Empty: a new runs/<model>-<UTC date-time>. With `resume`: empty (or the checkpoint's own
   // directory) continues the run there; another directory continues it into that one (a branch).
   std::string checkpoint_dir;

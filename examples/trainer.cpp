@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -26,6 +27,8 @@
 #include "examples/runtime.h"
 
 namespace dl::examples {
+
+namespace fs = std::filesystem;
 
 namespace {
 
@@ -180,6 +183,37 @@ void check_same_run(const io::Checkpoint& checkpoint, const models::ModelSpec& s
   }
 }
 
+// Fine-tuning: the weights of `path`'s model, which must be `spec` but for its number of classes;
+// the tensors that number shapes (the classifier's) keep their fresh initialisation.
+void init_weights_from(const std::string& path, const models::ModelSpec& spec, nn::Module& model) {
+  const io::Checkpoint source = io::read_checkpoint(checkpoint_file(path));
+  models::ModelSpec saved = models::ModelSpec::from_checkpoint(source);
+  const int64_t saved_classes = saved.classes;
+  saved.classes = spec.classes;
+  DL_CHECK(saved.describe() == spec.describe(), "--init-from ", source.path, " holds '",
+           models::ModelSpec::from_checkpoint(source).describe(), "', but this run builds '",
+           spec.describe(), "': only the number of classes may differ");
+  // The file's tensors, but a fresh copy of the model's own where the class count shapes them; a
+  // tensor the file lacks stays out, so that load_state_dict names it.
+  nn::NamedTensors state;
+  std::string fresh;
+  for (const auto& [name, own] : model.state_dict()) {
+    for (const auto& [key, t] : source.model_state) {
+      if (key != name) continue;
+      const bool same_shape = t.shape() == own.shape();
+      state.emplace_back(name, same_shape ? t : own.clone());
+      if (!same_shape) fresh += (fresh.empty() ? "" : ", ") + name;
+    }
+  }
+  model.load_state_dict(state, source.path);
+  std::cerr << "initial weights from " << source.path
+            << (fresh.empty()
+                    ? ""
+                    : "; started afresh for " + std::to_string(spec.classes) + " classes (it had " +
+                          std::to_string(saved_classes) + "): " + fresh)
+            << "\n";
+}
+
 // The --epochs a checkpoint's run was recorded with.
 int64_t recorded_epochs_of(const io::Checkpoint& checkpoint) {
   for (const auto& [name, value] :
@@ -206,6 +240,9 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     check_given(requested, given);
     resolve_device(requested.device);
   }
+  if (resume.empty() && !requested.init_from.empty())
+    DL_CHECK(fs::is_regular_file(checkpoint_file(requested.init_from)), "--init-from ",
+             requested.init_from, ": no such checkpoint file");
   // Where the run writes is decided from the paths; the directory, when it exists, is locked
   // from here on, so no other process writes a newer checkpoint while this one reads it.
   RunDirectory run(requested.checkpoint_dir, resume);
@@ -256,6 +293,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
   Generator gen(cfg.seed);
   std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
   model->to(device);
+  if (!checkpoint && !cfg.init_from.empty()) init_weights_from(cfg.init_from, spec, *model);
   const std::unique_ptr<optim::Optimizer> opt = make_optimizer(cfg, model->parameters());
 
   data::LoaderOptions train_options{.batch_size = cfg.batch,

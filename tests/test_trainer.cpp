@@ -401,6 +401,65 @@ TEST_CASE("A finished run continues for more epochs over a schedule recomputed f
   REQUIRE_THROWS_WITH(examples::train(more, {"epochs"}), Catch::Contains("can only grow"));
 }
 
+TEST_CASE("A new run starts from a checkpoint's weights, the classifier afresh for new classes") {
+  TempDir tmp;
+  Generator gen(fresh_seed());
+  write_cifar(tmp.path / "cifar", 4, gen);
+  auto source = tiny_config(tmp.path / "cifar", tmp.path / "source");
+  source.epochs = 1;
+  REQUIRE(examples::train(source) == 0);
+
+  // Another data set: two classes of 32x32 PNGs.
+  const fs::path folder = tmp.path / "two-classes";
+  for (const char* split : {"train", "test"})
+    for (const char* cls : {"cat", "dog"})
+      for (int k = 0; k < 4; ++k) {
+        fs::create_directories(folder / split / cls);
+        std::vector<uint8_t> px(32 * 32 * 3);
+        for (auto& p : px) p = static_cast<uint8_t>(gen.below(256));
+        const fs::path png = folder / split / cls / (std::to_string(k) + ".png");
+        REQUIRE(stbi_write_png(png.c_str(), 32, 32, 3, px.data(), 96) != 0);
+      }
+  // lr 0: the parameters stay as loaded (BatchNorm's running statistics still move).
+  auto tuned = tiny_config(folder, tmp.path / "tuned");
+  tuned.epochs = 1;
+  tuned.lr = 0;
+  tuned.init_from = (tmp.path / "source").string();
+  REQUIRE(examples::train(tuned, {"init-from"}) == 0);
+  const io::SafetensorsFile before = last_checkpoint(tmp.path / "source");
+  const io::SafetensorsFile after = last_checkpoint(tmp.path / "tuned");
+  int compared = 0;
+  for (const auto& [name, t] : after.tensors) {
+    if (name.rfind("model.", 0) != 0 || name.find("running_") != std::string::npos ||
+        name.find("num_batches") != std::string::npos)
+      continue;
+    INFO(name);
+    const Tensor* original = before.find(name);
+    REQUIRE(original);
+    if (name.rfind("model.classification.", 0) == 0) {
+      CHECK(t.shape()[0] == 2);  // two classes now, ten before
+      CHECK(original->shape()[0] == 10);
+    } else {
+      REQUIRE(t.shape() == original->shape());
+      CHECK(std::memcmp(t.raw_data(), original->raw_data(), t.nbytes()) == 0);
+      ++compared;
+    }
+  }
+  CHECK(compared > 4);
+  const auto flags = io::parse_json(
+      io::read_checkpoint_metadata((tmp.path / "tuned" / "last.safetensors").string()).at("flags"));
+  CHECK(flags.find("init-from")->as_string() == (tmp.path / "source").string());
+
+  auto other_model = tuned;
+  other_model.checkpoint_dir = (tmp.path / "other").string();
+  other_model.model.dim = 16;
+  REQUIRE_THROWS_WITH(examples::train(other_model, {"init-from"}),
+                      Catch::Contains("only the number of classes may differ"));
+  other_model.init_from = (tmp.path / "nothing-here").string();
+  REQUIRE_THROWS_WITH(examples::train(other_model, {"init-from"}),
+                      Catch::Contains("no such checkpoint file"));
+}
+
 TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
   TempDir tmp;
   Generator gen(fresh_seed());
