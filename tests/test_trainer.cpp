@@ -15,7 +15,9 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 
+#include "engine/data/dataset.h"
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
@@ -836,6 +838,79 @@ TEST_CASE("predict classifies images like the model in process, and names unread
     REQUIRE(v.find("top")->as_array().size() == 3);
   }
   REQUIRE(count == 2);
+}
+
+TEST_CASE("evaluate measures a checkpoint as the model in process does, class by class") {
+  TempDir tmp;
+  Generator gen(test::fresh_seed());
+  write_cifar(tmp.path / "cifar", 12, gen);  // 12 test images
+  const fs::path run = tmp.path / "run";
+  auto config = tiny_config(tmp.path / "cifar", run);
+  config.epochs = 1;
+  REQUIRE(examples::train(config) == 0);
+  const fs::path json = tmp.path / "evaluation.json", log = tmp.path / "log.txt";
+  const auto evaluate = [&](const std::string& args) {
+    const std::string cmd =
+        std::string(DL_EVALUATE_BIN) + " " + args + " > " + log.string() + " 2>&1";
+    const int status = std::system(cmd.c_str());
+    REQUIRE(WIFEXITED(status));
+    std::ifstream in(log);
+    return std::pair{WEXITSTATUS(status), std::string((std::istreambuf_iterator<char>(in)), {})};
+  };
+  const auto [status, out] = evaluate("--checkpoint " + run.string() + " --json " + json.string());
+  INFO(out);
+  REQUIRE(status == 0);
+
+  // The model in process, one image at a time, normalised by hand.
+  auto model = models::make_model(config.model, gen);
+  io::load_checkpoint((run / "last.safetensors").string(), *model, nullptr);
+  model->eval();
+  NoGradGuard no_grad;
+  const data::ImageDataset test = data::load_dataset(config.data, data::Split::test);
+  const auto mean = data::cifar10_mean(), std_dev = data::cifar10_std();
+  std::vector<std::vector<int64_t>> confusion(10, std::vector<int64_t>(10, 0));
+  double loss_sum = 0;
+  for (int64_t i = 0; i < test.size(); ++i) {
+    Tensor x = Tensor::empty({1, 32, 32, 3});
+    for (int64_t k = 0; k < 32 * 32 * 3; ++k)
+      x.data<float>()[k] = (test.image(i)[k] / 255.0f - mean[k % 3]) / std_dev[k % 3];
+    const Tensor logits = model->forward(x);
+    const std::vector<float> v = logits.to_vector();
+    loss_sum +=
+        cross_entropy(logits, Tensor::from_vector(std::vector<int64_t>{test.labels[i]}, {1}))
+            .item();
+    ++confusion[test.labels[i]][std::max_element(v.begin(), v.end()) - v.begin()];
+  }
+  std::ifstream in(json);
+  const io::JsonValue result =
+      io::parse_json(std::string((std::istreambuf_iterator<char>(in)), {}));
+  int64_t correct = 0;
+  const auto& rows = result.find("confusion")->as_array();
+  REQUIRE(rows.size() == 10);
+  for (size_t c = 0; c < 10; ++c) {
+    correct += confusion[c][c];
+    for (size_t p = 0; p < 10; ++p) CHECK(rows[c].as_array()[p].as_int() == confusion[c][p]);
+    const int64_t total = std::accumulate(confusion[c].begin(), confusion[c].end(), int64_t{0});
+    CHECK(result.find("class_accuracy")->as_array()[c].as_double() ==
+          Approx(total ? static_cast<double>(confusion[c][c]) / total : 0.0));
+  }
+  CHECK(result.find("accuracy")->as_double() == Approx(correct / 12.0));
+  CHECK(result.find("loss")->as_double() == Approx(loss_sum / 12).epsilon(1e-5));
+  CHECK_THAT(out, Catch::Contains("confusion matrix"));
+
+  // The wrong data set, a bad split.
+  const fs::path folder = tmp.path / "folder";
+  std::vector<uint8_t> px(32 * 32 * 3, 5);
+  for (const char* cls : {"cat", "dog"}) {
+    fs::create_directories(folder / "test" / cls);
+    REQUIRE(stbi_write_png((folder / "test" / cls / "a.png").c_str(), 32, 32, 3, px.data(), 96));
+  }
+  const auto [other_status, other_out] =
+      evaluate("--checkpoint " + run.string() + " --data " + folder.string());
+  CHECK(other_status == 1);
+  CHECK_THAT(other_out, Catch::Contains("has other classes than the checkpoint"));
+  CHECK_THAT(evaluate("--checkpoint " + run.string() + " --split valid").second,
+             Catch::Contains("--split must be test or train"));
 }
 
 TEST_CASE("train --resume restores the run's flags and rejects conflicting ones") {
