@@ -65,16 +65,18 @@ fi
 
 step configure cmake "${cmake_args[@]}"
 step build cmake --build "$build" -j "$(nproc)"
-# When DATA names CIFAR-10 as image folders: train the default recipe for EPOCHS (default 1) with
-# the engine and with PyTorch (scripts/pytorch_reference.py train) on this GPU, one after the other.
+# When DATA names CIFAR-10 as image folders: train RECIPE (default convmixer-cifar10; or labml)
+# for EPOCHS (default 1) with the engine and with PyTorch (scripts/pytorch_reference.py train, the
+# same recipe) on this GPU, one after the other.
 if [[ -n ${DATA:-} ]]; then
   epochs=${EPOCHS:-1}
+  recipe=${RECIPE:-convmixer-cifar10}
   workers=$(($(nproc) - 2))
   step train-engine timeout "${TRAIN_TIMEOUT:-600}" "$build/examples/train" --data "$DATA" \
-    --device cuda --epochs "$epochs" --workers "$workers" --progress off \
+    --recipe "$recipe" --device cuda --epochs "$epochs" --workers "$workers" --progress off \
     --checkpoint-dir "$out/engine-run"
   step train-pytorch timeout "${TRAIN_TIMEOUT:-600}" python3 scripts/pytorch_reference.py train \
-    --data "$DATA" --device cuda --epochs "$epochs" --workers "$workers" \
+    --recipe "$recipe" --data "$DATA" --device cuda --epochs "$epochs" --workers "$workers" \
     --metrics "$out/pytorch-metrics.jsonl"
 fi
 # A run checkpointed on the GPU continues on the CPU and back, and predict names the same classes

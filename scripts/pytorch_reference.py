@@ -638,8 +638,11 @@ def train(args):
     height, width = train_pixels.shape[1:3]
     if height % args.patch or width % args.patch:
         sys.exit(f"--patch {args.patch} does not divide the {height}x{width} images")
-    # As the trainer: CIFAR-10 uses the recipe's statistics, any other data set its own.
-    if classes == CIFAR10_CLASSES:
+    # As the trainer: symmetric is 0.5 and 0.5; otherwise CIFAR-10 uses the recipe's statistics,
+    # any other data set its own.
+    if args.normalize == "symmetric":
+        mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    elif classes == CIFAR10_CLASSES:
         mean, std = CIFAR10_MEAN, CIFAR10_STD
     else:
         values = train_pixels.reshape(-1, 3).astype(np.float64) / 255.0
@@ -679,7 +682,9 @@ def train(args):
         load_seconds=round(load_seconds, 1), epochs=args.epochs, batch=args.batch,
         steps_per_epoch=steps_per_epoch, drop_last=args.drop_last,
         optimizer=f"AdamW(lr={args.lr}, betas=(0.9, 0.999), eps=1e-8, weight_decay={args.wd})",
-        schedule="onecycle (engine OneCycleLinear, per step)",
+        recipe=args.recipe,
+        schedule="onecycle (engine OneCycleLinear, per step)" if args.schedule == "onecycle"
+        else f"constant {args.lr}",
         label_smoothing=args.label_smoothing, clip_grad=args.clip_grad,
         precision=args.precision, compile=args.compile, tf32=args.tf32 if device.type == "cuda"
         else None, cudnn_benchmark=args.cudnn_benchmark if device.type == "cuda" else None,
@@ -699,7 +704,8 @@ def train(args):
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen, lr = 0, 0.0
         for images, labels in train_loader:
-            lr = onecycle_lr(step, args.lr, args.epochs, steps_per_epoch)
+            lr = (onecycle_lr(step, args.lr, args.epochs, steps_per_epoch)
+                  if args.schedule == "onecycle" else args.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
@@ -791,6 +797,16 @@ def add_speed_flags(parser):
                         help="torch.backends.cudnn.benchmark (CUDA; PyTorch's default is off)")
 
 
+# The engine trainer's named recipes (examples/train_settings.cpp), as defaults of train. labml's
+# Adam without weight decay is AdamW with weight_decay 0.
+TRAIN_RECIPES = {
+    "convmixer-cifar10": {},
+    "labml": dict(kernel=7, epochs=150, batch=64, lr=0.00025, wd=0.0, schedule="constant",
+                  crop="random", hflip=True, ra_n=0, jitter=0.0, reprob=0.0,
+                  normalize="symmetric"),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -848,6 +864,17 @@ def main():
     add_speed_flags(t)
     t.add_argument("--device", default="auto", help="auto, cuda or cpu")
     t.add_argument("--metrics", default="", help="append one JSON line per epoch to this file")
+    t.add_argument("--schedule", default="onecycle", choices=("onecycle", "constant"),
+                   help="the learning rate per step: the recipe's onecycle, or constant --lr")
+    t.add_argument("--normalize", default="auto", choices=("auto", "symmetric"),
+                   help="auto: CIFAR-10's recipe statistics (other data: its own); symmetric: "
+                        "mean 0.5, std 0.5")
+    t.add_argument("--recipe", default="convmixer-cifar10", choices=sorted(TRAIN_RECIPES),
+                   help="a set of defaults as the engine's train --recipe (flags given override)")
+    # The recipe's defaults, then the flags given: as the engine's train --recipe.
+    known, _ = parser.parse_known_args()
+    if known.command == "train":
+        t.set_defaults(**TRAIN_RECIPES[known.recipe])
     p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
     p.add_argument("--checkpoint", required=True,
                    help="train's last.safetensors, or the run directory holding it")
