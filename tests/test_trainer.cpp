@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <numeric>
 
 #include "engine/data/dataset.h"
@@ -31,6 +32,54 @@
 using namespace dl;
 using namespace dl::test;
 namespace fs = std::filesystem;
+
+namespace {
+
+std::string text_of(const fs::path& file) {
+  std::ifstream in(file);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// Starts the train binary with `args`, its stdout and stderr into `log`; `in_child` runs in the
+// child before the binary (limits, signal dispositions). Returns the child's pid.
+pid_t start_train(std::vector<std::string> args, const fs::path& log,
+                  const std::function<void()>& in_child = {}) {
+  args.insert(args.begin(), DL_TRAIN_BIN);
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+    if (in_child) in_child();
+    execv(argv[0], argv.data());
+    _exit(127);
+  }
+  return pid;
+}
+
+// Sends `signal` to the child once `ready()` holds (unless it has ended by then); returns its
+// wait status.
+int signal_when(pid_t pid, const std::function<bool()>& ready, int signal) {
+  int status = 0;
+  while (!ready()) {
+    if (waitpid(pid, &status, WNOHANG) == pid) return status;
+    usleep(1000);
+  }
+  kill(pid, signal);
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+int wait_for(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return status;
+}
+
+}  // namespace
 
 TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted one") {
   const uint64_t seed = test::fresh_seed();
@@ -276,24 +325,31 @@ TEST_CASE("SIGINT, SIGTERM and SIGHUP each stop a run with a checkpoint, acknowl
   for (const int signal : {SIGINT, SIGTERM, SIGHUP}) {
     INFO("signal " << signal);
     const fs::path run = tmp.path / ("run" + std::to_string(signal)), log = run.string() + ".log";
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
-      execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--data", (tmp.path / "cifar").c_str(), "--dim", "8",
-            "--depth", "1", "--kernel", "3", "--patch", "4", "--batch", "16", "--epochs", "1000",
-            "--threads", "1", "--progress", "off", "--checkpoint-dir", run.c_str(), nullptr);
-      _exit(127);
-    }
+    const pid_t pid = start_train({"--data",
+                                   (tmp.path / "cifar").string(),
+                                   "--dim",
+                                   "8",
+                                   "--depth",
+                                   "1",
+                                   "--kernel",
+                                   "3",
+                                   "--patch",
+                                   "4",
+                                   "--batch",
+                                   "16",
+                                   "--epochs",
+                                   "1000",
+                                   "--threads",
+                                   "1",
+                                   "--progress",
+                                   "off",
+                                   "--checkpoint-dir",
+                                   run.string()},
+                                  log);
     // Signalled once the first epoch is done, so that the run is mid-training.
-    int status = 0;
-    while (!fs::exists(run / "last.safetensors") && waitpid(pid, &status, WNOHANG) == 0)
-      usleep(1000);
-    kill(pid, signal);
-    waitpid(pid, &status, 0);
-    std::ifstream in(log);
-    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    const int status = signal_when(
+        pid, [&] { return fs::exists(run / "last.safetensors"); }, signal);
+    const std::string text = text_of(log);
     INFO(text);
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 130);
@@ -325,38 +381,19 @@ TEST_CASE("A stop during an evaluation abandons it; the resumed run evaluates th
       "--batch", "10",           "--epochs", "1",          "--ra-n",
       "0",       "--threads",    "2",        "--progress", "off"};
   const auto start = [&](const fs::path& run, const fs::path& log) {
-    std::vector<std::string> args = {DL_TRAIN_BIN};
-    args.insert(args.end(), common.begin(), common.end());
+    std::vector<std::string> args = common;
     args.insert(args.end(), {"--checkpoint-dir", run.string()});
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-      dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    return pid;
-  };
-  const auto text_of = [](const fs::path& log) {
-    std::ifstream in(log);
-    return std::string((std::istreambuf_iterator<char>(in)), {});
+    return start_train(args, log);
   };
   const fs::path straight = tmp.path / "straight", stopped = tmp.path / "stopped";
-  int status = 0;
-  waitpid(start(straight, tmp.path / "straight.log"), &status, 0);
+  int status = wait_for(start(straight, tmp.path / "straight.log"));
   REQUIRE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 
   const fs::path log = tmp.path / "stopped.log";
-  const pid_t pid = start(stopped, log);
-  while (text_of(log).find("evaluating on 2000 test images") == std::string::npos &&
-         waitpid(pid, &status, WNOHANG) == 0)
-    usleep(1000);
-  kill(pid, SIGINT);
-  waitpid(pid, &status, 0);
+  status = signal_when(
+      start(stopped, log),
+      [&] { return text_of(log).find("evaluating on 2000 test images") != std::string::npos; },
+      SIGINT);
   INFO(text_of(log));
   REQUIRE(WIFEXITED(status));
   REQUIRE(WEXITSTATUS(status) == 130);
@@ -483,21 +520,12 @@ TEST_CASE("A metrics line that cannot be written stops the run once its checkpoi
   const auto limit = static_cast<rlim_t>(fs::file_size(metrics) + 16);
   REQUIRE(fs::file_size(run / "last.safetensors") < limit);
   const fs::path log = tmp.path / "log.txt";
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+  const int status = wait_for(start_train({"--resume", run.string(), "--threads", "1"}, log, [&] {
     const rlimit size_limit{limit, limit};
     setrlimit(RLIMIT_FSIZE, &size_limit);
     std::signal(SIGXFSZ, SIG_IGN);  // a write past the limit fails with EFBIG instead
-    execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--resume", run.c_str(), "--threads", "1", nullptr);
-    _exit(127);
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  std::ifstream in(log);
-  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  }));
+  const std::string text = text_of(log);
   INFO(text);
   REQUIRE(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 1);
@@ -1051,20 +1079,11 @@ TEST_CASE(
   // A branch killed before its first save of its own still holds the checkpoint it continues, so
   // --resume picks it up: killed as soon as its directory holds a checkpoint.
   const fs::path crashed = tmp.path / "crashed";
-  const pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    const int null = ::open("/dev/null", O_WRONLY);
-    dup2(null, STDOUT_FILENO), dup2(null, STDERR_FILENO);
-    execl(DL_TRAIN_BIN, DL_TRAIN_BIN, "--resume", (run / "epoch1.safetensors").c_str(),
-          "--checkpoint-dir", crashed.c_str(), "--threads", "1", nullptr);
-    _exit(127);
-  }
-  int status = 0;
-  while (!fs::exists(crashed / "last.safetensors") && waitpid(pid, &status, WNOHANG) == 0)
-    usleep(100);
-  kill(pid, SIGKILL);
-  waitpid(pid, &status, 0);
+  signal_when(
+      start_train({"--resume", (run / "epoch1.safetensors").string(), "--checkpoint-dir",
+                   crashed.string(), "--threads", "1"},
+                  tmp.path / "crashed.log"),
+      [&] { return fs::exists(crashed / "last.safetensors"); }, SIGKILL);
   auto recover = tiny_config(tmp.path / "cifar", crashed);
   recover.resume = crashed.string();
   REQUIRE(examples::train(recover) == 0);
