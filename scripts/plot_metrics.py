@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Plots a training run's metrics (the JSON lines train appends to <checkpoint-dir>/metrics.jsonl)
-as a PNG with loss and accuracy curves. Needs matplotlib (Debian: python3-matplotlib).
+as a PNG titled with the run's name (its directory's): loss and accuracy curves, the best test
+accuracy marked, and the learning rate (that of each epoch's last step) when the lines record it.
+Needs matplotlib (Debian: python3-matplotlib).
 
 usage: scripts/plot_metrics.py runs/convmixer-20261125-203000 [-o curves.png]
        scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl
@@ -43,6 +45,11 @@ def read_rows(path):
     return rows
 
 
+def run_name(metrics):
+    """The run's name: the name of the directory that holds its metrics file."""
+    return os.path.basename(os.path.dirname(os.path.abspath(metrics)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,7 +71,11 @@ def main():
     except ImportError:
         sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    with_lr = [r for r in rows if "lr" in r]  # metrics written before the lr was recorded lack it
+    fig, axes = plt.subplots(1, 3 if with_lr else 2, figsize=(16 if with_lr else 11, 4))
+    ax_loss, ax_acc = axes[0], axes[1]
+    name = run_name(metrics)
+    fig.suptitle(name)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
     ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train")
     tested = [r for r in rows if "test_loss" in r]
@@ -74,16 +85,31 @@ def main():
                      label="test")
         ax_acc.plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], "o-",
                     label="test")
-    for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        best = max(tested, key=lambda r: r["test_acc"])  # the first epoch of a tie
+        best_text = f"best test {100 * best['test_acc']:.2f}% (epoch {best['epoch']})"
+        ax_acc.plot(best["epoch"], best["test_acc"], "*", color="red", markersize=14,
+                    label=best_text)
+    panels = [(ax_loss, "loss"), (ax_acc, "accuracy")]
+    if with_lr:
+        ax_lr = axes[2]
+        ax_lr.plot([r["epoch"] for r in with_lr], [r["lr"] for r in with_lr], color="gray")
+        ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+        panels.append((ax_lr, "learning rate (last step of each epoch)"))
+    for ax, title in panels:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     out = args.out or os.path.splitext(metrics)[0] + ".png"
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=120)
+        # The PNG's text chunks say what it shows, for image viewers and tests/test_plot_metrics.sh.
+        fig.savefig(out, dpi=120, metadata={
+            "Title": name,
+            "Description": "; ".join(title for _, title in panels) +
+                           (f"; {best_text}" if tested else "")})
     except OSError as e:
         sys.exit(f"plot_metrics: {out}: cannot write ({e.strerror or e})")
     print(f"wrote {out}")
