@@ -228,6 +228,303 @@ void request_stop() {
   g_stop_requested = true;
 }
 
+namespace {
+
+// A run being trained: its settings, data, model, optimizer and position, and where it saves.
+class Training {
+ public:
+  // Loads the data, builds the model and optimizer (a resumed run's from its checkpoint).
+  Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpoint, RunDirectory& run);
+  // Trains the epochs left: 0 when all are done, 130 when stopped (the position saved).
+  int run();
+
+ private:
+  // Trains `epoch` from its batch `first`; false when it stopped mid-epoch (the position saved).
+  bool train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Progress& progress, double& lr);
+  // Evaluates, reports and saves the epoch; false when a stop abandoned its evaluation (the
+  // end-of-training position saved).
+  bool finish_epoch(int64_t epoch, const EpochStats& stats, Progress& progress, double lr);
+  // Reads the steps' results: the progress line, the divergence check, the first time estimate.
+  void read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress);
+  // Every checkpoint goes through here: a diverged state is never saved over the last good one.
+  void save(const io::TrainingPosition& p);
+  bool stop_requested() const {
+    return g_stop_requested ||
+           (cfg_.stop_after_steps > 0 && steps_this_run_ >= cfg_.stop_after_steps);
+  }
+  std::string resume_hint() const;
+
+  const TrainConfig& cfg_;
+  RunDirectory& run_;
+  const bool resumed_;
+  Runtime runtime_;
+  TrainingData data_;
+  models::ModelSpec spec_;
+  std::map<std::string, std::string> metadata_;
+  std::shared_ptr<nn::Module> model_;
+  std::unique_ptr<optim::Optimizer> opt_;
+  std::vector<Tensor> params_;
+  std::optional<data::DataLoader> train_loader_, test_loader_;
+  int64_t steps_per_epoch_ = 0;
+  std::unique_ptr<optim::LRSchedule> schedule_;
+  io::TrainingPosition pos_;
+  std::ofstream metrics_;
+  int64_t steps_this_run_ = 0;
+  bool estimated_ = false;
+  std::chrono::steady_clock::time_point run_start_, last_save_, last_read_;
+};
+
+Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpoint,
+                   RunDirectory& run)
+    : cfg_(cfg),
+      run_(run),
+      resumed_(checkpoint.has_value()),
+      runtime_(setup_runtime(cfg.device, cfg.threads, cfg.precision, cfg.tf32)) {
+  if (cfg.schedule == optim::Schedule::onecycle && cfg.epochs < 3)
+    std::cerr << "note: onecycle's breakpoints are whole epochs (2/5 and 4/5 of --epochs, rounded "
+                 "down, as in the recipe): over "
+              << cfg.epochs
+              << (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
+                                  : " epochs it has no warm-up")
+              << "; a short run may prefer --schedule cosine or constant\n";
+  data_ = load_training_data(cfg);
+  const data::ImageDataset& train_set = data_.train;
+
+  // The model; a resumed checkpoint must describe the same model and data.
+  spec_ = cfg.model;
+  spec_.classes = static_cast<int64_t>(train_set.classes.size());
+  spec_.in_channels = train_set.channels;
+  metadata_ = checkpoint_metadata(cfg, spec_, data_);
+  if (checkpoint) check_same_run(*checkpoint, spec_, metadata_, cfg.data);
+  if (spec_.name == "convmixer")
+    DL_CHECK(train_set.height % spec_.patch == 0 && train_set.width % spec_.patch == 0, "--patch ",
+             spec_.patch, " does not divide the ", train_set.height, "x", train_set.width,
+             " images of ", cfg.data);
+  Generator gen(cfg.seed);
+  model_ = models::make_model(spec_, gen);
+  model_->to(runtime_.device);
+  if (!checkpoint && !cfg.init_from.empty()) init_weights_from(cfg.init_from, spec_, *model_);
+  opt_ = make_optimizer(cfg, model_->parameters());
+  params_ = model_->parameters();
+
+  data::LoaderOptions train_options{.batch_size = cfg.batch,
+                                    .shuffle = true,
+                                    .drop_last = cfg.drop_last,
+                                    .augment = true,
+                                    .augmentation = data_.augmentation,
+                                    .seed = cfg.seed,
+                                    .workers = loader_workers(cfg.workers, runtime_.device)};
+  train_loader_.emplace(data_.train, train_options);
+  data::LoaderOptions test_options = train_options;
+  test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;
+  test_loader_.emplace(data_.test, test_options);
+  steps_per_epoch_ = train_loader_->batches_per_epoch();
+  schedule_ = optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch_,
+                                   cfg.warmup_epochs * steps_per_epoch_);
+  if (!checkpoint) return;
+
+  io::load_checkpoint(*checkpoint, *model_, opt_.get());
+  pos_ = *checkpoint->position;
+  const std::string& resume = checkpoint->path;
+  // pos_.batch == steps_per_epoch_: the epoch was trained, its evaluation had not finished.
+  DL_CHECK(
+      pos_.batch <= steps_per_epoch_ && pos_.step == pos_.epoch * steps_per_epoch_ + pos_.batch,
+      resume, " was trained with another number of batches per epoch (at epoch ", pos_.epoch + 1,
+      ", batch ", pos_.batch, ", step ", pos_.step, "; ", cfg.data, " and --batch ", cfg.batch,
+      " give ", steps_per_epoch_, "): resume with the run's data set");
+  std::cerr << "resumed " << resume << " at epoch " << pos_.epoch + 1 << ", batch " << pos_.batch
+            << ", step " << pos_.step << "\n";
+  const int64_t recorded_epochs = recorded_epochs_of(*checkpoint);
+  if (cfg.epochs != recorded_epochs && pos_.step > 0) {
+    const auto old_schedule =
+        optim::make_schedule(cfg.schedule, cfg.lr, recorded_epochs, steps_per_epoch_,
+                             cfg.warmup_epochs * steps_per_epoch_);
+    std::cerr << "extending the run from " << recorded_epochs << " to " << cfg.epochs
+              << " epochs: the learning-rate schedule is recomputed over " << cfg.epochs
+              << " epochs; at step " << pos_.step << " the lr goes from "
+              << old_schedule->lr(pos_.step - 1) << " to " << schedule_->lr(pos_.step) << "\n";
+  }
+}
+
+std::string Training::resume_hint() const {
+  return "continue with --resume " + run_.path().string();
+}
+
+void Training::save(const io::TrainingPosition& p) {
+  const std::string last = run_.checkpoint().string();
+  const std::string bad = first_non_finite(*model_, *opt_);
+  DL_CHECK(bad.empty(), "training diverged by step ", p.step, ": ", bad, " is not finite, so ",
+           last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
+  io::save_checkpoint(last, *model_, opt_.get(), p, metadata_);
+}
+
+int Training::run() {
+  if (g_stop_requested) {
+    std::cerr << "interrupted while loading: nothing trained, nothing saved\n";
+    return 130;
+  }
+  run_.open(spec_.name, resumed_ ? std::optional<int64_t>(pos_.epoch) : std::nullopt);
+  // A branch is a run directory from its first moment: its checkpoint is the one it continues,
+  // so a crash before its first save leaves something --resume continues.
+  if (run_.is_branch()) save(pos_);
+  metrics_.open(run_.metrics(), std::ios::app);
+  DL_CHECK(metrics_, "cannot open ", run_.metrics().string(), " for writing");
+
+  const Device device = runtime_.device;
+  std::cerr << "training " << spec_.describe() << " on " << device.str() << " ("
+            << to_string(cfg_.precision) << "), " << data_.train.size() << " train / "
+            << data_.test.size() << " test images, " << steps_per_epoch_
+            << (steps_per_epoch_ == 1 ? " step" : " steps")
+            << " per epoch; checkpoint and metrics in " << run_.path().string() << "\n";
+  const int64_t images_to_train = (cfg_.epochs - pos_.epoch) * data_.train.size();
+  if (device.is_cpu() && images_to_train >= kManyImagesForCpu)
+    std::cerr << "note: " << images_to_train
+              << " images to train on the CPU is hours of work (a time estimate follows the first "
+                 "steps); a run of minutes: --subset 2000 --test-subset 1000 --epochs 4 --dim 64 "
+                 "--depth 4 --batch 64 --lr 0.01, or a GPU (--device cuda)\n";
+  const bool live = cfg_.progress == ProgressMode::on ||
+                    (cfg_.progress == ProgressMode::automatic && isatty(STDERR_FILENO));
+  run_start_ = last_save_ = std::chrono::steady_clock::now();
+  for (int64_t epoch = pos_.epoch; epoch < cfg_.epochs; ++epoch) {
+    const int64_t first = epoch == pos_.epoch ? pos_.batch : 0;
+    const bool resumed_epoch = epoch == pos_.epoch && first > 0;
+    Progress progress(live, epoch, cfg_.epochs, steps_per_epoch_,
+                      resumed_epoch ? pos_.seconds : 0.0);
+    EpochStats stats;
+    if (resumed_epoch) {
+      stats.loss_sum = pos_.loss_sum;
+      stats.correct = pos_.correct;
+      stats.seen = pos_.seen;
+    }
+    double lr = first > 0 ? schedule_->lr(pos_.step - 1) : 0.0;  // the last step's, for the report
+    if (!train_epoch(epoch, first, stats, progress, lr)) return 130;
+    if (!finish_epoch(epoch, stats, progress, lr)) return 130;
+    if (stop_requested() && epoch + 1 < cfg_.epochs) {
+      std::cerr << "stopped after epoch " << epoch + 1 << ": checkpoint "
+                << run_.checkpoint().string() << "; " << resume_hint() << "\n";
+      return 130;
+    }
+  }
+  std::cerr << "done: checkpoint " << run_.checkpoint().string() << ", metrics "
+            << run_.metrics().string() << "\n";
+  return 0;
+}
+
+bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Progress& progress,
+                           double& lr) {
+  data::DataLoader& loader = *train_loader_;
+  loader.start_epoch(epoch, first);
+  model_->train();
+  const double save_every_seconds = cfg_.save_every_minutes * 60.0;
+  data::Batch batch;
+  int64_t done = first;
+  last_read_ = std::chrono::steady_clock::now();
+  while (loader.next(batch)) {
+    lr = schedule_->lr(pos_.step);
+    opt_->set_lr(lr);
+    // The labels stay in host memory: cross_entropy checks them there, so the GPU need not
+    // report back.
+    const Tensor logits =
+        model_->forward(batch.images.to(runtime_.activations).to(runtime_.device));
+    const Tensor loss = cross_entropy(logits, batch.labels, cfg_.label_smoothing);
+    opt_->zero_grad();
+    loss.backward();
+    if (cfg_.clip_grad > 0) optim::clip_grad_norm(params_, cfg_.clip_grad);
+    opt_->step();
+    ++pos_.step, ++done, ++steps_this_run_;
+    stats.add(logits, batch.labels, loss);
+    const bool stop = stop_requested();
+    const auto now = std::chrono::steady_clock::now();
+    const bool save_due =
+        save_every_seconds > 0 &&
+        std::chrono::duration<double>(now - last_save_).count() >= save_every_seconds;
+    // The step's results are read every half second, at the epoch's end and before a save (on a
+    // GPU the host otherwise runs ahead); a diverged loss is caught there.
+    if (stop || save_due || done == steps_per_epoch_ ||
+        now - last_read_ >= std::chrono::milliseconds(500)) {
+      last_read_ = now;
+      read_results(done, first, stats, progress);
+    }
+    // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.
+    if ((stop || save_due) && done < steps_per_epoch_) {
+      save({.epoch = epoch,
+            .batch = done,
+            .step = pos_.step,
+            .loss_sum = stats.loss_sum,
+            .seconds = progress.seconds(),
+            .correct = stats.correct,
+            .seen = stats.seen});
+      last_save_ = now;
+      if (stop) {
+        progress.finish();
+        std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
+                  << run_.checkpoint().string() << "; " << resume_hint() << "\n";
+        return false;
+      }
+    }
+  }
+  stats.flush();
+  progress.finish();
+  return true;
+}
+
+void Training::read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress) {
+  stats.flush();
+  DL_CHECK(std::isfinite(stats.loss_sum), "training diverged: the loss is not finite by step ",
+           pos_.step, " (try a lower --lr or --clip-grad 1)");
+  progress.update(done, first, stats.seen, stats.loss());
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start_).count();
+  if (!estimated_ && steps_this_run_ >= 2 && (steps_this_run_ >= 20 || elapsed >= 10)) {
+    estimated_ = true;
+    const double per_step = elapsed / static_cast<double>(steps_this_run_);
+    const int64_t left = cfg_.epochs * steps_per_epoch_ - pos_.step;
+    std::cerr << "timing: " << per_step << " s per step over the first " << steps_this_run_
+              << " steps: the " << left << " steps left take about "
+              << format_duration(per_step * static_cast<double>(left)) << ", evaluations aside\n";
+  }
+}
+
+bool Training::finish_epoch(int64_t epoch, const EpochStats& stats, Progress& progress, double lr) {
+  const std::string last = run_.checkpoint().string();
+  const double epoch_seconds = progress.seconds();
+  const bool evaluate_now = (epoch + 1) % cfg_.eval_every == 0 || epoch + 1 == cfg_.epochs;
+  std::optional<EpochStats> test;
+  if (evaluate_now) {
+    progress.evaluating(data_.test.size());
+    test = evaluate(*model_, *test_loader_, runtime_.device, runtime_.activations);
+    progress.finish();
+    if (!test) {
+      // The epoch's training is saved; --resume evaluates it again.
+      save({.epoch = epoch,
+            .batch = steps_per_epoch_,
+            .step = pos_.step,
+            .loss_sum = stats.loss_sum,
+            .seconds = epoch_seconds,
+            .correct = stats.correct,
+            .seen = stats.seen});
+      std::cerr << "stopped during epoch " << epoch + 1 << "'s evaluation: checkpoint " << last
+                << " holds its training; " << resume_hint() << "\n";
+      return false;
+    }
+    DL_CHECK(std::isfinite(test->loss_sum), "training diverged: the test loss is not finite after ",
+             "epoch ", epoch + 1, ", so ", last,
+             " keeps the last finite state (try a lower --lr or --clip-grad 1)");
+  }
+  report_epoch(metrics_, epoch, pos_.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
+               peak_memory_mb(runtime_.device));
+  save({.epoch = epoch + 1, .batch = 0, .step = pos_.step});
+  // A metrics line that could not be written (a full disk) stops the run, once the checkpoint is
+  // safe: the user sees it instead of a run that lost its history silently.
+  DL_CHECK(metrics_, "cannot append to ", run_.metrics().string(), " (", std::strerror(errno),
+           "): epoch ", epoch + 1, "'s metrics line is missing from it; the checkpoint ", last,
+           " is saved: make room and ", resume_hint());
+  last_save_ = std::chrono::steady_clock::now();
+  return true;
+}
+
+}  // namespace
+
 int train(const TrainConfig& requested, const std::set<std::string>& given) {
   const std::string resume = requested.resume.empty() ? "" : checkpoint_file(requested.resume);
   // What can be checked before any file is touched: a new run's settings and device; on a resume
@@ -236,13 +533,13 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     check_applicable(requested, given);
     validate(requested);
     setup_runtime(requested.device, requested.threads, requested.precision, requested.tf32);
+    if (!requested.init_from.empty())
+      DL_CHECK(fs::is_regular_file(checkpoint_file(requested.init_from)), "--init-from ",
+               requested.init_from, ": no such checkpoint file");
   } else {
     check_given(requested, given);
     resolve_device(requested.device);
   }
-  if (resume.empty() && !requested.init_from.empty())
-    DL_CHECK(fs::is_regular_file(checkpoint_file(requested.init_from)), "--init-from ",
-             requested.init_from, ": no such checkpoint file");
   // Where the run writes is decided from the paths; the directory, when it exists, is locked
   // from here on, so no other process writes a newer checkpoint while this one reads it.
   RunDirectory run(requested.checkpoint_dir, resume);
@@ -262,238 +559,8 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     }
   }
   run.check();
-  const Runtime runtime = setup_runtime(cfg.device, cfg.threads, cfg.precision, cfg.tf32);
-  const Device device = runtime.device;
-  const DType activations = runtime.activations;
-  if (cfg.schedule == optim::Schedule::onecycle && cfg.epochs < 3)
-    std::cerr << "note: onecycle's breakpoints are whole epochs (2/5 and 4/5 of --epochs, rounded "
-                 "down, as in the recipe): over "
-              << cfg.epochs
-              << (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
-                                  : " epochs it has no warm-up")
-              << "; a short run may prefer --schedule cosine or constant\n";
-
-  // --- data ---
-  const TrainingData loaded = load_training_data(cfg);
-  const data::ImageDataset& train_set = loaded.train;
-  const data::ImageDataset& test_set = loaded.test;
-  const data::AugmentConfig& aug = loaded.augmentation;
-
-  // --- model; a resumed checkpoint must describe the same model and data ---
-  models::ModelSpec spec = cfg.model;
-  spec.classes = static_cast<int64_t>(train_set.classes.size());
-  spec.in_channels = train_set.channels;
-  const std::map<std::string, std::string> metadata = checkpoint_metadata(cfg, spec, loaded);
-  if (checkpoint) check_same_run(*checkpoint, spec, metadata, cfg.data);
-  if (spec.name == "convmixer")
-    DL_CHECK(train_set.height % spec.patch == 0 && train_set.width % spec.patch == 0, "--patch ",
-             spec.patch, " does not divide the ", train_set.height, "x", train_set.width,
-             " images of ", cfg.data);
-
-  Generator gen(cfg.seed);
-  std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
-  model->to(device);
-  if (!checkpoint && !cfg.init_from.empty()) init_weights_from(cfg.init_from, spec, *model);
-  const std::unique_ptr<optim::Optimizer> opt = make_optimizer(cfg, model->parameters());
-
-  data::LoaderOptions train_options{.batch_size = cfg.batch,
-                                    .shuffle = true,
-                                    .drop_last = cfg.drop_last,
-                                    .augment = true,
-                                    .augmentation = aug,
-                                    .seed = cfg.seed,
-                                    .workers = loader_workers(cfg.workers, device)};
-  data::DataLoader train_loader(train_set, train_options);
-  data::LoaderOptions test_options = train_options;
-  test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;
-  data::DataLoader test_loader(test_set, test_options);
-
-  const int64_t steps_per_epoch = train_loader.batches_per_epoch();
-  const auto schedule = optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch,
-                                             cfg.warmup_epochs * steps_per_epoch);
-
-  io::TrainingPosition pos;
-  if (checkpoint) {
-    io::load_checkpoint(*checkpoint, *model, opt.get());
-    checkpoint->model_state.clear(), checkpoint->optimizer_state.clear();  // loaded: not kept twice
-    pos = *checkpoint->position;
-    // pos.batch == steps_per_epoch: the epoch was trained, its evaluation had not finished.
-    DL_CHECK(pos.batch <= steps_per_epoch && pos.step == pos.epoch * steps_per_epoch + pos.batch,
-             resume, " was trained with another number of batches per epoch (at epoch ",
-             pos.epoch + 1, ", batch ", pos.batch, ", step ", pos.step, "; ", cfg.data,
-             " and --batch ", cfg.batch, " give ", steps_per_epoch,
-             "): resume with the run's data set");
-    std::cerr << "resumed " << resume << " at epoch " << pos.epoch + 1 << ", batch " << pos.batch
-              << ", step " << pos.step << "\n";
-    const int64_t recorded_epochs = recorded_epochs_of(*checkpoint);
-    if (cfg.epochs != recorded_epochs && pos.step > 0) {
-      const auto old_schedule =
-          optim::make_schedule(cfg.schedule, cfg.lr, recorded_epochs, steps_per_epoch,
-                               cfg.warmup_epochs * steps_per_epoch);
-      std::cerr << "extending the run from " << recorded_epochs << " to " << cfg.epochs
-                << " epochs: the learning-rate schedule is recomputed over " << cfg.epochs
-                << " epochs; at step " << pos.step << " the lr goes from "
-                << old_schedule->lr(pos.step - 1) << " to " << schedule->lr(pos.step) << "\n";
-    }
-  }
-  if (g_stop_requested) {
-    std::cerr << "interrupted while loading: nothing trained, nothing saved\n";
-    return 130;
-  }
-
-  run.open(spec.name, checkpoint ? std::optional<int64_t>(pos.epoch) : std::nullopt);
-  const std::string last = run.checkpoint().string();
-  // A diverged state is never saved: it would replace the last good checkpoint.
-  auto save = [&](const io::TrainingPosition& p) {
-    const std::string bad = first_non_finite(*model, *opt);
-    DL_CHECK(bad.empty(), "training diverged by step ", p.step, ": ", bad, " is not finite, so ",
-             last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
-    io::save_checkpoint(last, *model, opt.get(), p, metadata);
-  };
-  // A branch is a run directory from its first moment: its checkpoint is the one it continues,
-  // so a crash before its first save leaves something --resume continues.
-  if (run.is_branch()) save(pos);
-  std::ofstream metrics(run.metrics(), std::ios::app);
-  DL_CHECK(metrics, "cannot open ", run.metrics().string(), " for writing");
-
-  const bool live = cfg.progress == ProgressMode::on ||
-                    (cfg.progress == ProgressMode::automatic && isatty(STDERR_FILENO));
-  std::cerr << "training " << spec.describe() << " on " << device.str() << " ("
-            << to_string(cfg.precision) << "), " << train_set.size() << " train / "
-            << test_set.size() << " test images, " << steps_per_epoch
-            << (steps_per_epoch == 1 ? " step" : " steps")
-            << " per epoch; checkpoint and metrics in " << run.path().string() << "\n";
-  const int64_t images_to_train = (cfg.epochs - pos.epoch) * train_set.size();
-  if (device.is_cpu() && images_to_train >= kManyImagesForCpu)
-    std::cerr << "note: " << images_to_train
-              << " images to train on the CPU is hours of work (a time estimate follows the first "
-                 "steps); a run of minutes: --subset 2000 --test-subset 1000 --epochs 4 --dim 64 "
-                 "--depth 4 --batch 64 --lr 0.01, or a GPU (--device cuda)\n";
-  const std::vector<Tensor> params = model->parameters();
-  int64_t steps_this_run = 0;
-  bool estimated = false;
-  const auto run_start = std::chrono::steady_clock::now();
-  const double save_every_seconds = cfg.save_every_minutes * 60.0;
-  auto last_save = std::chrono::steady_clock::now();
-  for (int64_t epoch = pos.epoch; epoch < cfg.epochs; ++epoch) {
-    const int64_t first = epoch == pos.epoch ? pos.batch : 0;
-    train_loader.start_epoch(epoch, first);
-    model->train();
-    const bool resumed_epoch = epoch == pos.epoch && first > 0;
-    Progress progress(live, epoch, cfg.epochs, steps_per_epoch, resumed_epoch ? pos.seconds : 0.0);
-    EpochStats stats;
-    if (resumed_epoch) {
-      stats.loss_sum = pos.loss_sum;
-      stats.correct = pos.correct;
-      stats.seen = pos.seen;
-    }
-    data::Batch batch;
-    int64_t done = first;
-    double lr = first > 0 ? schedule->lr(pos.step - 1) : 0.0;  // the last step's, for the report
-    auto last_read = std::chrono::steady_clock::now();
-    while (train_loader.next(batch)) {
-      lr = schedule->lr(pos.step);
-      opt->set_lr(lr);
-      // The labels stay in host memory: cross_entropy checks them there, so the GPU need not
-      // report back.
-      const Tensor logits = model->forward(batch.images.to(activations).to(device));
-      const Tensor loss = cross_entropy(logits, batch.labels, cfg.label_smoothing);
-      opt->zero_grad();
-      loss.backward();
-      if (cfg.clip_grad > 0) optim::clip_grad_norm(params, cfg.clip_grad);
-      opt->step();
-      ++pos.step, ++done, ++steps_this_run;
-      stats.add(logits, batch.labels, loss);
-      const bool stop =
-          g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
-      const auto now = std::chrono::steady_clock::now();
-      const bool save_due =
-          save_every_seconds > 0 &&
-          std::chrono::duration<double>(now - last_save).count() >= save_every_seconds;
-      // The step's results are read every half second, at the epoch's end and before a save (on
-      // a GPU the host otherwise runs ahead); a diverged loss is caught there.
-      if (stop || save_due || done == steps_per_epoch ||
-          now - last_read >= std::chrono::milliseconds(500)) {
-        last_read = now;
-        stats.flush();
-        DL_CHECK(std::isfinite(stats.loss_sum),
-                 "training diverged: the loss is not finite by step ", pos.step,
-                 " (try a lower --lr or --clip-grad 1)");
-        progress.update(done, first, stats.seen, stats.loss());
-        const double elapsed = std::chrono::duration<double>(now - run_start).count();
-        if (!estimated && steps_this_run >= 2 && (steps_this_run >= 20 || elapsed >= 10)) {
-          estimated = true;
-          const double per_step = elapsed / static_cast<double>(steps_this_run);
-          const int64_t left = cfg.epochs * steps_per_epoch - pos.step;
-          std::cerr << "timing: " << per_step << " s per step over the first " << steps_this_run
-                    << " steps: the " << left << " steps left take about "
-                    << format_duration(per_step * static_cast<double>(left))
-                    << ", evaluations aside\n";
-        }
-      }
-      // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.
-      if ((stop || save_due) && done < steps_per_epoch) {
-        save({.epoch = epoch,
-              .batch = done,
-              .step = pos.step,
-              .loss_sum = stats.loss_sum,
-              .seconds = progress.seconds(),
-              .correct = stats.correct,
-              .seen = stats.seen});
-        last_save = now;
-        if (stop) {
-          progress.finish();
-          std::cerr << "stopped at epoch " << epoch + 1 << ", batch " << done << ": checkpoint "
-                    << last << "; continue with --resume " << run.path().string() << "\n";
-          return 130;
-        }
-      }
-    }
-    stats.flush();
-    progress.finish();
-    const double epoch_seconds = progress.seconds();
-    const bool evaluate_now = (epoch + 1) % cfg.eval_every == 0 || epoch + 1 == cfg.epochs;
-    std::optional<EpochStats> test;
-    if (evaluate_now) {
-      progress.evaluating(test_set.size());
-      test = evaluate(*model, test_loader, device, activations);
-      progress.finish();
-      if (!test) {
-        // The epoch's training is saved; --resume evaluates it again.
-        save({.epoch = epoch,
-              .batch = steps_per_epoch,
-              .step = pos.step,
-              .loss_sum = stats.loss_sum,
-              .seconds = epoch_seconds,
-              .correct = stats.correct,
-              .seen = stats.seen});
-        std::cerr << "stopped during epoch " << epoch + 1 << "'s evaluation: checkpoint " << last
-                  << " holds its training; continue with --resume " << run.path().string() << "\n";
-        return 130;
-      }
-      DL_CHECK(std::isfinite(test->loss_sum),
-               "training diverged: the test loss is not finite after ", "epoch ", epoch + 1,
-               ", so ", last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
-    }
-    report_epoch(metrics, epoch, pos.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
-                 peak_memory_mb(device));
-    save({.epoch = epoch + 1, .batch = 0, .step = pos.step});
-    // A metrics line that could not be written (a full disk) stops the run, once the checkpoint
-    // is safe: the user sees it instead of a run that lost its history silently.
-    DL_CHECK(metrics, "cannot append to ", run.metrics().string(), " (", std::strerror(errno),
-             "): epoch ", epoch + 1, "'s metrics line is missing from it; the checkpoint ", last,
-             " is saved: make room and continue with --resume ", run.path().string());
-    last_save = std::chrono::steady_clock::now();
-    const bool stop =
-        g_stop_requested || (cfg.stop_after_steps > 0 && steps_this_run >= cfg.stop_after_steps);
-    if (stop && epoch + 1 < cfg.epochs) {
-      std::cerr << "stopped after epoch " << epoch + 1 << ": checkpoint " << last
-                << "; continue with --resume " << run.path().string() << "\n";
-      return 130;
-    }
-  }
-  std::cerr << "done: checkpoint " << last << ", metrics " << run.metrics().string() << "\n";
-  return 0;
+  Training training(cfg, std::move(checkpoint), run);
+  return training.run();
 }
 
 }  // namespace dl::examples
