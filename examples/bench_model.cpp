@@ -16,7 +16,6 @@
 #include "engine/profile.h"
 #include "examples/cli.h"
 #include "examples/runtime.h"
-#include "kernels/cpu/parallel.h"
 #include "models/convmixer.h"
 
 using namespace dl;
@@ -98,7 +97,7 @@ int run(int argc, char** argv) {
       static_cast<long long>(config.dim), static_cast<long long>(config.depth),
       static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
       static_cast<long long>(batch), device.str().c_str(), examples::to_string(precision).c_str(),
-      tf32 ? ", tf32" : "", cpu::num_threads(), 1000.0 * seconds / steps, last_loss);
+      tf32 ? ", tf32" : "", examples::cpu_threads(), 1000.0 * seconds / steps, last_loss);
   std::printf("step_ms=%.3f\n", 1000.0 * seconds / steps);
   if (device.is_cuda()) std::printf("peak_mem_mb=%.1f\n", examples::peak_memory_mb(device));
   if (profile) {

@@ -32,6 +32,10 @@ Runtime setup_runtime(const std::string& device_name, int threads, Precision pre
   return {device, precision == Precision::bf16 ? DType::bf16 : DType::f32};
 }
 
+int cpu_threads() {
+  return cpu::num_threads();
+}
+
 void synchronize([[maybe_unused]] Device device) {
 #ifdef DL_HAVE_CUDA
   if (device.is_cuda()) cuda::synchronize();

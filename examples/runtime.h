@@ -23,6 +23,8 @@ struct Runtime {
 // or off there, and sets the CPU thread count (0: all cores).
 Runtime setup_runtime(const std::string& device, int threads, Precision precision, bool tf32);
 
+// The CPU threads the kernels use.
+int cpu_threads();
 // Waits until the work queued on `device` is done (nothing to wait for on the CPU).
 void synchronize(Device device);
 // The caching allocator's peak of device memory in use, in MiB; -1 on the CPU.
