@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plots a training run's metrics (the JSON lines train appends to <checkpoint-dir>/metrics.jsonl)
-as a PNG with loss and accuracy curves. Needs matplotlib (Debian: python3-matplotlib).
+as a PNG with loss and accuracy curves. Needs matplotlib (Debian: python3-matplotlib; run under
+/usr/bin/python3 when the python3 first on the PATH lacks it and that one has it).
 
 usage: scripts/plot_metrics.py runs/convmixer-20261125-203000 [-o curves.png]
        scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl
@@ -9,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+
+from system_python import rerun_if_missing
 
 
 def read_rows(path):
@@ -56,13 +59,15 @@ def main():
             sys.exit(f"plot_metrics: {metrics}: no such file (not a run directory, or the run "
                      "has finished no epoch yet)")
     rows = read_rows(metrics)
+    rerun_if_missing("matplotlib")
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
+        sys.exit(f"plot_metrics: matplotlib is missing from {sys.executable} and /usr/bin/python3 "
+                 "(apt install python3-matplotlib)")
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")

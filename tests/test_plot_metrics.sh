@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # scripts/plot_metrics.py: a run directory stands for its metrics.jsonl, and a missing file, a
 # directory without metrics or an unwritable output is one line on stderr and exit status 1, not a
-# traceback. The plotting checks need matplotlib (exit 77, skipped, without it). PYTHON picks the
-# interpreter (default python3).
+# traceback. The plotting checks need matplotlib (exit 77, skipped, without it); they run under
+# the interpreter scripts/find_python.sh picks (PYTHON, else python3, else /usr/bin/python3).
 set -uo pipefail
 script=$(dirname "$0")/../scripts/plot_metrics.py
-py=${PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# The refusals below need no matplotlib: any interpreter does when none has it.
+py=$(bash "$(dirname "$0")/../scripts/find_python.sh" matplotlib 2>"$tmp/no-matplotlib") ||
+  py=${PYTHON:-python3}
 fail() { echo "FAIL: $*"; exit 1; }
 
 # Runs the script; fails unless it exits with 1 and says `expected` in one line on stderr.
@@ -27,8 +29,8 @@ refused "plot_metrics: $tmp/empty-run/metrics.jsonl: no such file" "$tmp/empty-r
 printf '{"step": 1}\n' >"$tmp/other.jsonl"
 refused "not a metrics line of train" "$tmp/other.jsonl"
 
-if ! "$py" -c "import matplotlib" 2>/dev/null; then
-  echo "SKIP: $py has no matplotlib: the plotting checks did not run"
+if [[ -s $tmp/no-matplotlib ]]; then
+  echo "SKIP: the plotting checks did not run: $(cat "$tmp/no-matplotlib")"
   exit 77
 fi
 printf '%s\n' '{"epoch": 1, "train_loss": 2.1, "train_acc": 0.2, "test_loss": 2.0, "test_acc": 0.25}' \
