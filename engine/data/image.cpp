@@ -148,9 +148,34 @@ void decode_jpeg(std::span<const uint8_t> bytes, int channels, DecodedImage& ima
 
 // ---- PNG (stb_image) ----------------------------------------------------------------------------
 
+// Why the PNG's chunks run past the end of its bytes, or "" when every chunk up to IEND lies
+// inside them (a missing IEND is left to stb_image). stb sizes its buffer for the image data from
+// a chunk's declared length before reading the chunk, so this check comes first: a 100-byte file
+// declaring a 2 GB IDAT chunk made it allocate 2 GB.
+std::string png_chunk_past_end(std::span<const uint8_t> bytes) {
+  const auto be32 = [&](size_t at) {
+    return uint32_t{bytes[at]} << 24 | uint32_t{bytes[at + 1]} << 16 |
+           uint32_t{bytes[at + 2]} << 8 | bytes[at + 3];
+  };
+  size_t at = sizeof kPngSignature;
+  while (bytes.size() - at >= 8) {                         // length and type
+    const uint64_t chunk_bytes = uint64_t{be32(at)} + 12;  // with its length, type and CRC
+    if (chunk_bytes > bytes.size() - at)
+      return detail::concat("a chunk claims ", chunk_bytes - 12,
+                            " bytes, past the end of the file");
+    if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) break;
+    at += chunk_bytes;
+  }
+  return "";
+}
+
 void decode_png(std::span<const uint8_t> bytes, int channels, DecodedImage& image) {
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     image.error = "file is too large for a PNG";
+    return;
+  }
+  if (const std::string past_end = png_chunk_past_end(bytes); !past_end.empty()) {
+    image.error = "cannot decode the PNG (" + past_end + ")";
     return;
   }
   const auto* data = bytes.data();
