@@ -292,7 +292,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   }
   const auto needs = needs_grad({x, weight, bias});
   record(out, "batch_norm", {x, weight, bias},
-         [=, xc = xc.detach(), gamma = gamma.detach()](const Tensor& g) {
+         [=, c = c, xc = xc.detach(), gamma = gamma.detach()](const Tensor& g) {
            Tensor dx = empty_like(xc), dgamma = Tensor::empty({c}, DType::f32, xc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, xc.device());
            ops_for(xc).batchnorm_backward(g.contiguous(), xc, gamma, mean, invstd, training, dx,
@@ -325,7 +325,7 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
   }
   const auto needs = needs_grad({h, weight, bias, residual});
   record(out, "gelu_batch_norm", {h, weight, bias, residual},
-         [=, hc = hc.detach(), gamma = gamma.detach()](const Tensor& g) {
+         [=, c = c, hc = hc.detach(), gamma = gamma.detach()](const Tensor& g) {
            const Tensor gc = g.contiguous();
            Tensor dh = empty_like(hc), dgamma = Tensor::empty({c}, DType::f32, hc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, hc.device());

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Draws the confusion matrix that `build/examples/evaluate --json FILE` writes, as a PNG: each row
 (a true class) as fractions of its images, the counts in the cells, the accuracy in the title.
-Needs matplotlib (Debian: python3-matplotlib).
+Needs matplotlib (Debian: python3-matplotlib; run under /usr/bin/python3 when the python3 first on
+the PATH lacks it and that one has it).
 
 usage: scripts/plot_confusion.py evaluation.json [-o confusion.png]
 """
@@ -9,6 +10,8 @@ import argparse
 import json
 import os
 import sys
+
+from system_python import rerun_if_missing
 
 
 def read_evaluation(path):
@@ -40,10 +43,12 @@ def main():
     args = parser.parse_args()
     data = read_evaluation(args.evaluation)
     output = args.output or os.path.splitext(args.evaluation)[0] + ".png"
+    rerun_if_missing("matplotlib")
     try:
         import matplotlib
     except ImportError:
-        sys.exit("plot_confusion: matplotlib is missing (Debian: apt install python3-matplotlib)")
+        sys.exit(f"plot_confusion: matplotlib is missing from {sys.executable} and /usr/bin/python3 "
+                 "(apt install python3-matplotlib)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -2,7 +2,8 @@
 """Plots a training run's metrics (the JSON lines train appends to <checkpoint-dir>/metrics.jsonl)
 as a PNG titled with the run's name (its directory's): loss and accuracy curves, the best test
 accuracy marked, and the learning rate (that of each epoch's last step) when the lines record it.
-Needs matplotlib (Debian: python3-matplotlib).
+Needs matplotlib (Debian: python3-matplotlib; run under /usr/bin/python3 when the python3 first on
+the PATH lacks it and that one has it).
 
 usage: scripts/plot_metrics.py runs/convmixer-20261125-203000 [-o curves.png]
        scripts/plot_metrics.py runs/convmixer-20261125-203000/metrics.jsonl
@@ -11,6 +12,8 @@ import argparse
 import json
 import os
 import sys
+
+from system_python import rerun_if_missing
 
 
 def read_rows(path):
@@ -63,13 +66,15 @@ def main():
             sys.exit(f"plot_metrics: {metrics}: no such file (not a run directory, or the run "
                      "has finished no epoch yet)")
     rows = read_rows(metrics)
+    rerun_if_missing("matplotlib")
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        sys.exit("plot_metrics: matplotlib is missing (apt install python3-matplotlib)")
+        sys.exit(f"plot_metrics: matplotlib is missing from {sys.executable} and /usr/bin/python3 "
+                 "(apt install python3-matplotlib)")
     epochs = [r["epoch"] for r in rows]
     with_lr = [r for r in rows if "lr" in r]  # metrics written before the lr was recorded lack it
     fig, axes = plt.subplots(1, 3 if with_lr else 2, figsize=(16 if with_lr else 11, 4))

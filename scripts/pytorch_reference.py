@@ -29,7 +29,8 @@ names), used to
             still classified, and the exit status is 1 at the end.
 
 Tensors are stored in PyTorch's layouts except activations, which the engine takes as NHWC.
-Needs PyTorch (Debian: python3-torch); train also needs torchvision. Runs on PyTorch 1.13 and 2.x
+Needs PyTorch (Debian: python3-torch; run under /usr/bin/python3 when the python3 first on the PATH
+lacks it and that one has it); train also needs torchvision. Runs on PyTorch 1.13 and 2.x
 (--compile needs 2.x). Safetensors files are written by hand (format: 8-byte
 little-endian header length, JSON header, raw little-endian data), so no extra package is needed.
 """
@@ -42,8 +43,15 @@ import sys
 import time
 import zlib
 
-import torch
-import torch.nn as nn
+from system_python import rerun_if_missing
+
+rerun_if_missing("torch")
+try:
+    import torch
+    import torch.nn as nn
+except ImportError:
+    sys.exit(f"pytorch_reference: PyTorch is missing from {sys.executable} and /usr/bin/python3 "
+             "(apt install python3-torch)")
 
 
 class PatchEmbeddings(nn.Module):
@@ -871,15 +879,15 @@ def main():
                         "mean 0.5, std 0.5")
     t.add_argument("--recipe", default="convmixer-cifar10", choices=sorted(TRAIN_RECIPES),
                    help="a set of defaults as the engine's train --recipe (flags given override)")
-    # The recipe's defaults, then the flags given: as the engine's train --recipe.
-    known, _ = parser.parse_known_args()
-    if known.command == "train":
-        t.set_defaults(**TRAIN_RECIPES[known.recipe])
     p = sub.add_parser("predict", help="classify images with an engine checkpoint in PyTorch")
     p.add_argument("--checkpoint", required=True,
                    help="train's last.safetensors, or the run directory holding it")
     p.add_argument("--top", type=int, default=3)
     p.add_argument("images", nargs="+")
+    # The recipe's defaults, then the flags given: as the engine's train --recipe.
+    known, _ = parser.parse_known_args()
+    if known.command == "train":
+        t.set_defaults(**TRAIN_RECIPES[known.recipe])
     args = parser.parse_args()
     return {"fixture": fixture, "fixture-resnet": fixture_resnet, "bench": bench, "train": train,
             "fixture-resize": fixture_resize, "fixture-augment": fixture_augment,

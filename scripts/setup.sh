@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Installs the build and test dependencies from the platform's packages (Debian/Ubuntu).
 # Idempotent: installs only what is missing and says what it installs.
+#   --test-extras  also what the PyTorch-reference and plotting tests need (python3-torch,
+#                  python3-matplotlib, python3-pil: about 200 MB to download, 900 MB installed);
+#                  without it those tests report "skipped". Other arguments: more packages.
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build catch2 libstb-dev libopenblas-openmp-dev zlib1g-dev
           libjpeg-dev)
-if [[ $# -gt 0 ]]; then packages+=("$@"); fi
+for arg in "$@"; do
+  if [[ $arg == --test-extras ]]; then
+    packages+=(python3-torch python3-matplotlib python3-pil)
+  else
+    packages+=("$arg")
+  fi
+done
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
   echo "setup: this script needs a Debian/Ubuntu system (apt, dpkg). Install by hand:" >&2

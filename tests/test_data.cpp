@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -489,9 +490,19 @@ TEST_CASE("decode_image reads only PNG and JPEG, within a pixel budget, and refu
     CHECK(decode(half_jpeg).error ==
           "cannot decode the JPEG (libjpeg: Premature end of JPEG file)");
     const std::vector<uint8_t> half_png(png.begin(), png.begin() + png.size() * 2 / 3);
-    CHECK_THAT(decode(half_png).error, Contains("cannot decode the PNG (stb_image: "));
+    CHECK_THAT(decode(half_png).error, Contains("past the end of the file"));
     const std::vector<uint8_t> no_end(png.begin(), png.end() - 12);  // without its IEND chunk
     CHECK_THAT(decode(no_end).error, Contains("cannot decode the PNG (stb_image: "));
+  }
+  SECTION("a chunk longer than the file is refused before stb_image allocates its length") {
+    std::vector<uint8_t> claims_2gb = png;  // found by fuzzing: stb allocated the claimed size
+    const size_t idat =
+        std::search(png.begin(), png.end(), std::begin("IDAT"), std::end("IDAT") - 1) -
+        png.begin() - 4;
+    put_be16(claims_2gb, idat, 0x7FFF);
+    put_be16(claims_2gb, idat + 2, 0xFFFF);
+    CHECK(decode(claims_2gb).error ==
+          "cannot decode the PNG (a chunk claims 2147483647 bytes, past the end of the file)");
   }
   SECTION("Huffman code counts that sum past 256 (out-of-bounds writes in stb_image)") {
     std::vector<uint8_t> bogus = jpeg;

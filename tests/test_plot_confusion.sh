@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # scripts/plot_confusion.py: a file that is not an evaluation is one line on stderr and exit status
 # 1, not a traceback; an evaluation becomes a PNG (that check needs matplotlib: exit 77, skipped,
-# without it). PYTHON picks the interpreter (default python3).
+# without it); it runs under the interpreter scripts/find_python.sh picks (PYTHON, else python3,
+# else /usr/bin/python3).
 set -uo pipefail
 script=$(dirname "$0")/../scripts/plot_confusion.py
-py=${PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# The refusals below need no matplotlib: any interpreter does when none has it.
+py=$(bash "$(dirname "$0")/../scripts/find_python.sh" matplotlib 2>"$tmp/no-matplotlib") ||
+  py=${PYTHON:-python3}
 fail() { echo "FAIL: $*"; exit 1; }
 
 refused() {
@@ -25,8 +28,8 @@ refused "not JSON" "$tmp/text.json"
 printf '{"classes": ["a", "b"], "confusion": [[1, 2]], "accuracy": 0.5}' >"$tmp/ragged.json"
 refused "not an evaluation written by evaluate --json" "$tmp/ragged.json"
 
-if ! "$py" -c "import matplotlib" 2>/dev/null; then
-  echo "SKIP: $py has no matplotlib: the plotting check did not run"
+if [[ -s $tmp/no-matplotlib ]]; then
+  echo "SKIP: the plotting check did not run: $(cat "$tmp/no-matplotlib")"
   exit 77
 fi
 printf '{"checkpoint": "runs/x/last.safetensors", "split": "test", "images": 5, "accuracy": 0.6,

@@ -3,12 +3,15 @@
 # the run's name and shows the learning rate and the best test accuracy when the lines record them;
 # a missing file, a directory without metrics or an unwritable output is one line on stderr and
 # exit status 1, not a traceback. The plotting checks need matplotlib (exit 77, skipped, without
-# it). PYTHON picks the interpreter (default python3).
+# it); they run under the interpreter scripts/find_python.sh picks (PYTHON, else python3, else
+# /usr/bin/python3).
 set -uo pipefail
 script=$(dirname "$0")/../scripts/plot_metrics.py
-py=${PYTHON:-python3}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# The refusals below need no matplotlib: any interpreter does when none has it.
+py=$(bash "$(dirname "$0")/../scripts/find_python.sh" matplotlib 2>"$tmp/no-matplotlib") ||
+  py=${PYTHON:-python3}
 fail() { echo "FAIL: $*"; exit 1; }
 
 # Runs the script; fails unless it exits with 1 and says `expected` in one line on stderr.
@@ -28,8 +31,8 @@ refused "plot_metrics: $tmp/empty-run/metrics.jsonl: no such file" "$tmp/empty-r
 printf '{"step": 1}\n' >"$tmp/other.jsonl"
 refused "not a metrics line of train" "$tmp/other.jsonl"
 
-if ! "$py" -c "import matplotlib" 2>/dev/null; then
-  echo "SKIP: $py has no matplotlib: the plotting checks did not run"
+if [[ -s $tmp/no-matplotlib ]]; then
+  echo "SKIP: the plotting checks did not run: $(cat "$tmp/no-matplotlib")"
   exit 77
 fi
 # The PNG's text chunks (uncompressed) name what was drawn: the run's name as the title, the panels

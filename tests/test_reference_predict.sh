@@ -3,14 +3,13 @@
 # as --checkpoint, unreadable images named on stderr in one line each (the others classified, exit
 # status 1 at the end), and the same logits for an RGB PNG and a 16-bit grey PNG (stb_image keeps
 # the high byte of 16-bit samples; PIL's convert would clip them). Arguments: the train and predict
-# binaries. Needs PyTorch, Pillow and NumPy (exit 77, skipped, without them); PYTHON picks the
-# interpreter (default python3).
+# binaries. Needs PyTorch, Pillow and NumPy (exit 77, skipped, without them), under the interpreter
+# scripts/find_python.sh picks (PYTHON, else python3, else /usr/bin/python3).
 set -uo pipefail
 train=$1 predict=$2
 script=$(dirname "$0")/../scripts/pytorch_reference.py
-py=${PYTHON:-python3}
-if ! "$py" -c "import numpy, PIL, torch" 2>/dev/null; then
-  echo "SKIP: $py lacks PyTorch, Pillow or NumPy"
+if ! py=$(bash "$(dirname "$0")/../scripts/find_python.sh" numpy PIL torch 2>&1); then
+  echo "SKIP: $py"
   exit 77
 fi
 tmp=$(mktemp -d)

@@ -227,11 +227,12 @@ IdxData read_idx(const fs::path& path, uint32_t magic, int ndims) {
     if (__builtin_mul_overflow(bytes, uint64_t{out.dims.back()}, &bytes))
       fail(path, "the header's dimensions are too large (corrupt file)");
   }
-  // Read in chunks so a corrupt header cannot ask for a huge allocation up front.
-  constexpr uint64_t kChunk = uint64_t{64} << 20;
+  // Read in chunks that double from 64 KiB, so that memory stays within twice the data the file
+  // really holds, whatever its header claims.
+  constexpr uint64_t kFirstChunk = uint64_t{64} << 10;
   while (out.data.size() < bytes) {
     const uint64_t have = out.data.size();
-    const uint64_t want = std::min(bytes - have, kChunk);
+    const uint64_t want = std::min(bytes - have, std::max(have, kFirstChunk));
     out.data.resize(have + want);
     const uint64_t got = file.read(out.data.data() + have, want);
     if (got < want)

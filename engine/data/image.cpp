@@ -11,6 +11,7 @@
 #include <csetjmp>
 #include <cstring>
 #include <memory>
+#include <span>
 
 #include "engine/error.h"
 #include "engine/io/file.h"
@@ -27,7 +28,7 @@ constexpr uint8_t kJpegSignature[] = {0xFF, 0xD8, 0xFF};
 constexpr int kMaxJpegScans = 500;
 
 template <size_t N>
-bool starts_with(const std::vector<uint8_t>& bytes, const uint8_t (&signature)[N]) {
+bool starts_with(std::span<const uint8_t> bytes, const uint8_t (&signature)[N]) {
   return bytes.size() >= N && std::memcmp(bytes.data(), signature, N) == 0;
 }
 
@@ -94,7 +95,7 @@ void jpeg_limit_scans(j_common_ptr cinfo) {
 
 // Decodes to grey (1 component) or RGB (3) in `samples`; returns the number of components, or 0
 // with `error` set. No object with a destructor is created between setjmp and a longjmp to it.
-int decode_jpeg_samples(const std::vector<uint8_t>& bytes, DecodedImage& image,
+int decode_jpeg_samples(std::span<const uint8_t> bytes, DecodedImage& image,
                         std::vector<uint8_t>& samples) {
   jpeg_decompress_struct cinfo{};
   JpegErrors errors{};
@@ -138,7 +139,7 @@ int decode_jpeg_samples(const std::vector<uint8_t>& bytes, DecodedImage& image,
   return components;
 }
 
-void decode_jpeg(const std::vector<uint8_t>& bytes, int channels, DecodedImage& image) {
+void decode_jpeg(std::span<const uint8_t> bytes, int channels, DecodedImage& image) {
   std::vector<uint8_t> samples;
   const int components = decode_jpeg_samples(bytes, image, samples);
   if (components == 0) return;
@@ -147,9 +148,34 @@ void decode_jpeg(const std::vector<uint8_t>& bytes, int channels, DecodedImage& 
 
 // ---- PNG (stb_image) ----------------------------------------------------------------------------
 
-void decode_png(const std::vector<uint8_t>& bytes, int channels, DecodedImage& image) {
+// Why the PNG's chunks run past the end of its bytes, or "" when every chunk up to IEND lies
+// inside them (a missing IEND is left to stb_image). stb sizes its buffer for the image data from
+// a chunk's declared length before reading the chunk, so this check comes first: a 100-byte file
+// declaring a 2 GB IDAT chunk made it allocate 2 GB.
+std::string png_chunk_past_end(std::span<const uint8_t> bytes) {
+  const auto be32 = [&](size_t at) {
+    return uint32_t{bytes[at]} << 24 | uint32_t{bytes[at + 1]} << 16 |
+           uint32_t{bytes[at + 2]} << 8 | bytes[at + 3];
+  };
+  size_t at = sizeof kPngSignature;
+  while (bytes.size() - at >= 8) {                         // length and type
+    const uint64_t chunk_bytes = uint64_t{be32(at)} + 12;  // with its length, type and CRC
+    if (chunk_bytes > bytes.size() - at)
+      return detail::concat("a chunk claims ", chunk_bytes - 12,
+                            " bytes, past the end of the file");
+    if (std::memcmp(&bytes[at + 4], "IEND", 4) == 0) break;
+    at += chunk_bytes;
+  }
+  return "";
+}
+
+void decode_png(std::span<const uint8_t> bytes, int channels, DecodedImage& image) {
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     image.error = "file is too large for a PNG";
+    return;
+  }
+  if (const std::string past_end = png_chunk_past_end(bytes); !past_end.empty()) {
+    image.error = "cannot decode the PNG (" + past_end + ")";
     return;
   }
   const auto* data = bytes.data();
@@ -192,6 +218,12 @@ DecodedImage decode_image(const std::string& path, int channels) {
     image.error = "read failed";
     return image;
   }
+  return decode_image_memory(bytes, channels);
+}
+
+DecodedImage decode_image_memory(std::span<const uint8_t> bytes, int channels) {
+  DL_CHECK(channels >= 1 && channels <= 4, "decode_image: channels must be 1..4, got ", channels);
+  DecodedImage image;
   if (bytes.empty()) {
     image.error = "empty file";
     return image;

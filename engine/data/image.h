@@ -2,6 +2,7 @@
 // nothing else is read, whatever the file's name.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -25,5 +26,7 @@ struct DecodedImage {
 // ("cannot decode the PNG (stb_image: <reason>)", "cannot decode the JPEG (libjpeg: <reason>)");
 // a truncated or corrupt JPEG is refused, not decoded as far as it goes.
 DecodedImage decode_image(const std::string& path, int channels);
+// The same for a file's bytes already in memory (the errors about opening a file aside).
+DecodedImage decode_image_memory(std::span<const uint8_t> bytes, int channels);
 
 }  // namespace dl::data
