@@ -1,4 +1,4 @@
-// Per-op time of training steps (issue #5): where a step's time goes, op by op, on the CPU or the
+// Per-op time of training steps: where a step's time goes, op by op, on the CPU or the
 // GPU, without hardware counters.
 //
 // While an OpProfiler is alive, device_ops(device) is a wrapper that forwards every DeviceOps call

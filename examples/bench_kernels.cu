@@ -1,4 +1,4 @@
-// Kernel benchmark (issue #5): our hand-written CUDA kernels against cuDNN on the same inputs, at
+// Kernel benchmark: our hand-written CUDA kernels against cuDNN on the same inputs, at
 // ConvMixer's shapes, in fp32 and bf16.
 //
 // What it measures, per activation shape [N, H, W, C] (NHWC; ours always run NHWC):
