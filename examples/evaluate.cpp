@@ -93,8 +93,13 @@ int run(int argc, char** argv) {
   const std::vector<std::string> classes =
       split_commas(io::metadata_value(checkpoint.metadata, "data.classes", path));
   data::ImageDataset set = data::subset(data::load_dataset_cached(data_root, split, ""), subset);
-  DL_CHECK(set.classes == classes, data_root, " has other classes than the checkpoint ", path,
-           " was trained on");
+  const auto join = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (const std::string& name : names) out += (out.empty() ? "" : ",") + name;
+    return out;
+  };
+  DL_CHECK(set.classes == classes, data_root, " has other classes (", join(set.classes),
+           ") than the checkpoint ", path, " was trained on (", join(classes), ")");
   DL_CHECK(
       set.height == io::metadata_integer(checkpoint.metadata, "data.height", 1, 1 << 30, path) &&
           set.width == io::metadata_integer(checkpoint.metadata, "data.width", 1, 1 << 30, path) &&

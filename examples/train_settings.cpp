@@ -427,8 +427,8 @@ std::vector<Setting> make_table() {
       text(
           {"resume", S::invocation,
            "continue from this checkpoint (a file, or a checkpoint directory), with the run's "
-           "settings; with a new --checkpoint-dir the run continues there and the original "
-           "stays as it was"},
+           "settings (a larger --epochs extends it); with a new --checkpoint-dir the run "
+           "continues there and the original stays as it was"},
           [](auto& c) -> auto& { return c.resume; }),
       choice(
           {"progress", S::invocation, "progress bar: auto (on a terminal), on or off"},
@@ -440,7 +440,8 @@ std::vector<Setting> make_table() {
           [](auto& c) -> auto& { return c.save_every_minutes; }, off_or_positive),
       integer<int64_t>(
           {"stop-after-steps", S::invocation,
-           "stop with a checkpoint after this many steps (0: run to the end)"},
+           "stop with a checkpoint after this many steps (0: run to the end; a stop exits with "
+           "status 130, as after Ctrl-C)"},
           [](auto& c) -> auto& { return c.stop_after_steps; }, off_or_positive),
   };
 }

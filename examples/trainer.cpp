@@ -186,7 +186,12 @@ void check_same_run(const io::Checkpoint& checkpoint, const models::ModelSpec& s
 // Fine-tuning: the weights of `path`'s model, which must be `spec` but for its number of classes;
 // the tensors that number shapes (the classifier's) keep their fresh initialisation.
 void init_weights_from(const std::string& path, const models::ModelSpec& spec, nn::Module& model) {
-  const io::Checkpoint source = io::read_checkpoint(checkpoint_file(path));
+  io::Checkpoint source;
+  try {
+    source = io::read_checkpoint(checkpoint_file(path));
+  } catch (const Error& e) {
+    throw Error("--init-from " + path + ": " + e.what());
+  }
   models::ModelSpec saved = models::ModelSpec::from_checkpoint(source);
   const int64_t saved_classes = saved.classes;
   saved.classes = spec.classes;
@@ -339,10 +344,15 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
     const auto old_schedule =
         optim::make_schedule(cfg.schedule, cfg.lr, recorded_epochs, steps_per_epoch_,
                              cfg.warmup_epochs * steps_per_epoch_);
+    const double before = old_schedule->lr(pos_.step - 1), after = schedule_->lr(pos_.step);
     std::cerr << "extending the run from " << recorded_epochs << " to " << cfg.epochs
               << " epochs: the learning-rate schedule is recomputed over " << cfg.epochs
-              << " epochs; at step " << pos_.step << " the lr goes from "
-              << old_schedule->lr(pos_.step - 1) << " to " << schedule_->lr(pos_.step) << "\n";
+              << " epochs; ";
+    if (before == after)
+      std::cerr << "the lr stays " << after << "\n";
+    else
+      std::cerr << "at step " << pos_.step << " the lr goes from " << before << " to " << after
+                << "\n";
   }
 }
 
@@ -479,8 +489,8 @@ void Training::read_results(int64_t done, int64_t first, EpochStats& stats, Prog
     estimated_ = true;
     const double per_step = elapsed / static_cast<double>(steps_this_run_);
     const int64_t left = cfg_.epochs * steps_per_epoch_ - pos_.step;
-    std::cerr << "timing: " << per_step << " s per step over the first " << steps_this_run_
-              << " steps: the " << left << " steps left take about "
+    std::cerr << "timing: " << std::setprecision(3) << per_step << " s per step over the first "
+              << steps_this_run_ << " steps: the " << left << " steps left take about "
               << format_duration(per_step * static_cast<double>(left)) << ", evaluations aside\n";
   }
 }
@@ -537,6 +547,9 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
       DL_CHECK(fs::is_regular_file(checkpoint_file(requested.init_from)), "--init-from ",
                requested.init_from, ": no such checkpoint file");
   } else {
+    DL_CHECK(!given.count("init-from"),
+             "--init-from starts a new run from another run's weights; "
+             "it does not combine with --resume");
     check_given(requested, given);
     resolve_device(requested.device);
   }
@@ -554,7 +567,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
     validate(cfg);
     if (checkpoint->position->epoch >= cfg.epochs) {
       std::cerr << resume << " has finished " << checkpoint->position->epoch << " epochs (--epochs "
-                << cfg.epochs << "): nothing to train\n";
+                << cfg.epochs << "): nothing to train; a larger --epochs continues it\n";
       return 0;
     }
   }

@@ -497,6 +497,13 @@ TEST_CASE("A new run starts from a checkpoint's weights, the classifier afresh f
   other_model.init_from = (tmp.path / "nothing-here").string();
   REQUIRE_THROWS_WITH(examples::train(other_model, {"init-from"}),
                       Catch::Contains("no such checkpoint file"));
+  other_model.init_from = (tmp.path / "source" / "metrics.jsonl").string();
+  REQUIRE_THROWS_WITH(examples::train(other_model, {"init-from"}),
+                      Catch::StartsWith("--init-from " + other_model.init_from + ": "));
+  auto resumed = tuned;
+  resumed.resume = resumed.checkpoint_dir;
+  REQUIRE_THROWS_WITH(examples::train(resumed, {"init-from"}),
+                      Catch::Contains("does not combine with --resume"));
 }
 
 TEST_CASE("A metrics line that cannot be written stops the run once its checkpoint is safe") {
@@ -936,7 +943,7 @@ TEST_CASE("evaluate measures a checkpoint as the model in process does, class by
   const auto [other_status, other_out] =
       evaluate("--checkpoint " + run.string() + " --data " + folder.string());
   CHECK(other_status == 1);
-  CHECK_THAT(other_out, Catch::Contains("has other classes than the checkpoint"));
+  CHECK_THAT(other_out, Catch::Contains("has other classes (cat,dog) than the checkpoint"));
   CHECK_THAT(evaluate("--checkpoint " + run.string() + " --split valid").second,
              Catch::Contains("--split must be test or train"));
 }
