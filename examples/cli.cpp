@@ -153,14 +153,6 @@ int64_t Flags::integer(const std::string& name, int64_t min, int64_t max) const 
   return v;
 }
 
-double Flags::real(const std::string& name) const {
-  return parse_real(name, str(name));
-}
-
-std::pair<double, double> Flags::real_range(const std::string& name, double default_max) const {
-  return parse_real_range(name, str(name), default_max);
-}
-
 bool Flags::boolean(const std::string& name) const {
   return parse_boolean(name, str(name));
 }

@@ -41,8 +41,6 @@ class Flags {
   int64_t integer(const std::string& name) const;
   int64_t integer(const std::string& name, int64_t min,
                   int64_t max = std::numeric_limits<int64_t>::max()) const;
-  double real(const std::string& name) const;
-  std::pair<double, double> real_range(const std::string& name, double default_max) const;
   bool boolean(const std::string& name) const;
   std::string usage() const;
 

@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
-#include <sstream>
 
 #include "engine/data/loader.h"
 #include "engine/error.h"
@@ -22,13 +21,6 @@
 using namespace dl;
 
 namespace {
-
-std::vector<std::string> split_commas(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
-  return out;
-}
 
 // The data set the run was trained on, as its checkpoint records it.
 std::string recorded_data(const io::Checkpoint& checkpoint) {
@@ -91,7 +83,7 @@ int run(int argc, char** argv) {
   const std::string& path = checkpoint.path;
   const std::string data_root = flags.given("data") ? flags.str("data") : recorded_data(checkpoint);
   const std::vector<std::string> classes =
-      split_commas(io::metadata_value(checkpoint.metadata, "data.classes", path));
+      io::metadata_strings(checkpoint.metadata, "data.classes", path);
   data::ImageDataset set = data::subset(data::load_dataset_cached(data_root, split, ""), subset);
   const auto join = [](const std::vector<std::string>& names) {
     std::string out;

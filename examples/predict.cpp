@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
-#include <sstream>
 
 #include "engine/data/dataset.h"
 #include "engine/data/resize.h"
@@ -24,13 +23,6 @@
 using namespace dl;
 
 namespace {
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> out;
-  std::stringstream in(text);
-  for (std::string item; std::getline(in, item, ',');) out.push_back(item);
-  return out;
-}
 
 int run(int argc, char** argv) {
   cli::Flags flags("predict",
@@ -70,7 +62,7 @@ int run(int argc, char** argv) {
            checkpoint, ": the checkpoint's images are ", width, "x", height,
            ", not a multiple of its model's patch ", spec.patch);
   const std::vector<std::string> classes =
-      split(io::metadata_value(metadata, "data.classes", checkpoint));
+      io::metadata_strings(metadata, "data.classes", checkpoint);
   const std::vector<float> mean = io::metadata_floats(metadata, "data.mean", checkpoint);
   const std::vector<float> std_dev = io::metadata_floats(metadata, "data.std", checkpoint);
   const int channels = static_cast<int>(spec.in_channels);

@@ -276,7 +276,7 @@ class Training {
   std::ofstream metrics_;
   int64_t steps_this_run_ = 0;
   bool estimated_ = false;
-  std::chrono::steady_clock::time_point run_start_, last_save_, last_read_;
+  std::chrono::steady_clock::time_point run_start_, last_save_;
 };
 
 Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpoint,
@@ -428,7 +428,7 @@ bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Prog
   const double save_every_seconds = cfg_.save_every_minutes * 60.0;
   data::Batch batch;
   int64_t done = first;
-  last_read_ = std::chrono::steady_clock::now();
+  auto last_read = std::chrono::steady_clock::now();
   while (loader.next(batch)) {
     lr = schedule_->lr(pos_.step);
     opt_->set_lr(lr);
@@ -451,8 +451,8 @@ bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Prog
     // The step's results are read every half second, at the epoch's end and before a save (on a
     // GPU the host otherwise runs ahead); a diverged loss is caught there.
     if (stop || save_due || done == steps_per_epoch_ ||
-        now - last_read_ >= std::chrono::milliseconds(500)) {
-      last_read_ = now;
+        now - last_read >= std::chrono::milliseconds(500)) {
+      last_read = now;
       read_results(done, first, stats, progress);
     }
     // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.

@@ -61,15 +61,17 @@ TEST_CASE("Numbers and ranges are read whole, and bad ones name the flag") {
   CHECK_THROWS_WITH(parsed({"--top", "+-1"}).integer("top"), Contains("is not an integer"));
   CHECK(parsed({"--top", "+5"}).integer("top") == 5);  // as std::stoll reads it
   CHECK(parsed({"--top", " 6"}).integer("top") == 6);
-  CHECK(parsed({"--lr", "1e-3"}).real("lr") == 1e-3);
+  CHECK(cli::parse_real("lr", parsed({"--lr", "1e-3"}).str("lr")) == 1e-3);
   for (const char* bad : {"nan", "inf", "0.1.2", ""})
-    CHECK_THROWS_WITH(parsed({"--lr", bad}).real("lr"), Contains("is not a finite number"));
-  CHECK(parsed({}).real_range("scale", 1.0) == std::pair<double, double>(0.08, 1.0));
-  CHECK(parsed({"--scale", "0.35"}).real_range("scale", 1.0) ==
+    CHECK_THROWS_WITH(cli::parse_real("lr", parsed({"--lr", bad}).str("lr")),
+                      Contains("is not a finite number"));
+  CHECK(cli::parse_real_range("scale", parsed({}).str("scale"), 1.0) ==
+        std::pair<double, double>(0.08, 1.0));
+  CHECK(cli::parse_real_range("scale", parsed({"--scale", "0.35"}).str("scale"), 1.0) ==
         std::pair<double, double>(0.35, 1.0));
-  CHECK(parsed({"--scale=0.2,0.5"}).real_range("scale", 1.0) ==
+  CHECK(cli::parse_real_range("scale", parsed({"--scale=0.2,0.5"}).str("scale"), 1.0) ==
         std::pair<double, double>(0.2, 0.5));
-  CHECK_THROWS_WITH(parsed({"--scale", "0.2,"}).real_range("scale", 1.0),
+  CHECK_THROWS_WITH(cli::parse_real_range("scale", parsed({"--scale", "0.2,"}).str("scale"), 1.0),
                     Contains("--scale: '0.2,' is not MIN or MIN,MAX"));
   CHECK_THROWS_WITH(parsed({"--json=maybe"}).boolean("json"),
                     Contains("--json: 'maybe' is not a boolean"));

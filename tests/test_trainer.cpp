@@ -142,20 +142,9 @@ TEST_CASE("A run killed at any moment resumes from its last checkpoint and ends 
   // SIGKILL as soon as that checkpoint holds step kill_after_step or later.
   int64_t killed_at_step = -1, killed_at_batch = -1;
   const auto run = [&](std::vector<std::string> extra, const fs::path& watch = {}) {
-    std::vector<std::string> args = {DL_TRAIN_BIN};
-    args.insert(args.end(), common.begin(), common.end());
+    std::vector<std::string> args = common;
     args.insert(args.end(), extra.begin(), extra.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-      const int null = ::open("/dev/null", O_WRONLY);
-      dup2(null, STDOUT_FILENO), dup2(null, STDERR_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
+    const pid_t pid = start_train(args, tmp.path / "run.log");
     int status = 0;
     bool exited = false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);

@@ -121,6 +121,18 @@ std::vector<std::pair<std::string, std::string>> metadata_string_object(
   return members;
 }
 
+std::vector<std::string> metadata_strings(const std::map<std::string, std::string>& metadata,
+                                          const std::string& key, const std::string& path) {
+  const std::string& text = metadata_value(metadata, key, path);
+  std::vector<std::string> values;
+  for (size_t begin = 0; begin < text.size();) {
+    const size_t comma = std::min(text.find(',', begin), text.size());
+    values.push_back(text.substr(begin, comma - begin));
+    begin = comma + 1;
+  }
+  return values;
+}
+
 std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
                                    const std::string& key, const std::string& path) {
   const std::string& text = metadata_value(metadata, key, path);

@@ -52,6 +52,9 @@ std::map<std::string, std::string> read_checkpoint_metadata(const std::string& p
 // dl::Error naming the file and the key.
 int64_t metadata_integer(const std::map<std::string, std::string>& metadata, const std::string& key,
                          int64_t min, int64_t max, const std::string& path);
+// A comma-separated list of names (data.classes), as written.
+std::vector<std::string> metadata_strings(const std::map<std::string, std::string>& metadata,
+                                          const std::string& key, const std::string& path);
 std::vector<float> metadata_floats(const std::map<std::string, std::string>& metadata,
                                    const std::string& key, const std::string& path);
 // A metadata value that holds a JSON object of strings (the run's flags), its members in order.

@@ -17,6 +17,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       if (metadata.count(key)) dl::io::metadata_integer(metadata, key, 1, INT64_MAX, path);
     for (const char* key : {"data.mean", "data.std"})
       if (metadata.count(key)) dl::io::metadata_floats(metadata, key, path);
+    if (metadata.count("data.classes")) dl::io::metadata_strings(metadata, "data.classes", path);
     if (metadata.count("flags")) dl::io::metadata_string_object(metadata, "flags", path);
     const dl::models::ModelSpec spec = dl::models::ModelSpec::from_checkpoint(checkpoint);
     dl::Generator gen(0);
