@@ -102,11 +102,12 @@ class CpuOps final : public DeviceOps {
 
   void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
-                               Tensor& save_mean, Tensor& save_invstd) override {
+                               Tensor& save_mean, Tensor& save_invstd,
+                               const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
     cpu::batchnorm_forward_train(f32(x), x.numel() / c, c, f32(gamma), f32(beta), eps, momentum,
                                  f32(running_mean), f32(running_var), f32(y), f32(save_mean),
-                                 f32(save_invstd));
+                                 f32(save_invstd), sum_over_ranks);
   }
   void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                               const Tensor& running_mean, const Tensor& running_var, float eps,
@@ -125,10 +126,11 @@ class CpuOps final : public DeviceOps {
   }
   void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
-                          Tensor& dgamma, Tensor& dbeta) override {
+                          Tensor& dgamma, Tensor& dbeta,
+                          const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
     cpu::batchnorm_backward(f32(dy), f32(x), x.numel() / c, c, f32(gamma), f32(mean), f32(invstd),
-                            batch_stats, f32(dx), f32(dgamma), f32(dbeta));
+                            batch_stats, f32(dx), f32(dgamma), f32(dbeta), sum_over_ranks);
   }
 
   // The unfused sequence (GELU, BatchNorm, add), so the result is bit-identical to the three
@@ -136,11 +138,12 @@ class CpuOps final : public DeviceOps {
   void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                     float eps, float momentum, Tensor& running_mean,
                                     Tensor& running_var, const Tensor& residual, Tensor& y,
-                                    Tensor& save_mean, Tensor& save_invstd) override {
+                                    Tensor& save_mean, Tensor& save_invstd,
+                                    const SumOverRanks& sum_over_ranks) override {
     Tensor g = Tensor::empty(h.shape());
     gelu_forward(h, g);
     batchnorm_forward_train(g, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
-                            save_invstd);
+                            save_invstd, sum_over_ranks);
     if (residual.defined()) add(y, residual, y);
   }
   void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
@@ -155,10 +158,11 @@ class CpuOps final : public DeviceOps {
   }
   void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                const Tensor& mean, const Tensor& invstd, bool batch_stats,
-                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta,
+                               const SumOverRanks& sum_over_ranks) override {
     Tensor g = Tensor::empty(h.shape()), dg = Tensor::empty(h.shape());
     gelu_forward(h, g);
-    batchnorm_backward(dy, g, gamma, mean, invstd, batch_stats, dg, dgamma, dbeta);
+    batchnorm_backward(dy, g, gamma, mean, invstd, batch_stats, dg, dgamma, dbeta, sum_over_ranks);
     gelu_backward(h, dg, dh);
   }
 

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/ops.h"
 #include "engine/tensor.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/pool.h"
@@ -90,10 +91,12 @@ class DeviceOps {
 
   // --- BatchNorm over the last axis of x, viewed as [rows, c] ---
   // running_mean / running_var may be undefined (not tracked). Writes save_mean and save_invstd.
+  // sum_over_ranks (the training forward and backward): statistics of a batch shared by several
+  // processes; a device without it throws dl::Error when given one.
   virtual void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                                        float eps, float momentum, Tensor& running_mean,
                                        Tensor& running_var, Tensor& y, Tensor& save_mean,
-                                       Tensor& save_invstd) = 0;
+                                       Tensor& save_invstd, const SumOverRanks& sum_over_ranks) = 0;
   // Also writes save_mean (= running_mean) and save_invstd (= 1 / sqrt(running_var + eps)) for
   // the backward.
   virtual void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -102,7 +105,8 @@ class DeviceOps {
                                       Tensor& save_invstd) = 0;
   virtual void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                                   const Tensor& mean, const Tensor& invstd, bool batch_stats,
-                                  Tensor& dx, Tensor& dgamma, Tensor& dbeta) = 0;
+                                  Tensor& dx, Tensor& dgamma, Tensor& dbeta,
+                                  const SumOverRanks& sum_over_ranks) = 0;
 
   // --- BatchNorm of GELU(h), plus a residual: y = BN(GELU(h)) (+ residual) ---
   // The same contracts as the three above, with BatchNorm's input GELU(h) recomputed from the
@@ -113,14 +117,16 @@ class DeviceOps {
                                             const Tensor& beta, float eps, float momentum,
                                             Tensor& running_mean, Tensor& running_var,
                                             const Tensor& residual, Tensor& y, Tensor& save_mean,
-                                            Tensor& save_invstd) = 0;
+                                            Tensor& save_invstd,
+                                            const SumOverRanks& sum_over_ranks) = 0;
   virtual void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                            const Tensor& running_mean, const Tensor& running_var,
                                            float eps, const Tensor& residual, Tensor& y,
                                            Tensor& save_mean, Tensor& save_invstd) = 0;
   virtual void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                        const Tensor& mean, const Tensor& invstd, bool batch_stats,
-                                       Tensor& dh, Tensor& dgamma, Tensor& dbeta) = 0;
+                                       Tensor& dh, Tensor& dgamma, Tensor& dbeta,
+                                       const SumOverRanks& sum_over_ranks) = 0;
 
   // --- pooling (NHWC) ---
   virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;     // [n,h,w,c] -> [n,c]

@@ -106,6 +106,11 @@ void Module::zero_grad() {
   for (auto& t : parameters()) t.set_grad(Tensor());
 }
 
+void Module::apply(const std::function<void(Module&)>& fn) {
+  fn(*this);
+  for (auto& [name, child] : children_) child->apply(fn);
+}
+
 Tensor Module::register_parameter(const std::string& name, Tensor t) {
   t.requires_grad_(true);
   params_.emplace_back(name, t);
@@ -151,7 +156,8 @@ BatchNorm2d::BatchNorm2d(int64_t channels, float eps, float momentum)
 }
 
 Tensor BatchNorm2d::forward(const Tensor& x) {
-  Tensor y = batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_);
+  Tensor y = batch_norm(x, running_mean, running_var, weight, bias, is_training(), momentum_, eps_,
+                        sum_over_ranks);
   // Counted once the batch was accepted; the counter is in host memory (see Module::to).
   if (is_training()) ++*num_batches_tracked.data<int64_t>();
   return y;
@@ -159,7 +165,7 @@ Tensor BatchNorm2d::forward(const Tensor& x) {
 
 Tensor BatchNorm2d::forward_gelu(const Tensor& h, const Tensor& residual) {
   Tensor y = gelu_batch_norm(h, running_mean, running_var, weight, bias, is_training(), momentum_,
-                             eps_, residual);
+                             eps_, residual, sum_over_ranks);
   if (is_training()) ++*num_batches_tracked.data<int64_t>();
   return y;
 }

@@ -2,11 +2,13 @@
 // registered in order, dotted state-dict keys, train()/eval(), PyTorch's default initialisation.
 // Layers take NHWC activations.
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "engine/ops.h"
 #include "engine/tensor.h"
 
 namespace dl::nn {
@@ -37,6 +39,8 @@ class Module {
   void to(Device device);
   // Sets every parameter's gradient to undefined.
   void zero_grad();
+  // Calls fn on this module and every module below it, depth first in registration order.
+  void apply(const std::function<void(Module&)>& fn);
 
  protected:
   Tensor register_parameter(const std::string& name, Tensor t);
@@ -97,6 +101,9 @@ class BatchNorm2d : public Module {
   // separate ops' values and gradients (bf16: up to a rounding), fewer passes on the GPU.
   Tensor forward_gelu(const Tensor& h, const Tensor& residual = Tensor());
   Tensor weight, bias, running_mean, running_var, num_batches_tracked;
+  // Set (SyncBatchNorm: dist::sync_batch_norm), training normalises with the statistics of the
+  // batch that several processes share (batch_norm in ops.h).
+  SumOverRanks sum_over_ranks;
 
  private:
   float eps_, momentum_;

@@ -276,7 +276,7 @@ void mark_running_stats_modified(const Tensor& running_mean, const Tensor& runni
 
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, float momentum,
-                  float eps) {
+                  float eps, const SumOverRanks& sum_over_ranks) {
   const auto [c, gamma, beta] =
       check_batch_norm("batch_norm", x, running_mean, running_var, weight, bias, training);
   const Device dev = x.device();
@@ -285,7 +285,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor mean = Tensor::empty({c}, DType::f32, dev), invstd = Tensor::empty({c}, DType::f32, dev);
   Tensor rm = running_mean, rv = running_var;
   if (training) {
-    ops_for(x).batchnorm_forward_train(xc, gamma, beta, eps, momentum, rm, rv, out, mean, invstd);
+    ops_for(x).batchnorm_forward_train(xc, gamma, beta, eps, momentum, rm, rv, out, mean, invstd,
+                                       sum_over_ranks);
     mark_running_stats_modified(rm, rv);
   } else {
     ops_for(x).batchnorm_forward_eval(xc, gamma, beta, rm, rv, eps, out, mean, invstd);
@@ -296,7 +297,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
            Tensor dx = empty_like(xc), dgamma = Tensor::empty({c}, DType::f32, xc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, xc.device());
            ops_for(xc).batchnorm_backward(g.contiguous(), xc, gamma, mean, invstd, training, dx,
-                                          dgamma, dbeta);
+                                          dgamma, dbeta, sum_over_ranks);
            return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor()};
          },
@@ -306,7 +307,7 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 
 Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor& running_var,
                        const Tensor& weight, const Tensor& bias, bool training, float momentum,
-                       float eps, const Tensor& residual) {
+                       float eps, const Tensor& residual, const SumOverRanks& sum_over_ranks) {
   const auto [c, gamma, beta] =
       check_batch_norm("gelu_batch_norm", h, running_mean, running_var, weight, bias, training);
   if (residual.defined()) check_same("gelu_batch_norm", h, residual);
@@ -318,7 +319,7 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
   Tensor rm = running_mean, rv = running_var;
   if (training) {
     ops_for(h).gelu_batchnorm_forward_train(hc, gamma, beta, eps, momentum, rm, rv, rc, out, mean,
-                                            invstd);
+                                            invstd, sum_over_ranks);
     mark_running_stats_modified(rm, rv);
   } else {
     ops_for(h).gelu_batchnorm_forward_eval(hc, gamma, beta, rm, rv, eps, rc, out, mean, invstd);
@@ -330,7 +331,7 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
            Tensor dh = empty_like(hc), dgamma = Tensor::empty({c}, DType::f32, hc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, hc.device());
            ops_for(hc).gelu_batchnorm_backward(gc, hc, gamma, mean, invstd, training, dh, dgamma,
-                                               dbeta);
+                                               dbeta, sum_over_ranks);
            return std::vector<Tensor>{needs[0] ? dh : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor(), needs[3] ? g : Tensor()};
          },

@@ -2,6 +2,9 @@
 // layout [c_out, c_in / groups, kh, kw] and linear weights [out, in]. Each op checks its inputs,
 // dispatches to the kernel for the tensors' device, and records one autograd node.
 #pragma once
+#include <cstdint>
+#include <functional>
+
 #include "engine/tensor.h"
 
 namespace dl {
@@ -42,9 +45,13 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
 // Over the last (channel) axis of x. Training: batch statistics, running statistics updated in
 // place with `momentum` (PyTorch's convention: new = (1 - m) * old + m * batch).
 // Evaluation: running statistics. weight/bias may be undefined (no affine).
+// sum_over_ranks (SyncBatchNorm, see engine/dist/data_parallel.h): in training, sums the
+// per-channel partial sums over the processes that share the batch, forward and backward, so
+// that the statistics are the whole batch's; empty: this batch's.
+using SumOverRanks = std::function<void(double* values, int64_t count)>;
 Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& running_var,
                   const Tensor& weight, const Tensor& bias, bool training, float momentum = 0.1f,
-                  float eps = 1e-5f);
+                  float eps = 1e-5f, const SumOverRanks& sum_over_ranks = {});
 // batch_norm(gelu(h)) (+ residual, if defined; the shape and dtype of h) as one op: GELU(h) is
 // recomputed in the backward instead of stored, and on the GPU the three run as fused kernels in
 // fewer passes over the activation. The values and gradients are the separate ops': bit for bit on
@@ -52,7 +59,8 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
 // ops round two or three times).
 Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor& running_var,
                        const Tensor& weight, const Tensor& bias, bool training,
-                       float momentum = 0.1f, float eps = 1e-5f, const Tensor& residual = Tensor());
+                       float momentum = 0.1f, float eps = 1e-5f, const Tensor& residual = Tensor(),
+                       const SumOverRanks& sum_over_ranks = {});
 // [N, H, W, C] -> [N, C, H, W] (a copy), for interop with PyTorch's flatten order.
 Tensor nhwc_to_nchw(const Tensor& x);
 // [N, H, W, C] -> [N, C]

@@ -172,10 +172,11 @@ class OpProfiler::TimedOps final : public DeviceOps {
   // --- BatchNorm ---
   void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
-                               Tensor& save_mean, Tensor& save_invstd) override {
+                               Tensor& save_mean, Tensor& save_invstd,
+                               const SumOverRanks& sum_over_ranks) override {
     timed("batchnorm_forward_train", dims(x), [&] {
       inner_.batchnorm_forward_train(x, gamma, beta, eps, momentum, running_mean, running_var, y,
-                                     save_mean, save_invstd);
+                                     save_mean, save_invstd, sum_over_ranks);
     });
   }
   void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
@@ -188,19 +189,22 @@ class OpProfiler::TimedOps final : public DeviceOps {
   }
   void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
-                          Tensor& dgamma, Tensor& dbeta) override {
+                          Tensor& dgamma, Tensor& dbeta,
+                          const SumOverRanks& sum_over_ranks) override {
     timed("batchnorm_backward", dims(x), [&] {
-      inner_.batchnorm_backward(dy, x, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta);
+      inner_.batchnorm_backward(dy, x, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta,
+                                sum_over_ranks);
     });
   }
 
   void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                     float eps, float momentum, Tensor& running_mean,
                                     Tensor& running_var, const Tensor& residual, Tensor& y,
-                                    Tensor& save_mean, Tensor& save_invstd) override {
+                                    Tensor& save_mean, Tensor& save_invstd,
+                                    const SumOverRanks& sum_over_ranks) override {
     timed("gelu_batchnorm_forward_train", dims(h) + (residual.defined() ? " +res" : ""), [&] {
       inner_.gelu_batchnorm_forward_train(h, gamma, beta, eps, momentum, running_mean, running_var,
-                                          residual, y, save_mean, save_invstd);
+                                          residual, y, save_mean, save_invstd, sum_over_ranks);
     });
   }
   void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
@@ -214,9 +218,11 @@ class OpProfiler::TimedOps final : public DeviceOps {
   }
   void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                const Tensor& mean, const Tensor& invstd, bool batch_stats,
-                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta,
+                               const SumOverRanks& sum_over_ranks) override {
     timed("gelu_batchnorm_backward", dims(h), [&] {
-      inner_.gelu_batchnorm_backward(dy, h, gamma, mean, invstd, batch_stats, dh, dgamma, dbeta);
+      inner_.gelu_batchnorm_backward(dy, h, gamma, mean, invstd, batch_stats, dh, dgamma, dbeta,
+                                     sum_over_ranks);
     });
   }
 

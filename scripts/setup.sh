@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake ninja-build catch2 libstb-dev libopenblas-openmp-dev zlib1g-dev
-          libjpeg-dev)
+          libjpeg-dev libopenmpi-dev openmpi-bin)
 for arg in "$@"; do
   if [[ $arg == --test-extras ]]; then
     packages+=(python3-torch python3-matplotlib python3-pil)

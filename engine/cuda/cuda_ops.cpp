@@ -61,6 +61,13 @@ namespace dl {
 namespace {
 
 using nv_bf16 = __nv_bfloat16;
+
+// SyncBatchNorm's partial sums would have to leave the fused kernels between their passes.
+void require_no_sync(const SumOverRanks& sum_over_ranks) {
+  DL_CHECK(!sum_over_ranks,
+           "BatchNorm with statistics over several processes (SyncBatchNorm) runs on the CPU "
+           "only so far");
+}
 static_assert(sizeof(bf16) == sizeof(nv_bf16), "dl::bf16 and __nv_bfloat16 share one layout");
 
 // The tensor's data as T on the device (checking the dtype); null for an undefined tensor.
@@ -428,7 +435,9 @@ class CudaOps final : public DeviceOps {
 
   void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
                                float momentum, Tensor& running_mean, Tensor& running_var, Tensor& y,
-                               Tensor& save_mean, Tensor& save_invstd) override {
+                               Tensor& save_mean, Tensor& save_invstd,
+                               const SumOverRanks& sum_over_ranks) override {
+    require_no_sync(sum_over_ranks);
     const int64_t c = x.size(-1), rows = x.numel() / c;
     dispatch_float("batch_norm", x.dtype(), [&]<class T>() {
       DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
@@ -456,7 +465,8 @@ class CudaOps final : public DeviceOps {
   }
   void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
-                          Tensor& dgamma, Tensor& dbeta) override {
+                          Tensor& dgamma, Tensor& dbeta, const SumOverRanks& sum_over_ranks) override {
+    require_no_sync(sum_over_ranks);
     const int64_t c = x.size(-1), rows = x.numel() / c;
     dispatch_float("batch_norm backward", x.dtype(), [&]<class T>() {
       DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
@@ -471,7 +481,9 @@ class CudaOps final : public DeviceOps {
   void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                     float eps, float momentum, Tensor& running_mean,
                                     Tensor& running_var, const Tensor& residual, Tensor& y,
-                                    Tensor& save_mean, Tensor& save_invstd) override {
+                                    Tensor& save_mean, Tensor& save_invstd,
+                                    const SumOverRanks& sum_over_ranks) override {
+    require_no_sync(sum_over_ranks);
     const int64_t c = h.size(-1), rows = h.numel() / c;
     dispatch_float("gelu_batch_norm", h.dtype(), [&]<class T>() {
       DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));
@@ -499,7 +511,9 @@ class CudaOps final : public DeviceOps {
   }
   void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                const Tensor& mean, const Tensor& invstd, bool batch_stats,
-                               Tensor& dh, Tensor& dgamma, Tensor& dbeta) override {
+                               Tensor& dh, Tensor& dgamma, Tensor& dbeta,
+                               const SumOverRanks& sum_over_ranks) override {
+    require_no_sync(sum_over_ranks);
     const int64_t c = h.size(-1), rows = h.numel() / c;
     dispatch_float("gelu_batch_norm backward", h.dtype(), [&]<class T>() {
       DeviceMemory workspace(cuda::batchnorm_workspace_bytes(rows, c));

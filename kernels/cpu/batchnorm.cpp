@@ -37,16 +37,21 @@ void affine(const float* x, int64_t rows, int64_t c, const float* scale, const f
 
 void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
                              const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, float* y, float* save_mean, float* save_invstd) {
-  std::vector<double> sums(static_cast<size_t>(c));
+                             float* running_var, float* y, float* save_mean, float* save_invstd,
+                             const SumOverRanks& sum_over_ranks) {
+  // sums[0:c] = sum x, sums[c] = rows (over the ranks with sum_over_ranks)
+  std::vector<double> sums(static_cast<size_t>(c + 1));
   channel_sums<1>(
       rows, c,
       [&](int64_t r, double* acc) {
         for (int64_t j = 0; j < c; ++j) acc[j] += x[r * c + j];
       },
       sums.data());
+  sums[c] = static_cast<double>(rows);
+  if (sum_over_ranks) sum_over_ranks(sums.data(), c + 1);
+  const double n = sums[c];
   std::vector<double> mean(static_cast<size_t>(c));
-  for (int64_t j = 0; j < c; ++j) mean[j] = sums[j] / static_cast<double>(rows);
+  for (int64_t j = 0; j < c; ++j) mean[j] = sums[j] / n;
   // Second pass on centred values: no cancellation, unlike E[x^2] - E[x]^2.
   std::vector<double> sq(static_cast<size_t>(c));
   channel_sums<1>(
@@ -58,16 +63,17 @@ void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const floa
         }
       },
       sq.data());
+  if (sum_over_ranks) sum_over_ranks(sq.data(), c);
   std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) {
-    const double var = sq[j] / static_cast<double>(rows);
+    const double var = sq[j] / n;
     const double invstd = 1.0 / std::sqrt(var + eps);
     save_mean[j] = static_cast<float>(mean[j]);
     save_invstd[j] = static_cast<float>(invstd);
     scale[j] = static_cast<float>(gamma[j] * invstd);
     shift[j] = static_cast<float>(beta[j] - mean[j] * gamma[j] * invstd);
     if (running_mean) {
-      const double unbiased = rows > 1 ? sq[j] / static_cast<double>(rows - 1) : var;
+      const double unbiased = n > 1 ? sq[j] / (n - 1) : var;
       running_mean[j] = static_cast<float>((1.0 - momentum) * running_mean[j] + momentum * mean[j]);
       running_var[j] = static_cast<float>((1.0 - momentum) * running_var[j] + momentum * unbiased);
     }
@@ -89,9 +95,10 @@ void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float
 
 void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
                         const float* gamma, const float* mean, const float* invstd,
-                        bool batch_stats, float* dx, float* dgamma, float* dbeta) {
-  // sums[0:c] = sum dy, sums[c:2c] = sum dy * (x - mean)
-  std::vector<double> sums(static_cast<size_t>(2 * c));
+                        bool batch_stats, float* dx, float* dgamma, float* dbeta,
+                        const SumOverRanks& sum_over_ranks) {
+  // sums[0:c] = sum dy, sums[c:2c] = sum dy * (x - mean), sums[2c] = rows
+  std::vector<double> sums(static_cast<size_t>(2 * c + 1));
   channel_sums<2>(
       rows, c,
       [&](int64_t r, double* acc) {
@@ -102,15 +109,19 @@ void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c
         }
       },
       sums.data());
-  std::vector<float> a(static_cast<size_t>(c)), b(static_cast<size_t>(c)),
-      k(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) {
     dbeta[j] = static_cast<float>(sums[j]);
     dgamma[j] = static_cast<float>(sums[c + j] * invstd[j]);
+  }
+  sums[2 * c] = static_cast<double>(rows);
+  if (batch_stats && sum_over_ranks) sum_over_ranks(sums.data(), 2 * c + 1);
+  std::vector<float> a(static_cast<size_t>(c)), b(static_cast<size_t>(c)),
+      k(static_cast<size_t>(c));
+  for (int64_t j = 0; j < c; ++j) {
     // dx = a * dy + k * (x - mean) + b
     a[j] = gamma[j] * invstd[j];
     if (batch_stats) {
-      const double n = static_cast<double>(rows);
+      const double n = sums[2 * c];
       const double inv3 = static_cast<double>(invstd[j]) * invstd[j] * invstd[j];
       k[j] = static_cast<float>(-gamma[j] * inv3 * sums[c + j] / n);
       b[j] = static_cast<float>(-gamma[j] * invstd[j] * sums[j] / n);

@@ -4,14 +4,21 @@
 // Gradient rule: outputs are overwritten (=).
 #pragma once
 #include <cstdint>
+#include <functional>
 
 namespace dl::cpu {
+
+// Sums `count` doubles in place over the processes that share a batch (SyncBatchNorm). When one
+// is given, the training forward and backward call it on their per-channel partial sums (and the
+// row count) before using them, so that the statistics are the whole batch's; empty: this batch.
+using SumOverRanks = std::function<void(double* values, int64_t count)>;
 
 // y = (x - mean) * invstd * gamma + beta with batch statistics. Writes save_mean/save_invstd [c]
 // for the backward and updates running_mean/running_var (if non-null) with `momentum`.
 void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
                              const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, float* y, float* save_mean, float* save_invstd);
+                             float* running_var, float* y, float* save_mean, float* save_invstd,
+                             const SumOverRanks& sum_over_ranks = {});
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
 void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
@@ -19,8 +26,11 @@ void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float
 // Backward of the training forward: dbeta = sum dy, dgamma = sum dy * xhat,
 // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
 // With batch_stats false (evaluation mode), mean/invstd are constants: dx = gamma * invstd * dy.
+// With sum_over_ranks, dx uses the whole batch's sums; dgamma and dbeta stay this rank's part
+// (the gradient all-reduce sums them, as for every other parameter).
 void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
                         const float* gamma, const float* mean, const float* invstd,
-                        bool batch_stats, float* dx, float* dgamma, float* dbeta);
+                        bool batch_stats, float* dx, float* dgamma, float* dbeta,
+                        const SumOverRanks& sum_over_ranks = {});
 
 }  // namespace dl::cpu

@@ -1,0 +1,87 @@
+#include "engine/dist/data_parallel.h"
+
+#include "engine/error.h"
+
+namespace dl::dist {
+
+GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
+                                 int64_t bucket_bytes)
+    : comm_(comm), params_(std::move(params)) {
+  DL_CHECK(bucket_bytes > 0, "GradientReducer: the bucket size must be positive");
+  for (size_t k = params_.size(); k-- > 0;) {
+    const Tensor& p = params_[k];
+    DL_CHECK(p.dtype() == DType::f32, "GradientReducer: parameter ", k, " is ",
+             dtype_name(p.dtype()), ", expected F32");
+    const int64_t bytes = p.numel() * static_cast<int64_t>(sizeof(float));
+    const bool fits = !buckets_.empty() && buckets_.back().flat.device() == p.device() &&
+                      buckets_.back().flat.numel() * 4 + bytes <= bucket_bytes;
+    if (!fits) buckets_.push_back({{}, Tensor::empty({0}, DType::f32, p.device())});
+    Bucket& bucket = buckets_.back();
+    bucket.params.push_back(k);
+    bucket.flat = Tensor::empty({bucket.flat.numel() + p.numel()}, DType::f32, p.device());
+    bytes_ += bytes;
+  }
+}
+
+void GradientReducer::sum_gradients() {
+  if (comm_.size() == 1) return;
+  for (Bucket& bucket : buckets_) {
+    int64_t offset = 0;
+    for (size_t k : bucket.params) {
+      const Tensor& p = params_[k];
+      Tensor part = bucket.flat.slice(0, offset, offset + p.numel());
+      const Tensor grad = p.grad();
+      if (grad.defined()) {
+        part.copy_(grad.reshape({p.numel()}));
+      } else {
+        part.zero_();
+      }
+      offset += p.numel();
+    }
+    comm_.all_reduce_sum(bucket.flat);
+    offset = 0;
+    for (size_t k : bucket.params) {
+      const Tensor& p = params_[k];
+      const Tensor summed = bucket.flat.slice(0, offset, offset + p.numel()).reshape(p.shape());
+      Tensor grad = p.grad();
+      if (grad.defined()) {
+        grad.copy_(summed);
+      } else {
+        p.set_grad(summed.clone());
+      }
+      offset += p.numel();
+    }
+  }
+}
+
+namespace {
+
+void broadcast_all(Communicator& comm, const nn::NamedTensors& tensors) {
+  for (const auto& [name, t] : tensors) {
+    DL_CHECK(t.is_contiguous(), "broadcast: '", name, "' is not contiguous");
+    Tensor target = t;
+    comm.broadcast(target, 0);
+  }
+}
+
+}  // namespace
+
+void broadcast_parameters(Communicator& comm, nn::Module& module) {
+  if (comm.size() > 1) broadcast_all(comm, module.named_parameters());
+}
+
+void broadcast_buffers(Communicator& comm, nn::Module& module) {
+  if (comm.size() > 1) broadcast_all(comm, module.named_buffers());
+}
+
+void sync_batch_norm(nn::Module& module, Communicator& comm) {
+  if (comm.size() == 1) return;
+  module.apply([&comm](nn::Module& m) {
+    if (auto* bn = dynamic_cast<nn::BatchNorm2d*>(&m))
+      bn->sum_over_ranks = [&comm](double* values, int64_t count) {
+        comm.all_reduce_sum(std::span<double>(values, static_cast<size_t>(count)));
+      };
+  });
+}
+
+}  // namespace dl::dist

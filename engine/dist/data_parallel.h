@@ -1,0 +1,52 @@
+// Data parallelism over a Communicator, as PyTorch's DistributedDataParallel: every rank holds the
+// same model, trains on its slice of each global batch, and sums the gradients over the ranks
+// before the optimizer's step. With each rank's loss scaled by its share of the global batch
+// (rows on the rank / rows in the global batch), the summed gradient is the one a single process
+// computes on the whole batch, up to float rounding.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "engine/dist/communicator.h"
+#include "engine/nn.h"
+
+namespace dl::dist {
+
+// Sums the parameters' gradients over the ranks in fixed buckets, in a fixed order (the
+// parameters' reverse order, in which a backward finishes them), so that every run sums the same
+// way. A parameter without a gradient on a rank counts as zeros there.
+class GradientReducer {
+ public:
+  static constexpr int64_t kBucketBytes = 25 << 20;  // DistributedDataParallel's default
+
+  GradientReducer(Communicator& comm, std::vector<Tensor> params,
+                  int64_t bucket_bytes = kBucketBytes);
+  // Replaces each parameter's gradient by its sum over the ranks (nothing to do on one rank).
+  void sum_gradients();
+  // Bytes summed per call, and in how many collectives.
+  int64_t bytes() const { return bytes_; }
+  int64_t buckets() const { return static_cast<int64_t>(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    std::vector<size_t> params;  // indices into params_
+    Tensor flat;                 // their gradients end to end, f32 on their device
+  };
+  Communicator& comm_;
+  std::vector<Tensor> params_;
+  std::vector<Bucket> buckets_;
+  int64_t bytes_ = 0;
+};
+
+// Copies rank 0's parameters and buffers into every rank's module (at the start of a run, and to
+// give every rank the running statistics of rank 0 before an evaluation, as
+// DistributedDataParallel's broadcast_buffers does).
+void broadcast_parameters(Communicator& comm, nn::Module& module);
+void broadcast_buffers(Communicator& comm, nn::Module& module);
+
+// Makes every BatchNorm2d of `module` normalise a training batch with the statistics of the
+// global batch (PyTorch's SyncBatchNorm): per-channel sums over the ranks in forward and backward.
+// On one rank it changes nothing.
+void sync_batch_norm(nn::Module& module, Communicator& comm);
+
+}  // namespace dl::dist
