@@ -4,6 +4,9 @@
 #include "engine/device_ops.h"
 #include "engine/device_registry.h"
 #include "engine/error.h"
+#ifdef DL_HAVE_CUDA
+#include "engine/cuda/registry.h"
+#endif
 #include "kernels/cpu/batchnorm.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/elementwise.h"
@@ -254,7 +257,11 @@ class CpuOps final : public DeviceOps {
 
 DeviceRegistry<DeviceOps>& ops_registry() {
   static CpuOps cpu;
-  static DeviceRegistry<DeviceOps> registry(&cpu);
+#ifdef DL_HAVE_CUDA
+  static DeviceRegistry<DeviceOps> registry(&cpu, cuda::ops_if_available());
+#else
+  static DeviceRegistry<DeviceOps> registry(&cpu, nullptr);
+#endif
   return registry;
 }
 

@@ -2,7 +2,7 @@
 // for one kind of device. ops.cpp validates arguments, makes inputs contiguous, allocates outputs
 // on the inputs' device and records autograd; a DeviceOps only computes, queued on the device's
 // stream. The CPU implementation (engine/cpu_ops.cpp) wraps kernels/cpu; the CUDA one
-// (engine/cuda/cuda_ops.cpp) wraps kernels/cuda and registers itself like the CUDA DeviceBackend.
+// (engine/cuda/cuda_ops.cpp) wraps kernels/cuda and is present with the CUDA DeviceBackend.
 //
 // Contract for every method: tensors are contiguous and on this device; outputs are allocated by
 // the caller with the right shape and are overwritten (=), except axpy and BatchNorm's running
@@ -161,6 +161,7 @@ class DeviceOps {
   virtual void sgd_update(const std::vector<SGDUpdate>& updates) = 0;
 };
 
+// Replaces the device's ops (the profiler wraps them; engine/profile.h).
 void set_device_ops(DeviceKind kind, DeviceOps* ops);
 // Throws dl::Error when the device has no ops (e.g. CUDA in a CPU-only build, or no GPU).
 DeviceOps& device_ops(Device device);

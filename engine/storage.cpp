@@ -6,6 +6,9 @@
 
 #include "engine/device_registry.h"
 #include "engine/error.h"
+#ifdef DL_HAVE_CUDA
+#include "engine/cuda/registry.h"
+#endif
 
 namespace dl {
 
@@ -31,15 +34,15 @@ class CpuBackend final : public DeviceBackend {
 
 DeviceRegistry<DeviceBackend>& backends() {
   static CpuBackend cpu;
-  static DeviceRegistry<DeviceBackend> registry(&cpu);
+#ifdef DL_HAVE_CUDA
+  static DeviceRegistry<DeviceBackend> registry(&cpu, cuda::backend_if_available());
+#else
+  static DeviceRegistry<DeviceBackend> registry(&cpu, nullptr);
+#endif
   return registry;
 }
 
 }  // namespace
-
-void set_device_backend(DeviceKind kind, DeviceBackend* backend) {
-  backends().set(kind, backend);
-}
 
 DeviceBackend& device_backend(Device device) {
   return backends().get(device);

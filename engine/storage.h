@@ -1,6 +1,6 @@
 // Raw memory behind tensors, and the per-device backend that provides it. The CPU backend is
-// built in; the CUDA path registers its own (caching allocator, async copies) with
-// set_device_backend, so tensors, ops and modules move to the GPU without changes above this file.
+// built in; the CUDA path provides its own (caching allocator, async copies) when the machine has
+// a GPU, so tensors, ops and modules move to the GPU without changes above this file.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -21,8 +21,7 @@ class DeviceBackend {
   virtual void memset_zero(void* dst, size_t bytes) = 0;
 };
 
-void set_device_backend(DeviceKind kind, DeviceBackend* backend);
-// Throws dl::Error when no backend is registered for the device (e.g. CUDA in a CPU-only build).
+// Throws dl::Error when the device has no backend (no GPU, or CUDA in a CPU-only build).
 DeviceBackend& device_backend(Device device);
 // Copies bytes between two devices; the non-CPU side's backend performs it.
 void copy_bytes(void* dst, Device to, const void* src, Device from, size_t bytes);

@@ -14,6 +14,7 @@
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/profile.h"
+#include "engine/runtime.h"
 #include "examples/cli.h"
 #include "examples/runtime.h"
 #include "models/convmixer.h"
@@ -79,7 +80,7 @@ int run(int argc, char** argv) {
     return loss;
   };
   // Everything queued on the device is finished before each clock reading.
-  auto sync = [&] { examples::synchronize(device); };
+  auto sync = [&] { synchronize(device); };
   for (int64_t i = 0; i < flags.integer("warmup"); ++i) step();
   sync();
   const auto start = std::chrono::steady_clock::now();
@@ -97,7 +98,7 @@ int run(int argc, char** argv) {
       static_cast<long long>(config.dim), static_cast<long long>(config.depth),
       static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
       static_cast<long long>(batch), device.str().c_str(), examples::to_string(precision).c_str(),
-      tf32 ? ", tf32" : "", examples::cpu_threads(), 1000.0 * seconds / steps, last_loss);
+      tf32 ? ", tf32" : "", num_threads(), 1000.0 * seconds / steps, last_loss);
   std::printf("step_ms=%.3f\n", 1000.0 * seconds / steps);
   if (device.is_cuda()) std::printf("peak_mem_mb=%.1f\n", examples::peak_memory_mb(device));
   if (profile) {

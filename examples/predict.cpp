@@ -18,6 +18,7 @@
 #include "engine/io/json.h"
 #include "engine/ops.h"
 #include "examples/cli.h"
+#include "examples/runtime.h"
 #include "models/registry.h"
 
 using namespace dl;
@@ -78,7 +79,7 @@ int run(int argc, char** argv) {
   Generator gen(0);
   auto model = models::make_model(spec, gen);
   io::load_checkpoint(file, *model, nullptr);
-  const Device device = resolve_device(flags.str("device"));
+  const Device device = examples::resolve_device(flags.str("device"));
   model->to(device);
   model->eval();
   NoGradGuard no_grad;

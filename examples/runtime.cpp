@@ -2,11 +2,7 @@
 
 #include "engine/error.h"
 #include "engine/ops.h"
-#include "kernels/cpu/parallel.h"
-#ifdef DL_HAVE_CUDA
-#include "engine/cuda/cuda_backend.h"
-#include "engine/cuda/cuda_ops.h"
-#endif
+#include "engine/runtime.h"
 
 namespace dl::examples {
 
@@ -20,33 +16,27 @@ Precision parse_precision(const std::string& flag, const std::string& text) {
   throw Error("--" + flag + " must be fp32 or bf16, got '" + text + "'");
 }
 
+Device resolve_device(const std::string& device) {
+  try {
+    return dl::resolve_device(device);
+  } catch (const Error& e) {
+    throw Error(std::string(e.what()) + ". HINT: --device cpu runs on any machine");
+  }
+}
+
 Runtime setup_runtime(const std::string& device_name, int threads, Precision precision, bool tf32) {
   const Device device = resolve_device(device_name);
   DL_CHECK(precision == Precision::fp32 || device.is_cuda(),
            "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
   DL_CHECK(!tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
-#ifdef DL_HAVE_CUDA
-  if (device.is_cuda()) cuda::set_allow_tf32(tf32);
-#endif
-  cpu::set_num_threads(threads);
+  if (device.is_cuda()) set_allow_tf32(tf32);
+  set_num_threads(threads);
   return {device, precision == Precision::bf16 ? DType::bf16 : DType::f32};
 }
 
-int cpu_threads() {
-  return cpu::num_threads();
-}
-
-void synchronize([[maybe_unused]] Device device) {
-#ifdef DL_HAVE_CUDA
-  if (device.is_cuda()) cuda::synchronize();
-#endif
-}
-
-double peak_memory_mb([[maybe_unused]] Device device) {
-#ifdef DL_HAVE_CUDA
-  if (device.is_cuda()) return static_cast<double>(cuda::memory_stats().peak_in_use) / (1 << 20);
-#endif
-  return -1;
+double peak_memory_mb(Device device) {
+  if (!device.is_cuda()) return -1;
+  return static_cast<double>(max_memory_allocated(device)) / (1 << 20);
 }
 
 }  // namespace dl::examples

@@ -1,6 +1,6 @@
 // Where and how a program computes, set up once from the settings train and bench_model share:
-// the device, the CPU threads, the precision and TF32. The CUDA path's calls live here, so the
-// programs need no #ifdef of their own.
+// the device, the CPU threads, the precision and TF32 (through engine/runtime.h). Errors name the
+// flags.
 #pragma once
 #include <string>
 
@@ -19,14 +19,13 @@ struct Runtime {
   DType activations;  // what the input batch is converted to before its copy to the device
 };
 
+// dl::resolve_device for the value of --device: an error names the flag's CPU choice.
+Device resolve_device(const std::string& device);
+
 // Resolves `device` (auto, cuda or cpu), refuses bf16 and TF32 off the CUDA path, turns TF32 on
 // or off there, and sets the CPU thread count (0: all cores).
 Runtime setup_runtime(const std::string& device, int threads, Precision precision, bool tf32);
 
-// The CPU threads the kernels use.
-int cpu_threads();
-// Waits until the work queued on `device` is done (nothing to wait for on the CPU).
-void synchronize(Device device);
 // The caching allocator's peak of device memory in use, in MiB; -1 on the CPU.
 double peak_memory_mb(Device device);
 

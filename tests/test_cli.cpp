@@ -5,7 +5,9 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/ops.h"
 #include "examples/cli.h"
+#include "examples/runtime.h"
 
 using namespace dl;
 using Catch::Contains;
@@ -110,4 +112,20 @@ TEST_CASE("Where no file names are taken, '--' after a bare boolean leaves a str
   g.add("json", "false", "");
   char* args[] = {prog.data(), json.data(), dashes.data(), file.data()};
   CHECK_THROWS_WITH(g.parse(4, args), Contains("unexpected argument 'x.png'"));
+}
+
+TEST_CASE("A device the machine cannot run names the flag that chooses the CPU") {
+  if (resolve_device("auto").is_cuda()) {
+    CHECK(examples::resolve_device("cuda").is_cuda());
+    return;
+  }
+  CHECK(examples::resolve_device("auto") == Device::cpu());
+  // No GPU, or no CUDA path in this build: the engine's reason, then the flag.
+  const std::string hint = "; use the CPU device. HINT: --device cpu runs on any machine";
+  REQUIRE_THROWS_WITH(examples::resolve_device("cuda"),
+                      Contains("device cuda:0 is not available") && Catch::EndsWith(hint));
+  REQUIRE_THROWS_WITH(examples::setup_runtime("cuda", 1, examples::Precision::fp32, false),
+                      Contains("device cuda:0 is not available") && Catch::EndsWith(hint));
+  REQUIRE_THROWS_WITH(examples::resolve_device("gpu"),
+                      Contains("bad device 'gpu'") && Contains("HINT: --device cpu"));
 }

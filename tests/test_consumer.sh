@@ -6,7 +6,8 @@
 #   2. that build installed (cmake --install) to a temporary prefix, and the consumer configured
 #      afresh with find_package(convmixer_engine) from there, which builds only its main.cpp;
 #   3. when a build directory of the engine is given (CTest gives the one under test, with the
-#      CUDA path when this machine has nvcc and cuDNN), that build installed and used the same way.
+#      CUDA path when this machine has nvcc and cuDNN), that build installed and used the same way
+#      (with the CUDA path, the consumer must hold the CUDA ops).
 # usage: tests/test_consumer.sh [ENGINE_BUILD_DIR]
 set -euo pipefail
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,6 +54,12 @@ if [[ -n $engine_build ]]; then
   cmake --install "$engine_build" --prefix "$tmp/prefix-engine" >"$tmp/install-engine.log" ||
     fail "cmake --install $engine_build: $(cat "$tmp/install-engine.log")"
   build_and_run "$tmp/package-engine" -DCMAKE_PREFIX_PATH="$tmp/prefix-engine"
+  # The CUDA ops come with dl::engine alone: nothing in the consumer names them.
+  if grep -q 'convmixer_engine_HAS_CUDA=ON' "$tmp/package-engine.configure.log"; then
+    nm -C "$tmp/package-engine/consumer" >"$tmp/consumer.nm"
+    grep -q 'vtable for .*::CudaOps$' "$tmp/consumer.nm" ||
+      fail "the consumer linked against the CUDA-path engine holds no CUDA ops"
+  fi
   echo "find_package ($engine_build, $(grep -o 'convmixer_engine_HAS_CUDA=[A-Z]*' \
     "$tmp/package-engine.configure.log")): consumer ran ($SECONDS s)"
 fi

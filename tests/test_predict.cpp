@@ -11,9 +11,11 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/io/checkpoint.h"
+#include "engine/ops.h"
 #include "engine/random.h"
 #include "models/registry.h"
 #include "test_util.h"
@@ -114,6 +116,22 @@ TEST_CASE("predict takes a run directory and names why an image cannot be read")
     REQUIRE_THAT(r.err, Contains("3 of 4 images could not be read"));
     REQUIRE(r.out.rfind(png.string() + ":", 0) == 0);  // the one good image, on one line
     REQUIRE(std::count(r.out.begin(), r.out.end(), '\n') == 1);
+  }
+  SECTION("without a GPU, --device cuda is refused with the flag that runs on the CPU") {
+    if (dl::resolve_device("auto").is_cuda()) return;
+    const std::vector<std::pair<std::string, std::vector<std::string>>> runs = {
+        {DL_PREDICT_BIN, {"--checkpoint", run_dir.string(), "--device", "cuda", png.string()}},
+        {DL_TRAIN_BIN,
+         {"--data", data.string(), "--device", "cuda", "--checkpoint-dir",
+          (tmp.path / "cuda-run").string()}},
+        {DL_TRAIN_BIN, {"--resume", (run_dir / "last.safetensors").string(), "--device", "cuda"}}};
+    for (const auto& [binary, args] : runs) {
+      const Result r = run(tmp.path, binary, args);
+      INFO(binary << " " << args.front() << ": " << r.err);
+      CHECK(r.status != 0);
+      CHECK_THAT(r.err, Contains("device cuda:0 is not available") &&
+                            Contains("HINT: --device cpu runs on any machine"));
+    }
   }
 }
 

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <string>
 #include <vector>
@@ -9,6 +10,7 @@
 #include "engine/autograd.h"
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/runtime.h"
 #include "engine/tensor.h"
 #include "tests/test_util.h"
 
@@ -506,6 +508,36 @@ TEST_CASE("an in-place write to a tensor saved for backward makes the backward t
     add_(p, p.grad(), -0.1f);
     p.set_grad(Tensor());
   }
+}
+
+TEST_CASE("a device without a GPU: the error says what to do without naming a program's flag",
+          "[device]") {
+  if (resolve_device("auto").is_cuda()) {
+    CHECK(resolve_device("cuda").is_cuda());
+    return;
+  }
+  CHECK(resolve_device("auto") == Device::cpu());
+  for (auto use : std::vector<std::function<void()>>{
+           [] { resolve_device("cuda"); }, [] { Tensor::zeros({2}, DType::f32, Device::cuda()); },
+           [] { Tensor::ones({2}).to(Device::cuda()); }, [] { synchronize(Device::cuda()); }}) {
+    const std::string message = error_of(use);
+    CHECK_THAT(message, Catch::Contains("device cuda:0 is not available") &&
+                            Catch::EndsWith("use the CPU device"));
+    CHECK_THAT(message, !Catch::Contains("--"));
+  }
+}
+
+TEST_CASE("the runtime: CPU threads, waiting, peak memory, TF32 off", "[device]") {
+  const int threads = num_threads();
+  set_num_threads(1);
+  CHECK(num_threads() == 1);
+  set_num_threads(0);  // keeps the count
+  CHECK(num_threads() == 1);
+  set_num_threads(threads);
+  CHECK(num_threads() == threads);
+  synchronize(Device::cpu());
+  CHECK(max_memory_allocated(Device::cpu()) == 0);
+  set_allow_tf32(false);
 }
 
 }  // namespace

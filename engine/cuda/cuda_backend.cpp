@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/cuda/registry.h"
 #include "engine/error.h"
 #include "engine/storage.h"
 #include "kernels/cuda/check.h"
@@ -57,18 +58,18 @@ Context* create_context() {
     cudaDriverGetVersion(&driver);
     cudaRuntimeGetVersion(&runtime);
     if (driver == 0)
-      throw Error("no CUDA device found (no NVIDIA driver is loaded): use --device cpu");
+      throw Error("no CUDA device found (no NVIDIA driver is loaded): use the CPU device");
     throw Error(dl::detail::concat("the NVIDIA driver is too old: it supports CUDA ",
                                    cuda_version(driver), " but this build's CUDA runtime is ",
                                    cuda_version(runtime),
-                                   ". HINT: update the driver, or use --device cpu"));
+                                   ". HINT: update the driver, or use the CPU device"));
   }
   if (status == cudaErrorNoDevice || (status == cudaSuccess && count == 0))
-    throw Error("no CUDA device found: use --device cpu");
+    throw Error("no CUDA device found: use the CPU device");
   if (status != cudaSuccess)
     throw Error(
         dl::detail::concat("CUDA initialisation failed: ", cuda::detail::cuda_error_text(status),
-                           ". HINT: check the GPU with nvidia-smi, or use --device cpu"));
+                           ". HINT: check the GPU with nvidia-smi, or use the CPU device"));
   // Never destroyed: tensors can be freed during static destruction, and destroying handles and
   // streams then races the CUDA runtime's own teardown. The driver releases all at process exit.
   DL_CUDA_CHECK(cudaSetDevice(0));
@@ -183,16 +184,6 @@ class CudaBackend final : public DeviceBackend {
   StagingRing staging_;
 };
 
-// Registers the backend before main when the machine has a CUDA device, so that code asking
-// device_backend(Device::cuda()) (e.g. the trainer's --device auto) learns whether a GPU is usable.
-// cudaGetDeviceCount loads the driver but creates no context; init() does the rest on first use.
-// Leaked on purpose, like the Context.
-const bool registered = [] {
-  if (!cuda::device_present()) return false;
-  set_device_backend(DeviceKind::cuda, new CudaBackend);
-  return true;
-}();
-
 }  // namespace
 
 void init() {
@@ -202,6 +193,12 @@ void init() {
 
 bool available() {
   return init_result().context != nullptr;
+}
+
+DeviceBackend* backend_if_available() {
+  // Leaked on purpose, like the Context.
+  static DeviceBackend* const backend = device_present() ? new CudaBackend : nullptr;
+  return backend;
 }
 
 bool device_present() {
@@ -323,10 +320,3 @@ PinnedBuffer& PinnedBuffer::operator=(PinnedBuffer&& other) noexcept {
 }
 
 }  // namespace dl::cuda
-
-// Referenced by the linker option in engine/CMakeLists.txt, so that this object (and with it the
-// registration above) is part of every program that links dl_engine.
-extern "C" {
-extern const int dl_cuda_backend_anchor;
-const int dl_cuda_backend_anchor = 0;
-}

@@ -1,13 +1,12 @@
 // The CUDA path's runtime: device 0, one compute stream, a caching allocator, and the cuBLAS and
 // cuDNN handles. Compiled only when DL_HAVE_CUDA.
 //
-// How it is wired in: before main, cuda_backend.cpp asks the runtime for the device count (this
-// loads the driver but creates no context) and, when there is a device, registers a DeviceBackend
-// for DeviceKind::cuda (engine/CMakeLists.txt keeps that object in every program that links
-// dl_engine). Without a usable GPU nothing is registered, so device_backend(Device::cuda())
-// throws its "use --device cpu" error, as in a CPU-only build. The context, stream and allocator
-// are created lazily by init(), on the first CUDA allocation or copy or the first call of a
-// function below; init() also says why no GPU is usable (no device, driver too old).
+// How it is wired in: the first use of the storage registry (engine/storage.cpp) asks
+// backend_if_available() (engine/cuda/registry.h), which gives a DeviceBackend for DeviceKind::cuda
+// when the machine has a device. Without one, device_backend(Device::cuda()) throws its "not
+// available" error, as in a CPU-only build. The context, stream and allocator are created lazily
+// by init(), on the first CUDA allocation or copy or the first call of a function below; init()
+// also says why no GPU is usable (no device, driver too old).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
@@ -19,12 +18,12 @@ namespace dl::cuda {
 
 // Initialises device 0, the compute stream and the allocator once; later calls return at once.
 // Throws dl::Error saying what to do when no GPU is usable: no device ("no CUDA device found:
-// use --device cpu"), or a driver older than the CUDA runtime (both versions named).
+// use the CPU device"), or a driver older than the CUDA runtime (both versions named).
 void init();
 // Whether init() succeeds; never throws.
 bool available();
 // Whether the machine has a CUDA device (cudaGetDeviceCount > 0). Loads the driver but creates no
-// context; never throws. The CUDA DeviceBackend and DeviceOps register before main when it holds.
+// context; never throws. The registries get the CUDA DeviceBackend and DeviceOps when it holds.
 bool device_present();
 
 // The stream that every kernel, copy and library call of the engine is queued on.

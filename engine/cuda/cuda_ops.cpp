@@ -3,10 +3,10 @@
 // or bf16 (one template instance per type); parameters, their gradients, BatchNorm statistics and
 // optimizer state are fp32.
 //
-// Registered for DeviceKind::cuda before main when the machine has a CUDA device, the way
-// cuda_backend.cpp registers the DeviceBackend (engine/CMakeLists.txt keeps this object linked).
-// Nothing touches the GPU until the first op: the cuBLASLt handle, its 32 MiB workspace and the
-// GEMM and convolution plans are created on first use. Other workspaces come from the caching
+// The ops registry (engine/cpu_ops.cpp) gets them through ops_if_available() on its first use,
+// when the machine has a CUDA device, as the storage registry gets the DeviceBackend. Nothing
+// touches the GPU until the first op: the cuBLASLt handle, its 32 MiB workspace and the GEMM and
+// convolution plans are created on first use. Other workspaces come from the caching
 // allocator per call and go back as soon as their kernels are queued (its reuse is stream-ordered,
 // see cuda_backend.h), so a steady-state training step makes no cudaMalloc. Not thread-safe, like
 // LtGemm and CudnnConv2d: the engine's ops run on one thread.
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "engine/cuda/cuda_backend.h"
+#include "engine/cuda/registry.h"
 #include "engine/device_ops.h"
 #include "engine/error.h"
 #include "engine/storage.h"
@@ -186,7 +187,7 @@ ConvPath conv_path(const ConvArgs& s) {
            s.pad,
            "). The CUDA path runs depthwise convolutions (groups = c_in = c_out) with "
            "stride 1, an odd square kernel of 3 to 9 and padding kernel / 2, and groups = 1 "
-           "convolutions; use --device cpu for others");
+           "convolutions; run others on the CPU device");
   return ConvPath::cudnn;
 }
 
@@ -712,20 +713,12 @@ class CudaOps final : public DeviceOps {
   }
 };
 
-// Registers the ops before main when the machine has a CUDA device (the same test as the
-// DeviceBackend's, so both are present or neither is). Leaked on purpose, like the backend.
-const bool registered = [] {
-  if (!cuda::device_present()) return false;
-  set_device_ops(DeviceKind::cuda, new CudaOps);
-  return true;
-}();
-
 }  // namespace
-}  // namespace dl
 
-// Referenced by the linker option in engine/CMakeLists.txt, so that this object (and with it the
-// registration above) is part of every program that links dl_engine.
-extern "C" {
-extern const int dl_cuda_ops_anchor;
-const int dl_cuda_ops_anchor = 0;
+DeviceOps* cuda::ops_if_available() {
+  // Leaked on purpose, like the backend.
+  static DeviceOps* const ops = cuda::device_present() ? new CudaOps : nullptr;
+  return ops;
 }
+
+}  // namespace dl

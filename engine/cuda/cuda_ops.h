@@ -1,5 +1,5 @@
-// Settings of the CUDA DeviceOps (engine/cuda/cuda_ops.cpp, which registers itself for
-// DeviceKind::cuda before main when the machine has a GPU). Compiled only when DL_HAVE_CUDA.
+// Settings of the CUDA DeviceOps (engine/cuda/cuda_ops.cpp, which the ops registry gets through
+// engine/cuda/registry.h when the machine has a GPU). Compiled only when DL_HAVE_CUDA.
 #pragma once
 
 namespace dl::cuda {
