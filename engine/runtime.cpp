@@ -26,6 +26,12 @@ void set_allow_tf32(bool allow) {
 #endif
 }
 
+void select_gpu([[maybe_unused]] int index) {
+#ifdef DL_HAVE_CUDA
+  cuda::select_device(index);
+#endif
+}
+
 void synchronize(Device device) {
   device_ops(device).synchronize();
 }

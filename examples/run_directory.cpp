@@ -114,8 +114,9 @@ std::string checkpoint_file(const std::string& resume) {
   return last.string();
 }
 
-RunDirectory::RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file)
-    : resume_file_(resume_file) {
+RunDirectory::RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file,
+                           bool writes)
+    : resume_file_(resume_file), writes_(writes) {
   const fs::path requested(checkpoint_dir);
   if (resume_file.empty()) {
     dir_ = requested;
@@ -137,10 +138,11 @@ RunDirectory::RunDirectory(const std::string& checkpoint_dir, const std::string&
     }
   }
   // A directory this process cannot write is refused by check(), unlocked.
-  if (!dir_.empty() && fs::is_directory(dir_) && access(dir_.c_str(), W_OK) == 0) lock();
+  if (writes_ && !dir_.empty() && fs::is_directory(dir_) && access(dir_.c_str(), W_OK) == 0) lock();
 }
 
 void RunDirectory::check() const {
+  if (!writes_) return;
   if (in_place_) {
     DL_CHECK(fs::path(resume_file_).filename() == "last.safetensors", resume_file_,
              " is not a run directory's last.safetensors: continuing beside it could write "
@@ -176,6 +178,7 @@ void RunDirectory::lock() {
 }
 
 void RunDirectory::open(const std::string& model, std::optional<int64_t> finished_epochs) {
+  if (!writes_) return;
   if (lock_fd_ < 0) {
     if (dir_.empty()) dir_ = claim_new_run_dir(model);
     fs::create_directories(dir_);

@@ -21,7 +21,10 @@ class RunDirectory {
   // place when `checkpoint_dir` is empty or the checkpoint's own directory, into `checkpoint_dir`
   // otherwise (a branch). When the directory exists its lock is taken now, so that no other
   // process writes a newer checkpoint while this one reads it and the data.
-  RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file);
+  // `writes` false: the directory of a rank other than 0 of a data-parallel job, which plans the
+  // same paths but never locks, checks, creates or writes anything (rank 0 does).
+  RunDirectory(const std::string& checkpoint_dir, const std::string& resume_file,
+               bool writes = true);
   ~RunDirectory();
   RunDirectory(const RunDirectory&) = delete;
   RunDirectory& operator=(const RunDirectory&) = delete;
@@ -39,6 +42,7 @@ class RunDirectory {
   // metrics lines of epochs after it.
   void open(const std::string& model, std::optional<int64_t> finished_epochs);
 
+  bool writes() const { return writes_; }
   bool is_branch() const { return branch_; }
   // Empty before open() for a new run without a --checkpoint-dir.
   const std::filesystem::path& path() const { return dir_; }
@@ -50,7 +54,7 @@ class RunDirectory {
 
   std::string resume_file_;
   std::filesystem::path dir_;
-  bool in_place_ = false, branch_ = false;
+  bool writes_ = true, in_place_ = false, branch_ = false;
   std::filesystem::path metrics_origin_;  // a branch: the metrics of the run it continues
   std::string advice_;                    // what to do when the directory turns out to be in use
   int lock_fd_ = -1;

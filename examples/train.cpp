@@ -8,7 +8,9 @@
 
 #include <csignal>
 #include <iostream>
+#include <string>
 
+#include "engine/dist/communicator.h"
 #include "examples/cli.h"
 #include "examples/train_settings.h"
 #include "examples/trainer.h"
@@ -47,8 +49,17 @@ int main(int argc, char** argv) {
     std::signal(SIGHUP, on_signal);
     return examples::train(request.config, request.given);
   } catch (const std::exception& e) {
+    // The other ranks of a data-parallel job may be waiting for this one in a collective: it ends
+    // them all.
+    dist::Communicator& comm = dist::world();
+    const std::string rank = comm.size() == 1
+                                 ? ""
+                                 : " (rank " + std::to_string(comm.rank()) + " of " +
+                                       std::to_string(comm.size()) + ", ending every rank)";
     // A new line first when a progress bar may be on the terminal's current line.
-    std::cerr << (isatty(STDERR_FILENO) ? "\n" : "") << "train: error: " << e.what() << "\n";
+    std::cerr << (isatty(STDERR_FILENO) ? "\n" : "") << "train: error" << rank << ": " << e.what()
+              << "\n";
+    if (comm.size() > 1) comm.abort(1);
     return 1;
   }
 }

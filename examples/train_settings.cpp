@@ -291,6 +291,11 @@ std::vector<Setting> make_table() {
       boolean(
           {"drop-last", S::run, "drop the last partial batch of each epoch"},
           [](auto& c) -> auto& { return c.drop_last; }),
+      boolean(
+          {"sync-bn", S::run,
+           "data-parallel (mpirun): BatchNorm normalises with the global batch's statistics "
+           "(SyncBatchNorm); without it, each rank with its own slice's"},
+          [](auto& c) -> auto& { return c.sync_bn; }),
       choice(
           {"optimizer", S::run, "adamw or sgd"}, [](auto& c) -> auto& { return c.optimizer; },
           kOptimizers),

@@ -34,8 +34,9 @@ struct TrainConfig {
   std::string recipe = "convmixer-cifar10";  // the named recipe the run started from
   std::string data = "data/cifar10";         // data set root (CIFAR-10 binary, image folders, IDX)
   models::ModelSpec model;                   // classes and in_channels are taken from the data
-  int64_t epochs = 25, batch = 512;
+  int64_t epochs = 25, batch = 512;          // batch: the global batch, split over the ranks
   bool drop_last = false;
+  bool sync_bn = false;
   OptimizerKind optimizer = OptimizerKind::adamw;
   double lr = 0.05, weight_decay = 0.005, momentum = 0.9;
   bool nesterov = false;

@@ -1,8 +1,10 @@
 #include "examples/trainer.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -16,11 +18,13 @@
 #include <thread>
 
 #include "engine/data/loader.h"
+#include "engine/dist/data_parallel.h"
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
+#include "engine/runtime.h"
 #include "examples/cli.h"
 #include "examples/report.h"
 #include "examples/run_directory.h"
@@ -48,23 +52,52 @@ int loader_workers(int requested, Device device) {
   return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
 }
 
-// Loss and accuracy on `loader`'s data in eval mode; nothing when a stop is requested meanwhile
-// (an evaluation is abandoned, not awaited, so that a stop saves within a step's time).
+// The sums of every rank's stats (their own on one rank).
+EpochStats summed_over_ranks(dist::Communicator& comm, EpochStats& local) {
+  local.flush();
+  if (comm.size() == 1) return local;
+  std::array<double, 3> sums = {local.loss_sum, static_cast<double>(local.correct),
+                                static_cast<double>(local.seen)};
+  comm.all_reduce_sum(sums);
+  EpochStats all;
+  all.loss_sum = sums[0];
+  all.correct = std::llround(sums[1]);
+  all.seen = std::llround(sums[2]);
+  return all;
+}
+
+// Loss and accuracy on `loader`'s data in eval mode (each rank its share, summed); nothing when a
+// stop is requested meanwhile on any rank (an evaluation is abandoned, not awaited, so that a stop
+// saves within a step's time).
 std::optional<EpochStats> evaluate(nn::Module& model, data::DataLoader& loader, Device device,
-                                   DType activations) {
+                                   DType activations, dist::Communicator& comm) {
   NoGradGuard no_grad;
   model.eval();
   EpochStats stats;
   data::Batch batch;
   loader.start_epoch(0);
   while (!g_stop_requested && loader.next(batch)) {
+    if (batch.labels.numel() == 0) continue;  // a last batch smaller than the ranks
     const Tensor logits = model.forward(batch.images.to(activations).to(device));
     stats.add(logits, batch.labels, cross_entropy(logits, batch.labels));
   }
   model.train();
-  if (g_stop_requested) return std::nullopt;
-  stats.flush();
-  return stats;
+  std::array<int64_t, 1> stopped = {g_stop_requested ? 1 : 0};
+  comm.all_reduce_max(stopped);
+  if (stopped[0]) return std::nullopt;
+  return summed_over_ranks(comm, stats);
+}
+
+// FNV-1a over what defines the run (its settings and data), to find ranks started differently.
+int64_t run_fingerprint(const std::map<std::string, std::string>& metadata) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const auto& [key, value] : metadata) {
+    if (key == "command") continue;
+    for (const std::string* part : {&key, &value})
+      for (const char ch : *part + '\0')
+        h = (h ^ static_cast<unsigned char>(ch)) * 0x100000001b3ull;
+  }
+  return static_cast<int64_t>(h >> 1);
 }
 
 // The name of the first F32 tensor of the model's state or the optimizer's that holds a NaN or an
@@ -248,9 +281,10 @@ class Training {
   bool train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Progress& progress, double& lr);
   // Evaluates, reports and saves the epoch; false when a stop abandoned its evaluation (the
   // end-of-training position saved).
-  bool finish_epoch(int64_t epoch, const EpochStats& stats, Progress& progress, double lr);
-  // Reads the steps' results: the progress line, the divergence check, the first time estimate.
-  void read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress);
+  bool finish_epoch(int64_t epoch, EpochStats& stats, Progress& progress, double lr);
+  // Reads the steps' results, summed over the ranks: the progress line, the divergence check, the
+  // first time estimate. Returns the sums.
+  EpochStats read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress);
   // Every checkpoint goes through here: a diverged state is never saved over the last good one.
   void save(const io::TrainingPosition& p);
   bool stop_requested() const {
@@ -261,6 +295,7 @@ class Training {
 
   const TrainConfig& cfg_;
   RunDirectory& run_;
+  dist::Communicator& comm_;
   const bool resumed_;
   Runtime runtime_;
   TrainingData data_;
@@ -269,6 +304,7 @@ class Training {
   std::shared_ptr<nn::Module> model_;
   std::unique_ptr<optim::Optimizer> opt_;
   std::vector<Tensor> params_;
+  std::optional<dist::GradientReducer> gradient_reducer_;  // with several ranks
   std::optional<data::DataLoader> train_loader_, test_loader_;
   int64_t steps_per_epoch_ = 0;
   std::unique_ptr<optim::LRSchedule> schedule_;
@@ -283,6 +319,7 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
                    RunDirectory& run)
     : cfg_(cfg),
       run_(run),
+      comm_(dist::world()),
       resumed_(checkpoint.has_value()),
       runtime_(setup_runtime(cfg.device, cfg.threads, cfg.precision, cfg.tf32)) {
   if (cfg.schedule == optim::Schedule::onecycle && cfg.epochs < 3)
@@ -300,6 +337,11 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
   spec_.classes = static_cast<int64_t>(train_set.classes.size());
   spec_.in_channels = train_set.channels;
   metadata_ = checkpoint_metadata(cfg, spec_, data_);
+  const std::vector<int64_t> fingerprints = comm_.all_gather(run_fingerprint(metadata_));
+  for (size_t r = 1; r < fingerprints.size(); ++r)
+    DL_CHECK(fingerprints[r] == fingerprints[0], "rank ", r,
+             " was started with other settings or data than rank 0: start every rank with the "
+             "same flags and the same data set");
   if (checkpoint) check_same_run(*checkpoint, spec_, metadata_, cfg.data);
   if (spec_.name == "convmixer")
     DL_CHECK(train_set.height % spec_.patch == 0 && train_set.width % spec_.patch == 0, "--patch ",
@@ -311,6 +353,11 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
   if (!checkpoint && !cfg.init_from.empty()) init_weights_from(cfg.init_from, spec_, *model_);
   opt_ = make_optimizer(cfg, model_->parameters());
   params_ = model_->parameters();
+  if (comm_.size() > 1) {
+    dist::broadcast_parameters(comm_, *model_);
+    gradient_reducer_.emplace(comm_, params_);
+    if (cfg.sync_bn) dist::sync_batch_norm(*model_, comm_);
+  }
 
   data::LoaderOptions train_options{.batch_size = cfg.batch,
                                     .shuffle = true,
@@ -318,12 +365,18 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
                                     .augment = true,
                                     .augmentation = data_.augmentation,
                                     .seed = cfg.seed,
-                                    .workers = loader_workers(cfg.workers, runtime_.device)};
+                                    .workers = loader_workers(cfg.workers, runtime_.device),
+                                    .rank = comm_.rank(),
+                                    .ranks = comm_.size()};
   train_loader_.emplace(data_.train, train_options);
   data::LoaderOptions test_options = train_options;
   test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;
   test_loader_.emplace(data_.test, test_options);
   steps_per_epoch_ = train_loader_->batches_per_epoch();
+  DL_CHECK(train_loader_->last_batch_size() >= comm_.size(), "the last batch of each epoch has ",
+           train_loader_->last_batch_size(), " images (", train_set.size(), " images, --batch ",
+           cfg.batch, "), too few for ", comm_.size(),
+           " ranks: add --drop-last or choose another --batch");
   schedule_ = optim::make_schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch_,
                                    cfg.warmup_epochs * steps_per_epoch_);
   if (!checkpoint) return;
@@ -361,6 +414,7 @@ std::string Training::resume_hint() const {
 }
 
 void Training::save(const io::TrainingPosition& p) {
+  if (!run_.writes()) return;  // rank 0 saves
   const std::string last = run_.checkpoint().string();
   const std::string bad = first_non_finite(*model_, *opt_);
   DL_CHECK(bad.empty(), "training diverged by step ", p.step, ": ", bad, " is not finite, so ",
@@ -377,15 +431,21 @@ int Training::run() {
   // A branch is a run directory from its first moment: its checkpoint is the one it continues,
   // so a crash before its first save leaves something --resume continues.
   if (run_.is_branch()) save(pos_);
-  metrics_.open(run_.metrics(), std::ios::app);
-  DL_CHECK(metrics_, "cannot open ", run_.metrics().string(), " for writing");
+  if (run_.writes()) {
+    metrics_.open(run_.metrics(), std::ios::app);
+    DL_CHECK(metrics_, "cannot open ", run_.metrics().string(), " for writing");
+  }
 
   const Device device = runtime_.device;
   std::cerr << "training " << spec_.describe() << " on " << device.str() << " ("
             << to_string(cfg_.precision) << "), " << data_.train.size() << " train / "
             << data_.test.size() << " test images, " << steps_per_epoch_
-            << (steps_per_epoch_ == 1 ? " step" : " steps")
-            << " per epoch; checkpoint and metrics in " << run_.path().string() << "\n";
+            << (steps_per_epoch_ == 1 ? " step" : " steps") << " per epoch"
+            << (comm_.size() > 1 ? ", on " + std::to_string(comm_.size()) + " ranks of " +
+                                       std::to_string(cfg_.batch / comm_.size()) + " images" +
+                                       (cfg_.sync_bn ? " (SyncBatchNorm)" : "")
+                                 : "")
+            << "; checkpoint and metrics in " << run_.path().string() << "\n";
   const int64_t images_to_train = (cfg_.epochs - pos_.epoch) * data_.train.size();
   if (device.is_cpu() && images_to_train >= kManyImagesForCpu)
     std::cerr << "note: " << images_to_train
@@ -401,7 +461,7 @@ int Training::run() {
     Progress progress(live, epoch, cfg_.epochs, steps_per_epoch_,
                       resumed_epoch ? pos_.seconds : 0.0);
     EpochStats stats;
-    if (resumed_epoch) {
+    if (resumed_epoch && comm_.rank() == 0) {  // the sums of every rank so far
       stats.loss_sum = pos_.loss_sum;
       stats.correct = pos_.correct;
       stats.seen = pos_.seen;
@@ -438,32 +498,43 @@ bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Prog
         model_->forward(batch.images.to(runtime_.activations).to(runtime_.device));
     const Tensor loss = cross_entropy(logits, batch.labels, cfg_.label_smoothing);
     opt_->zero_grad();
-    loss.backward();
+    if (gradient_reducer_) {
+      // This rank's share of the global batch's mean loss; the gradients summed over the ranks.
+      const double share = static_cast<double>(batch.labels.numel()) / batch.global_size;
+      loss.backward(Tensor::full({}, share, loss.dtype(), loss.device()));
+      gradient_reducer_->sum_gradients();
+    } else {
+      loss.backward();
+    }
     if (cfg_.clip_grad > 0) optim::clip_grad_norm(params_, cfg_.clip_grad);
     opt_->step();
     ++pos_.step, ++done, ++steps_this_run_;
     stats.add(logits, batch.labels, loss);
-    const bool stop = stop_requested();
     const auto now = std::chrono::steady_clock::now();
-    const bool save_due =
-        save_every_seconds > 0 &&
-        std::chrono::duration<double>(now - last_save_).count() >= save_every_seconds;
     // The step's results are read every half second, at the epoch's end and before a save (on a
-    // GPU the host otherwise runs ahead); a diverged loss is caught there.
-    if (stop || save_due || done == steps_per_epoch_ ||
-        now - last_read >= std::chrono::milliseconds(500)) {
+    // GPU the host otherwise runs ahead); a diverged loss is caught there. With several ranks
+    // each decision is every rank's: a stop or a save anywhere is one everywhere.
+    std::array<int64_t, 3> decisions = {
+        stop_requested(),
+        save_every_seconds > 0 &&
+            std::chrono::duration<double>(now - last_save_).count() >= save_every_seconds,
+        now - last_read >= std::chrono::milliseconds(500)};
+    comm_.all_reduce_max(decisions);
+    const bool stop = decisions[0], save_due = decisions[1];
+    EpochStats summed;
+    if (stop || save_due || done == steps_per_epoch_ || decisions[2]) {
       last_read = now;
-      read_results(done, first, stats, progress);
+      summed = read_results(done, first, stats, progress);
     }
     // Mid-epoch: the exact position, so that a stop or a crash loses no finished step.
     if ((stop || save_due) && done < steps_per_epoch_) {
       save({.epoch = epoch,
             .batch = done,
             .step = pos_.step,
-            .loss_sum = stats.loss_sum,
+            .loss_sum = summed.loss_sum,
             .seconds = progress.seconds(),
-            .correct = stats.correct,
-            .seen = stats.seen});
+            .correct = summed.correct,
+            .seen = summed.seen});
       last_save_ = now;
       if (stop) {
         progress.finish();
@@ -478,11 +549,12 @@ bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Prog
   return true;
 }
 
-void Training::read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress) {
-  stats.flush();
-  DL_CHECK(std::isfinite(stats.loss_sum), "training diverged: the loss is not finite by step ",
+EpochStats Training::read_results(int64_t done, int64_t first, EpochStats& stats,
+                                  Progress& progress) {
+  EpochStats summed = summed_over_ranks(comm_, stats);
+  DL_CHECK(std::isfinite(summed.loss_sum), "training diverged: the loss is not finite by step ",
            pos_.step, " (try a lower --lr or --clip-grad 1)");
-  progress.update(done, first, stats.seen, stats.loss());
+  progress.update(done, first, summed.seen, summed.loss());
   const double elapsed =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start_).count();
   if (!estimated_ && steps_this_run_ >= 2 && (steps_this_run_ >= 20 || elapsed >= 10)) {
@@ -493,16 +565,20 @@ void Training::read_results(int64_t done, int64_t first, EpochStats& stats, Prog
               << steps_this_run_ << " steps: the " << left << " steps left take about "
               << format_duration(per_step * static_cast<double>(left)) << ", evaluations aside\n";
   }
+  return summed;
 }
 
-bool Training::finish_epoch(int64_t epoch, const EpochStats& stats, Progress& progress, double lr) {
+bool Training::finish_epoch(int64_t epoch, EpochStats& rank_stats, Progress& progress, double lr) {
+  const EpochStats stats = summed_over_ranks(comm_, rank_stats);
   const std::string last = run_.checkpoint().string();
   const double epoch_seconds = progress.seconds();
   const bool evaluate_now = (epoch + 1) % cfg_.eval_every == 0 || epoch + 1 == cfg_.epochs;
   std::optional<EpochStats> test;
   if (evaluate_now) {
     progress.evaluating(data_.test.size());
-    test = evaluate(*model_, *test_loader_, runtime_.device, runtime_.activations);
+    // Every rank evaluates with rank 0's BatchNorm statistics, the ones its checkpoint holds.
+    dist::broadcast_buffers(comm_, *model_);
+    test = evaluate(*model_, *test_loader_, runtime_.device, runtime_.activations, comm_);
     progress.finish();
     if (!test) {
       // The epoch's training is saved; --resume evaluates it again.
@@ -521,21 +597,70 @@ bool Training::finish_epoch(int64_t epoch, const EpochStats& stats, Progress& pr
              "epoch ", epoch + 1, ", so ", last,
              " keeps the last finite state (try a lower --lr or --clip-grad 1)");
   }
-  report_epoch(metrics_, epoch, pos_.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
-               peak_memory_mb(runtime_.device));
+  if (run_.writes())
+    report_epoch(metrics_, epoch, pos_.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
+                 peak_memory_mb(runtime_.device));
   save({.epoch = epoch + 1, .batch = 0, .step = pos_.step});
   // A metrics line that could not be written (a full disk) stops the run, once the checkpoint is
   // safe: the user sees it instead of a run that lost its history silently.
-  DL_CHECK(metrics_, "cannot append to ", run_.metrics().string(), " (", std::strerror(errno),
-           "): epoch ", epoch + 1, "'s metrics line is missing from it; the checkpoint ", last,
-           " is saved: make room and ", resume_hint());
+  DL_CHECK(!run_.writes() || metrics_, "cannot append to ", run_.metrics().string(), " (",
+           std::strerror(errno), "): epoch ", epoch + 1,
+           "'s metrics line is missing from it; the checkpoint ", last, " is saved: make room and ",
+           resume_hint());
   last_save_ = std::chrono::steady_clock::now();
   return true;
 }
 
 }  // namespace
 
+namespace {
+
+// Ranks other than 0 print nothing (rank 0 speaks for the job): their standard error goes to
+// /dev/null while this lives. An error still reaches the program's own handler, which prints it
+// after.
+class QuietUnlessRankZero {
+ public:
+  explicit QuietUnlessRankZero(int rank) {
+    if (rank == 0) return;
+    const int nowhere = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
+    if (nowhere < 0) return;
+    std::cerr.flush();
+    saved_ = ::dup(STDERR_FILENO);
+    ::dup2(nowhere, STDERR_FILENO);
+    ::close(nowhere);
+  }
+  ~QuietUnlessRankZero() {
+    if (saved_ < 0) return;
+    std::cerr.flush();
+    ::dup2(saved_, STDERR_FILENO);
+    ::close(saved_);
+  }
+  QuietUnlessRankZero(const QuietUnlessRankZero&) = delete;
+  QuietUnlessRankZero& operator=(const QuietUnlessRankZero&) = delete;
+
+ private:
+  int saved_ = -1;
+};
+
+// What data parallelism needs of the settings, before any data is read.
+void check_ranks(const TrainConfig& cfg, int ranks) {
+  if (ranks == 1) return;
+  DL_CHECK(cfg.batch % ranks == 0, "--batch ", cfg.batch,
+           " (the global batch) does not split "
+           "evenly over ",
+           ranks, " ranks: choose a multiple of ", ranks);
+  DL_CHECK(!cfg.sync_bn || resolve_device(cfg.device).is_cpu(),
+           "--sync-bn runs on the CPU only so far: leave it out on the GPU (each rank then "
+           "normalises its own slice of the batch)");
+}
+
+}  // namespace
+
 int train(const TrainConfig& requested, const std::set<std::string>& given) {
+  dist::Communicator& comm = dist::world();
+  const QuietUnlessRankZero quiet(comm.rank());
+  // With several GPUs on a machine, each rank its own (before any CUDA work).
+  select_gpu(comm.local_rank());
   const std::string resume = requested.resume.empty() ? "" : checkpoint_file(requested.resume);
   // What can be checked before any file is touched: a new run's settings and device; on a resume
   // the device and the settings given (the others are the run's).
@@ -555,7 +680,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
   }
   // Where the run writes is decided from the paths; the directory, when it exists, is locked
   // from here on, so no other process writes a newer checkpoint while this one reads it.
-  RunDirectory run(requested.checkpoint_dir, resume);
+  RunDirectory run(requested.checkpoint_dir, resume, comm.rank() == 0);
   std::optional<io::Checkpoint> checkpoint;
   if (!resume.empty()) {
     checkpoint = io::read_checkpoint(resume);
@@ -571,6 +696,7 @@ int train(const TrainConfig& requested, const std::set<std::string>& given) {
       return 0;
     }
   }
+  check_ranks(cfg, comm.size());
   run.check();
   Training training(cfg, std::move(checkpoint), run);
   return training.run();

@@ -1,6 +1,7 @@
 #include "engine/cuda/cuda_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -49,6 +50,8 @@ struct Context {
   MemoryStats stats;
 };
 
+std::atomic<int> g_device_index{0};
+
 Context* create_context() {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
@@ -72,7 +75,7 @@ Context* create_context() {
                            ". HINT: check the GPU with nvidia-smi, or use the CPU device"));
   // Never destroyed: tensors can be freed during static destruction, and destroying handles and
   // streams then races the CUDA runtime's own teardown. The driver releases all at process exit.
-  DL_CUDA_CHECK(cudaSetDevice(0));
+  DL_CUDA_CHECK(cudaSetDevice(g_device_index % count));
   cudaStream_t stream = nullptr;
   DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto* context = new Context;
@@ -185,6 +188,10 @@ class CudaBackend final : public DeviceBackend {
 };
 
 }  // namespace
+
+void select_device(int index) {
+  g_device_index = index;
+}
 
 void init() {
   const InitResult& result = init_result();

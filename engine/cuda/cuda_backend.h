@@ -16,9 +16,13 @@
 
 namespace dl::cuda {
 
-// Initialises device 0, the compute stream and the allocator once; later calls return at once.
-// Throws dl::Error saying what to do when no GPU is usable: no device ("no CUDA device found:
-// use the CPU device"), or a driver older than the CUDA runtime (both versions named).
+// The GPU init() will use: `index` modulo the machine's count (0 unless set). Call it before the
+// first CUDA work (engine/runtime.h's select_gpu).
+void select_device(int index);
+// Initialises the selected device (select_device), the compute stream and the allocator once; later
+// calls return at once. Throws dl::Error saying what to do when no GPU is usable: no device ("no
+// CUDA device found: use the CPU device"), or a driver older than the CUDA runtime (both versions
+// named).
 void init();
 // Whether init() succeeds; never throws.
 bool available();

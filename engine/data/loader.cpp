@@ -43,6 +43,8 @@ DataLoader::DataLoader(const ImageDataset& data, LoaderOptions options)
   DL_CHECK(options_.workers >= 1, "need at least one loader worker, got ", options_.workers);
   DL_CHECK(options_.prefetch >= 1, "prefetch must be at least 1, got ", options_.prefetch);
   DL_CHECK(data_.size() > 0, "the data set is empty");
+  DL_CHECK(options_.ranks >= 1 && options_.rank >= 0 && options_.rank < options_.ranks,
+           "DataLoader: rank ", options_.rank, " of ", options_.ranks, " is not a rank");
   if (options_.augment) validate(options_.augmentation, static_cast<int>(data_.channels));
   DL_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size,
            " with drop_last leaves no "
@@ -57,6 +59,11 @@ DataLoader::~DataLoader() {
 int64_t DataLoader::batches_per_epoch() const {
   const int64_t n = data_.size(), b = options_.batch_size;
   return options_.drop_last ? n / b : (n + b - 1) / b;
+}
+
+int64_t DataLoader::last_batch_size() const {
+  const int64_t b = options_.batch_size, rest = data_.size() % b;
+  return options_.drop_last || rest == 0 ? b : rest;
 }
 
 void DataLoader::stop_workers() {
@@ -132,11 +139,14 @@ bool DataLoader::next(Batch& out) {
 }
 
 Batch DataLoader::make_batch(int64_t epoch, int64_t batch) const {
-  const int64_t begin = batch * options_.batch_size;
-  const int64_t count = std::min(options_.batch_size, data_.size() - begin);
+  const int64_t global_begin = batch * options_.batch_size;
+  const int64_t global_count = std::min(options_.batch_size, data_.size() - global_begin);
+  const int64_t begin = global_begin + global_count * options_.rank / options_.ranks;
+  const int64_t count = global_begin + global_count * (options_.rank + 1) / options_.ranks - begin;
   const int h = static_cast<int>(data_.height), w = static_cast<int>(data_.width),
             c = static_cast<int>(data_.channels);
   Batch out;
+  out.global_size = global_count;
   out.images = Tensor::empty({count, data_.height, data_.width, data_.channels});
   out.labels = Tensor::empty({count}, DType::i64);
   float* images = out.images.data<float>();

@@ -17,8 +17,9 @@
 namespace dl::data {
 
 struct Batch {
-  Tensor images;  // [B, H, W, C] f32, normalised (and augmented when training)
-  Tensor labels;  // [B] i64
+  Tensor images;            // [B, H, W, C] f32, normalised (and augmented when training)
+  Tensor labels;            // [B] i64
+  int64_t global_size = 0;  // the images of the global batch this rank's B are a slice of
 };
 
 // Mean and standard deviation of each channel of a data set's pixels on the [0, 1] scale (in
@@ -37,6 +38,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
   int workers = 2;   // threads preparing batches
   int prefetch = 2;  // batches prepared ahead of the consumer, per worker
+  // Data parallelism: each batch of batch_size images (the global batch, in the one order of
+  // the epoch) is split over `ranks` processes and this one gets the slice of rank `rank`:
+  // images [n * rank / ranks, n * (rank + 1) / ranks) of a batch of n.
+  int rank = 0, ranks = 1;
 };
 
 class DataLoader {
@@ -50,6 +55,8 @@ class DataLoader {
   DataLoader& operator=(const DataLoader&) = delete;
 
   int64_t batches_per_epoch() const;
+  // The images of the epoch's last batch (batch_size unless it is a partial one).
+  int64_t last_batch_size() const;
   // Starts an epoch at batch `first_batch` (non-zero when resuming mid-epoch).
   void start_epoch(int64_t epoch, int64_t first_batch = 0);
   // The next batch of the epoch; false once the epoch is exhausted.
