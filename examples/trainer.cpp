@@ -646,9 +646,8 @@ class QuietUnlessRankZero {
 void check_ranks(const TrainConfig& cfg, int ranks) {
   if (ranks == 1) return;
   DL_CHECK(cfg.batch % ranks == 0, "--batch ", cfg.batch,
-           " (the global batch) does not split "
-           "evenly over ",
-           ranks, " ranks: choose a multiple of ", ranks);
+           " (the global batch) does not split evenly over ", ranks,
+           " ranks: choose a multiple of ", ranks);
   DL_CHECK(!cfg.sync_bn || resolve_device(cfg.device).is_cpu(),
            "--sync-bn runs on the CPU only so far: leave it out on the GPU (each rank then "
            "normalises its own slice of the batch)");

@@ -8,19 +8,26 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
                                  int64_t bucket_bytes)
     : comm_(comm), params_(std::move(params)) {
   DL_CHECK(bucket_bytes > 0, "GradientReducer: the bucket size must be positive");
+  std::vector<int64_t> sizes;  // each bucket's elements
   for (size_t k = params_.size(); k-- > 0;) {
     const Tensor& p = params_[k];
     DL_CHECK(p.dtype() == DType::f32, "GradientReducer: parameter ", k, " is ",
              dtype_name(p.dtype()), ", expected F32");
     const int64_t bytes = p.numel() * static_cast<int64_t>(sizeof(float));
-    const bool fits = !buckets_.empty() && buckets_.back().flat.device() == p.device() &&
-                      buckets_.back().flat.numel() * 4 + bytes <= bucket_bytes;
-    if (!fits) buckets_.push_back({{}, Tensor::empty({0}, DType::f32, p.device())});
-    Bucket& bucket = buckets_.back();
-    bucket.params.push_back(k);
-    bucket.flat = Tensor::empty({bucket.flat.numel() + p.numel()}, DType::f32, p.device());
+    const bool fits = !buckets_.empty() &&
+                      params_[buckets_.back().params.front()].device() == p.device() &&
+                      (sizes.back() * static_cast<int64_t>(sizeof(float)) + bytes <= bucket_bytes);
+    if (!fits) {
+      buckets_.emplace_back();
+      sizes.push_back(0);
+    }
+    buckets_.back().params.push_back(k);
+    sizes.back() += p.numel();
     bytes_ += bytes;
   }
+  for (size_t b = 0; b < buckets_.size(); ++b)
+    buckets_[b].flat =
+        Tensor::empty({sizes[b]}, DType::f32, params_[buckets_[b].params.front()].device());
 }
 
 void GradientReducer::sum_gradients() {
