@@ -5,6 +5,7 @@
 # --precision bf16 on a GPU. --help (-h) prints this script's usage and the trainer's flags only.
 # Data: $DATA, else data/cifar-10-batches-bin (scripts/get_cifar10.sh), else data/cifar10
 # (image folders), else this workplace's ../shared/data/cifar10-jpeg.tar.gz extracted into data/.
+# GPUS=all (or a number) trains data-parallel on this machine's GPUs, one rank each (mpirun).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,7 @@ usage() {
     now+=" (does not exist)"
   fi
   cat <<USAGE
-usage: [DATA=<data set>] scripts/train.sh [trainer flags]
+usage: [DATA=<data set>] [GPUS=all|N] scripts/train.sh [trainer flags]
 
 Trains ConvMixer-256/8 on CIFAR-10 with the recipe's defaults (--device auto: the GPU when the
 build has CUDA and cuDNN and a GPU is present, else the CPU). It installs missing packages
@@ -52,6 +53,12 @@ The data set is the first of:
   data/cifar10               image folders (data/cifar10/train/<class>/...)
   $tarball  extracted into data/cifar10 on the first run
 Here and now: $now
+
+GPUS=all (or a number N) trains data-parallel on all (N) GPUs of this machine, one rank each:
+
+  mpirun -np <GPUs> build/examples/train --data <data set> --cache-dir $cache --device cuda [trainer flags]
+
+--batch stays the global batch, split over the GPUs (the trainer's --help, the README).
 
 The decoded set is cached in $cache and reused while its source files are unchanged. Trainer
 flags come after the two above and override them (--cache-dir '' turns the cache off). The script
@@ -80,6 +87,23 @@ for arg in "$@"; do
   fi
 done
 
+# GPUS: how many ranks (0: no mpirun), checked before anything is installed or built.
+ranks=0
+if [[ -n ${GPUS:-} ]]; then
+  if [[ $GPUS == all ]]; then
+    ranks=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    if [[ $ranks -eq 0 ]]; then
+      echo "GPUS=all: nvidia-smi lists no GPU on this machine" >&2
+      exit 1
+    fi
+  elif [[ $GPUS =~ ^[1-9][0-9]{0,3}$ ]]; then
+    ranks=$GPUS
+  else
+    echo "GPUS must be 'all' or a number of GPUs, got '$GPUS'" >&2
+    exit 1
+  fi
+fi
+
 scripts/setup.sh
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build --target train predict -j "$(nproc)"
@@ -94,4 +118,16 @@ if [[ -n $extract ]]; then
   echo "extracting $extract into data/ (ignored by git)"
   mkdir -p data && tar xzf "$extract" -C data
 fi
-exec build/examples/train --data "$data" --cache-dir "$cache" "$@"
+if [[ $ranks -eq 0 ]]; then
+  exec build/examples/train --data "$data" --cache-dir "$cache" "$@"
+fi
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "GPUS=$GPUS needs mpirun (openmpi-bin), which scripts/setup.sh did not find" >&2
+  exit 1
+fi
+# OpenMPI refuses root unless told twice; a user who set GPUS asked for the launch.
+if [[ $(id -u) -eq 0 ]]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+echo "training on $ranks GPUs: mpirun -np $ranks build/examples/train ..."
+exec mpirun -np "$ranks" build/examples/train --data "$data" --cache-dir "$cache" --device cuda "$@"

@@ -31,7 +31,6 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
 }
 
 void GradientReducer::sum_gradients() {
-  if (comm_.size() == 1) return;
   for (Bucket& bucket : buckets_) {
     int64_t offset = 0;
     for (size_t k : bucket.params) {

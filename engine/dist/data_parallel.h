@@ -21,7 +21,8 @@ class GradientReducer {
 
   GradientReducer(Communicator& comm, std::vector<Tensor> params,
                   int64_t bucket_bytes = kBucketBytes);
-  // Replaces each parameter's gradient by its sum over the ranks (nothing to do on one rank).
+  // Replaces each parameter's gradient by its sum over the ranks (on one rank: by itself, a
+  // missing one by zeros).
   void sum_gradients();
   // Bytes summed per call, and in how many collectives.
   int64_t bytes() const { return bytes_; }
