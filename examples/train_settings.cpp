@@ -395,9 +395,9 @@ std::vector<Setting> make_table() {
       boolean(
           {"hflip", S::run, "random horizontal flips"},
           [](auto& c) -> auto& { return c.augmentation.hflip; }),
-      integer<int>(
-          {"ra-n", S::run, "RandAugment operations per image (0: off)"},
-          [](auto& c) -> auto& { return c.augmentation.randaugment_n; }, off_or_positive),
+      integer<int>({"ra-n", S::run, "RandAugment operations per image (0: off)"},
+                   [](auto& c) -> auto& { return c.augmentation.randaugment_n; },
+                   {0, data::kMaxRandAugmentOps, "must be in [0, 16]"}),
       only(
           integer<int>({"ra-m", S::run, "RandAugment magnitude (0..30)"},
                        [](auto& c) -> auto& { return c.augmentation.randaugment_m; },

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numbers>
 #include <string>
 #include <tuple>
@@ -560,6 +561,9 @@ TEST_CASE("bad augmentation settings throw one clear error", "[augment]") {
   config.erasing_p = 1.5f;
   check(config, "erasing_p");
   config = {};
+  config.randaugment_n = kMaxRandAugmentOps + 1;
+  check(config, "randaugment_n) must be in [0, 16]");
+  config = {};
   config.resized_scale_min = 0.0f;
   check(config, "scale range");
   config = {};
@@ -571,6 +575,26 @@ TEST_CASE("bad augmentation settings throw one clear error", "[augment]") {
   REQUIRE_THROWS_WITH(validate(AugmentConfig{}, 4), Contains("1 or 3 channels"));
   REQUIRE_THROWS_WITH(apply_randaugment_op("Blur", 0.0f, px.data(), 4, 4, 3, nullptr),
                       Contains("unknown RandAugment op 'Blur'"));
+  // Parameters that no draw makes (another device's, a corrupted copy) are refused by name.
+  const auto check_params = [&](AugmentConfig c, AugmentParams p, const std::string& message) {
+    REQUIRE_THROWS_WITH(apply_augment(c, p, px.data(), 4, 4, 3, out.data()), Contains(message));
+  };
+  AugmentParams params;
+  params.ops = kMaxRandAugmentOps + 1;
+  check_params({}, params, "RandAugment operations");
+  params = {};
+  params.ops = 1;
+  params.op[0] = 14;
+  check_params({}, params, "op 14 is not a RandAugment operation");
+  params = {};
+  params.erase = true;
+  params.erase_top = 3, params.erase_h = 2, params.erase_w = 1;
+  check_params({}, params, "erased rectangle lies outside the image");
+  AugmentConfig resized;
+  resized.crop = Crop::resized;
+  params = {};
+  params.crop_h = 5, params.crop_w = 4;
+  check_params(resized, params, "must lie inside the 4x4 image");
 }
 
 // PIL's BILINEAR resize (Image.resize, and interpolate(antialias=True)) written out in 2D in
@@ -705,6 +729,83 @@ TEST_CASE("Antialiased bilinear resize follows PIL's filter") {
           for (int k = 0; k < c; ++k)
             REQUIRE(out[(static_cast<size_t>(y) * out_w + x) * c + k] ==
                     Approx(resize_reference(in, out_h, out_w, y, x, k)).margin(1e-3));
+    }
+  }
+}
+
+namespace {
+
+// The pipeline step by step through the public transforms, each drawing from `gen` as it runs:
+// what augment() computed before its draws were split from their application.
+std::vector<float> augment_step_by_step(const AugmentConfig& config, const Image& in,
+                                        Generator& gen) {
+  Image cur = in, next(in.h, in.w, in.c);
+  const int h = in.h, w = in.w, c = in.c;
+  if (config.crop == Crop::random) {
+    random_crop(cur.px.data(), h, w, c, config.crop_padding, next.px.data(), gen);
+    std::swap(cur, next);
+  } else if (config.crop == Crop::resized) {
+    random_resized_crop(cur.px.data(), h, w, c, config.resized_scale_min, config.resized_scale_max,
+                        config.resized_ratio_min, config.resized_ratio_max, next.px.data(), gen);
+    std::swap(cur, next);
+  }
+  if (config.hflip && gen.uniform() < 0.5f) {
+    hflip(cur.px.data(), h, w, c, next.px.data());
+    std::swap(cur, next);
+  }
+  if (config.randaugment_n > 0) {
+    randaugment(cur.px.data(), h, w, c, config.randaugment_n, config.randaugment_m, next.px.data(),
+                gen);
+    std::swap(cur, next);
+  }
+  if (config.jitter > 0.0f) {
+    color_jitter(cur.px.data(), h, w, c, config.jitter, next.px.data(), gen);
+    std::swap(cur, next);
+  }
+  std::vector<float> out(cur.px.size());
+  normalize(config, cur.px.data(), h, w, c, out.data());
+  if (config.erasing_p > 0.0f) random_erasing(out.data(), h, w, c, config.erasing_p, gen);
+  return out;
+}
+
+}  // namespace
+
+// augment() draws every random choice first (draw_augment) and then applies them (apply_augment):
+// its images must be those of the transforms run one after the other, each drawing as it goes.
+TEST_CASE("augment equals its transforms run one by one on the same generator", "[augment]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  AugmentConfig everything;
+  everything.crop = Crop::random;
+  everything.randaugment_n = 2;
+  everything.randaugment_m = 12;
+  everything.jitter = 0.4f;
+  everything.erasing_p = 0.5f;
+  AugmentConfig resized;
+  resized.crop = Crop::resized;
+  resized.resized_scale_min = 0.35f;
+  resized.resized_ratio_min = 0.75f;
+  resized.resized_ratio_max = 1.33f;
+  resized.randaugment_n = 3;
+  resized.randaugment_m = 9;
+  resized.erasing_p = 1.0f;
+  resized.mean = {0.5f};
+  resized.std = {0.25f};
+  const AugmentConfig flip_only;
+  Generator pixels(seed);
+  for (const auto& [config, h, w, c] :
+       {std::tuple{everything, 32, 32, 3}, std::tuple{resized, 28, 20, 1},
+        std::tuple{flip_only, 17, 23, 3}}) {
+    const Image in = random_image(h, w, c, pixels);
+    for (uint64_t k = 0; k < 24; ++k) {
+      INFO("image " << h << "x" << w << "x" << c << ", draw " << k);
+      Generator a(seed + k), b(seed + k);
+      std::vector<float> got(in.px.size(), std::nanf(""));
+      augment(config, in.px.data(), h, w, c, got.data(), a);
+      const std::vector<float> want = augment_step_by_step(config, in, b);
+      REQUIRE(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)) == 0);
+      // Both consumed the same draws.
+      REQUIRE(a.below(1u << 30) == b.below(1u << 30));
     }
   }
 }

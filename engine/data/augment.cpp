@@ -7,6 +7,8 @@
 #include <array>
 #include <cmath>
 #include <numbers>
+#include <optional>
+#include <utility>
 
 #include "engine/error.h"
 
@@ -345,6 +347,101 @@ void normalize_unchecked(const AugmentConfig& config, const uint8_t* in, int h, 
   }
 }
 
+// A window of an image: corner and size.
+struct Box {
+  int top = 0, left = 0, h = 0, w = 0;
+};
+
+// RandomCrop's corner in the image padded by `padding`.
+Box draw_padded_crop(int padding, Generator& gen) {
+  Box box;
+  if (padding > 0) {
+    box.top = static_cast<int>(gen.below(2 * static_cast<uint64_t>(padding) + 1));
+    box.left = static_cast<int>(gen.below(2 * static_cast<uint64_t>(padding) + 1));
+  }
+  return box;
+}
+
+// RandomResizedCrop's box: ten tries at a random one, then torchvision's centre crop fallback.
+Box draw_resized_box(int h, int w, float scale_min, float scale_max, float ratio_min,
+                     float ratio_max, Generator& gen) {
+  const double area = static_cast<double>(h) * w;
+  const float log_lo = std::log(ratio_min), log_hi = std::log(ratio_max);
+  for (int t = 0; t < kTries; ++t) {
+    const double target = area * uniform(gen, scale_min, scale_max);
+    const double aspect = std::exp(uniform(gen, log_lo, log_hi));
+    const int cw = static_cast<int>(std::nearbyint(std::sqrt(target * aspect)));
+    const int ch = static_cast<int>(std::nearbyint(std::sqrt(target / aspect)));
+    if (cw > 0 && cw <= w && ch > 0 && ch <= h) {
+      const int top = static_cast<int>(gen.below(static_cast<uint64_t>(h - ch) + 1));
+      const int left = static_cast<int>(gen.below(static_cast<uint64_t>(w - cw) + 1));
+      return {top, left, ch, cw};
+    }
+  }
+  const double in_ratio = static_cast<double>(w) / h;
+  int cw = w, ch = h;
+  if (in_ratio < ratio_min) {
+    ch = static_cast<int>(std::nearbyint(cw / static_cast<double>(ratio_min)));
+  } else if (in_ratio > ratio_max) {
+    cw = static_cast<int>(std::nearbyint(ch * static_cast<double>(ratio_max)));
+  }
+  return {(h - ch) / 2, (w - cw) / 2, ch, cw};
+}
+
+// One RandAugment operation: uniform among the 14, signed ones negated with p = 0.5.
+std::pair<Op, float> draw_randaugment_op(int bin, int h, int w, Generator& gen) {
+  const Op op = static_cast<Op>(gen.below(static_cast<uint64_t>(Op::Equalize) + 1));
+  float mag = table_magnitude(op, bin, h, w);
+  if (is_signed(op) && gen.below(2) == 1) mag = -mag;
+  return {op, mag};
+}
+
+// ColorJitter's order (a random permutation) and factors, uniform in [max(0, 1 - j), 1 + j].
+void draw_jitter(float jitter, Generator& gen, std::array<int, 3>& order,
+                 std::array<float, 3>& factor) {
+  order = {0, 1, 2};
+  for (int i = 2; i > 0; --i) std::swap(order[i], order[gen.below(static_cast<uint64_t>(i) + 1)]);
+  const float lo = std::max(0.0f, 1.0f - jitter), hi = 1.0f + jitter;
+  for (float& f : factor) f = uniform(gen, lo, hi);
+}
+
+void apply_jitter(const std::array<int, 3>& order, const std::array<float, 3>& factor,
+                  const uint8_t* in, int h, int w, int c, uint8_t* out) {
+  std::vector<uint8_t> cur(in, in + numel(h, w, c)), next(cur.size());
+  for (int fn : order) {
+    if (fn == 0) adjust_brightness(cur.data(), h, w, c, factor[0], next.data());
+    if (fn == 1) adjust_contrast(cur.data(), h, w, c, factor[1], next.data());
+    if (fn == 2) adjust_saturation(cur.data(), h, w, c, factor[2], next.data());
+    cur.swap(next);
+  }
+  std::copy(cur.begin(), cur.end(), out);
+}
+
+// RandomErasing's rectangle (scale 0.02-0.33, ratio 0.3-3.3), if it erases at all.
+std::optional<Box> draw_erasing(int h, int w, float p, Generator& gen) {
+  if (!(gen.uniform() < p)) return std::nullopt;
+  const double area = static_cast<double>(h) * w;
+  const float log_lo = std::log(0.3f), log_hi = std::log(3.3f);
+  for (int t = 0; t < kTries; ++t) {
+    const double target = area * uniform(gen, 0.02f, 0.33f);
+    const double aspect = std::exp(uniform(gen, log_lo, log_hi));
+    const int eh = static_cast<int>(std::nearbyint(std::sqrt(target * aspect)));
+    const int ew = static_cast<int>(std::nearbyint(std::sqrt(target / aspect)));
+    if (!(eh < h && ew < w)) continue;
+    const int top = static_cast<int>(gen.below(static_cast<uint64_t>(h - eh) + 1));
+    const int left = static_cast<int>(gen.below(static_cast<uint64_t>(w - ew) + 1));
+    return Box{top, left, eh, ew};
+  }
+  return std::nullopt;
+}
+
+void erase(float* img, int w, int c, const Box& box) {
+  for (int y = box.top; y < box.top + box.h; ++y) {
+    float* row = img + (static_cast<size_t>(y) * w + box.left) * c;
+    std::fill(row, row + static_cast<size_t>(box.w) * c, 0.0f);
+  }
+}
+
 }  // namespace
 
 std::vector<float> cifar10_mean() {
@@ -368,10 +465,9 @@ void validate_options(const AugmentConfig& config) {
            "random-resized-crop ratio range (AugmentConfig.resized_ratio_min/max) must satisfy "
            "0 < min <= max, got (",
            config.resized_ratio_min, ", ", config.resized_ratio_max, ")");
-  DL_CHECK(
-      config.randaugment_n >= 0,
-      "RandAugment operations per image (AugmentConfig.randaugment_n) must be non-negative, got ",
-      config.randaugment_n);
+  DL_CHECK(config.randaugment_n >= 0 && config.randaugment_n <= kMaxRandAugmentOps,
+           "RandAugment operations per image (AugmentConfig.randaugment_n) must be in [0, ",
+           kMaxRandAugmentOps, "], got ", config.randaugment_n);
   DL_CHECK(config.randaugment_m >= 0 && config.randaugment_m < kBins,
            "RandAugment magnitude (AugmentConfig.randaugment_m) must be in [0, ", kBins - 1,
            "], got ", config.randaugment_m);
@@ -397,6 +493,44 @@ void augment(const AugmentConfig& config, const uint8_t* in, int h, int w, int c
              Generator& gen) {
   check_image(h, w, c);
   validate(config, c);
+  apply_augment(config, draw_augment(config, h, w, gen), in, h, w, c, out);
+}
+
+AugmentParams draw_augment(const AugmentConfig& config, int h, int w, Generator& gen) {
+  DL_CHECK(h > 0 && w > 0, "image size must be positive, got ", h, "x", w);
+  validate_options(config);
+  AugmentParams p;
+  Box crop;
+  if (config.crop == Crop::random) {
+    crop = draw_padded_crop(config.crop_padding, gen);
+  } else if (config.crop == Crop::resized) {
+    crop = draw_resized_box(h, w, config.resized_scale_min, config.resized_scale_max,
+                            config.resized_ratio_min, config.resized_ratio_max, gen);
+  }
+  p.crop_top = crop.top, p.crop_left = crop.left, p.crop_h = crop.h, p.crop_w = crop.w;
+  p.flip = config.hflip && gen.uniform() < 0.5f;
+  p.ops = config.randaugment_n;
+  for (int i = 0; i < p.ops; ++i) {
+    const auto [op, magnitude] = draw_randaugment_op(config.randaugment_m, h, w, gen);
+    p.op[i] = static_cast<int>(op);
+    p.magnitude[i] = magnitude;
+  }
+  if (config.jitter > 0.0f) draw_jitter(config.jitter, gen, p.jitter_order, p.jitter_factor);
+  if (config.erasing_p > 0.0f) {
+    if (const std::optional<Box> box = draw_erasing(h, w, config.erasing_p, gen)) {
+      p.erase = true;
+      p.erase_top = box->top, p.erase_left = box->left, p.erase_h = box->h, p.erase_w = box->w;
+    }
+  }
+  return p;
+}
+
+void apply_augment(const AugmentConfig& config, const AugmentParams& p, const uint8_t* in, int h,
+                   int w, int c, float* out) {
+  check_image(h, w, c);
+  validate(config, c);
+  DL_CHECK(p.ops >= 0 && p.ops <= kMaxRandAugmentOps, "AugmentParams: ", p.ops,
+           " RandAugment operations");
   std::vector<uint8_t> cur(in, in + numel(h, w, c)), next(cur.size());
   const auto step = [&](auto&& transform) {
     transform(cur.data(), next.data());
@@ -404,27 +538,33 @@ void augment(const AugmentConfig& config, const uint8_t* in, int h, int w, int c
   };
   if (config.crop == Crop::random) {
     step([&](const uint8_t* a, uint8_t* b) {
-      random_crop(a, h, w, c, config.crop_padding, b, gen);
+      padded_crop(a, h, w, c, config.crop_padding, p.crop_top, p.crop_left, b);
     });
   } else if (config.crop == Crop::resized) {
     step([&](const uint8_t* a, uint8_t* b) {
-      random_resized_crop(a, h, w, c, config.resized_scale_min, config.resized_scale_max,
-                          config.resized_ratio_min, config.resized_ratio_max, b, gen);
+      resized_crop(a, h, w, c, p.crop_top, p.crop_left, p.crop_h, p.crop_w, b);
     });
   }
-  if (config.hflip && gen.uniform() < 0.5f) {
-    step([&](const uint8_t* a, uint8_t* b) { hflip(a, h, w, c, b); });
-  }
-  if (config.randaugment_n > 0) {
+  if (p.flip) step([&](const uint8_t* a, uint8_t* b) { hflip(a, h, w, c, b); });
+  for (int i = 0; i < p.ops; ++i) {
+    DL_CHECK(p.op[i] >= 0 && p.op[i] <= static_cast<int>(Op::Equalize), "AugmentParams: op ",
+             p.op[i], " is not a RandAugment operation");
     step([&](const uint8_t* a, uint8_t* b) {
-      randaugment(a, h, w, c, config.randaugment_n, config.randaugment_m, b, gen);
+      apply_op(static_cast<Op>(p.op[i]), p.magnitude[i], a, h, w, c, b);
     });
   }
   if (config.jitter > 0.0f) {
-    step([&](const uint8_t* a, uint8_t* b) { color_jitter(a, h, w, c, config.jitter, b, gen); });
+    step([&](const uint8_t* a, uint8_t* b) {
+      apply_jitter(p.jitter_order, p.jitter_factor, a, h, w, c, b);
+    });
   }
   normalize_unchecked(config, cur.data(), h, w, c, out);
-  if (config.erasing_p > 0.0f) random_erasing(out, h, w, c, config.erasing_p, gen);
+  if (p.erase) {
+    DL_CHECK(p.erase_top >= 0 && p.erase_left >= 0 && p.erase_h >= 0 && p.erase_w >= 0 &&
+                 p.erase_top + p.erase_h <= h && p.erase_left + p.erase_w <= w,
+             "AugmentParams: the erased rectangle lies outside the image");
+    erase(out, w, c, {p.erase_top, p.erase_left, p.erase_h, p.erase_w});
+  }
 }
 
 void normalize(const AugmentConfig& config, const uint8_t* in, int h, int w, int c, float* out) {
@@ -467,12 +607,8 @@ void padded_crop(const uint8_t* in, int h, int w, int c, int padding, int top, i
 void random_crop(const uint8_t* in, int h, int w, int c, int padding, uint8_t* out,
                  Generator& gen) {
   DL_CHECK(padding >= 0, "random crop padding must be non-negative, got ", padding);
-  int top = 0, left = 0;
-  if (padding > 0) {
-    top = static_cast<int>(gen.below(2 * static_cast<uint64_t>(padding) + 1));
-    left = static_cast<int>(gen.below(2 * static_cast<uint64_t>(padding) + 1));
-  }
-  padded_crop(in, h, w, c, padding, top, left, out);
+  const Box box = draw_padded_crop(padding, gen);
+  padded_crop(in, h, w, c, padding, box.top, box.left, out);
 }
 
 void resized_crop(const uint8_t* in, int h, int w, int c, int top, int left, int crop_h, int crop_w,
@@ -522,28 +658,8 @@ void random_resized_crop(const uint8_t* in, int h, int w, int c, float scale_min
   DL_CHECK(ratio_min > 0.0f && ratio_min <= ratio_max,
            "resized crop ratio range must satisfy 0 < min <= max, got (", ratio_min, ", ",
            ratio_max, ")");
-  const double area = static_cast<double>(h) * w;
-  const float log_lo = std::log(ratio_min), log_hi = std::log(ratio_max);
-  for (int t = 0; t < kTries; ++t) {
-    const double target = area * uniform(gen, scale_min, scale_max);
-    const double aspect = std::exp(uniform(gen, log_lo, log_hi));
-    const int cw = static_cast<int>(std::nearbyint(std::sqrt(target * aspect)));
-    const int ch = static_cast<int>(std::nearbyint(std::sqrt(target / aspect)));
-    if (cw > 0 && cw <= w && ch > 0 && ch <= h) {
-      const int top = static_cast<int>(gen.below(static_cast<uint64_t>(h - ch) + 1));
-      const int left = static_cast<int>(gen.below(static_cast<uint64_t>(w - cw) + 1));
-      resized_crop(in, h, w, c, top, left, ch, cw, out);
-      return;
-    }
-  }
-  const double in_ratio = static_cast<double>(w) / h;
-  int cw = w, ch = h;
-  if (in_ratio < ratio_min) {
-    ch = static_cast<int>(std::nearbyint(cw / static_cast<double>(ratio_min)));
-  } else if (in_ratio > ratio_max) {
-    cw = static_cast<int>(std::nearbyint(ch * static_cast<double>(ratio_max)));
-  }
-  resized_crop(in, h, w, c, (h - ch) / 2, (w - cw) / 2, ch, cw, out);
+  const Box box = draw_resized_box(h, w, scale_min, scale_max, ratio_min, ratio_max, gen);
+  resized_crop(in, h, w, c, box.top, box.left, box.h, box.w, out);
 }
 
 const std::vector<std::string>& randaugment_ops() {
@@ -572,12 +688,9 @@ void randaugment(const uint8_t* in, int h, int w, int c, int num_ops, int bin, u
   DL_CHECK(bin >= 0 && bin < kBins, "RandAugment magnitude must be in [0, ", kBins - 1, "], got ",
            bin);
   std::vector<uint8_t> cur(in, in + numel(h, w, c)), next(cur.size());
-  const uint64_t num_choices = randaugment_ops().size();
   for (int i = 0; i < num_ops; ++i) {
-    const Op op = static_cast<Op>(gen.below(num_choices));
-    double mag = table_magnitude(op, bin, h, w);
-    if (is_signed(op) && gen.below(2) == 1) mag = -mag;
-    apply_op(op, mag, cur.data(), h, w, c, next.data());
+    const auto [op, magnitude] = draw_randaugment_op(bin, h, w, gen);
+    apply_op(op, magnitude, cur.data(), h, w, c, next.data());
     cur.swap(next);
   }
   std::copy(cur.begin(), cur.end(), out);
@@ -587,43 +700,16 @@ void color_jitter(const uint8_t* in, int h, int w, int c, float jitter, uint8_t*
                   Generator& gen) {
   check_image(h, w, c);
   DL_CHECK(jitter >= 0.0f, "color jitter must be non-negative, got ", jitter);
-  std::array<int, 3> order{0, 1, 2};
-  for (int i = 2; i > 0; --i) {
-    std::swap(order[i], order[gen.below(static_cast<uint64_t>(i) + 1)]);
-  }
-  const float lo = std::max(0.0f, 1.0f - jitter), hi = 1.0f + jitter;
-  std::array<double, 3> factor{};
-  for (double& f : factor) f = uniform(gen, lo, hi);
-  std::vector<uint8_t> cur(in, in + numel(h, w, c)), next(cur.size());
-  for (int fn : order) {
-    if (fn == 0) adjust_brightness(cur.data(), h, w, c, factor[0], next.data());
-    if (fn == 1) adjust_contrast(cur.data(), h, w, c, factor[1], next.data());
-    if (fn == 2) adjust_saturation(cur.data(), h, w, c, factor[2], next.data());
-    cur.swap(next);
-  }
-  std::copy(cur.begin(), cur.end(), out);
+  std::array<int, 3> order;
+  std::array<float, 3> factor;
+  draw_jitter(jitter, gen, order, factor);
+  apply_jitter(order, factor, in, h, w, c, out);
 }
 
 void random_erasing(float* img, int h, int w, int c, float p, Generator& gen) {
   DL_CHECK(h > 0 && w > 0 && c > 0, "image size must be positive, got ", h, "x", w, "x", c);
   DL_CHECK(p >= 0.0f && p <= 1.0f, "random erasing probability must be in [0, 1], got ", p);
-  if (!(gen.uniform() < p)) return;
-  const double area = static_cast<double>(h) * w;
-  const float log_lo = std::log(0.3f), log_hi = std::log(3.3f);
-  for (int t = 0; t < kTries; ++t) {
-    const double target = area * uniform(gen, 0.02f, 0.33f);
-    const double aspect = std::exp(uniform(gen, log_lo, log_hi));
-    const int eh = static_cast<int>(std::nearbyint(std::sqrt(target * aspect)));
-    const int ew = static_cast<int>(std::nearbyint(std::sqrt(target / aspect)));
-    if (!(eh < h && ew < w)) continue;
-    const int top = static_cast<int>(gen.below(static_cast<uint64_t>(h - eh) + 1));
-    const int left = static_cast<int>(gen.below(static_cast<uint64_t>(w - ew) + 1));
-    for (int y = top; y < top + eh; ++y) {
-      float* row = img + (static_cast<size_t>(y) * w + left) * c;
-      std::fill(row, row + static_cast<size_t>(ew) * c, 0.0f);
-    }
-    return;
-  }
+  if (const std::optional<Box> box = draw_erasing(h, w, p, gen)) erase(img, w, c, *box);
 }
 
 }  // namespace dl::data

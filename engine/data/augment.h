@@ -4,6 +4,7 @@
 // -> ToTensor + Normalize -> RandomErasing. Every random draw comes from the Generator passed in.
 // Unless stated otherwise, `in` and `out` are distinct buffers of the same [h, w, c] size.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -38,6 +39,30 @@ struct AugmentConfig {
   std::vector<float> mean = cifar10_mean(), std = cifar10_std();
 };
 
+// At most this many RandAugment operations per image (validate_options refuses more).
+inline constexpr int kMaxRandAugmentOps = 16;
+
+// One image's random choices. Every draw depends on the image's size and the Generator only, never
+// on its pixels, so they are drawn first (draw_augment) and applied after (apply_augment): another
+// device given the same parameters makes the same image. A plain struct, to copy to a device.
+struct AugmentParams {
+  // Crop::random: the corner of the window in the image padded by crop_padding. Crop::resized:
+  // the box (top, left, crop_h x crop_w) resized to the image's size.
+  int crop_top = 0, crop_left = 0, crop_h = 0, crop_w = 0;
+  bool flip = false;
+  // RandAugment: `ops` operations, each an index into randaugment_ops() and a signed magnitude.
+  int ops = 0;
+  std::array<int, kMaxRandAugmentOps> op{};
+  std::array<float, kMaxRandAugmentOps> magnitude{};
+  // ColorJitter (jitter > 0): brightness (0), contrast (1) and saturation (2) in this order, with
+  // these factors.
+  std::array<int, 3> jitter_order{0, 1, 2};
+  std::array<float, 3> jitter_factor{1.0f, 1.0f, 1.0f};
+  // RandomErasing: the rectangle set to zero after normalisation, when `erase`.
+  bool erase = false;
+  int erase_top = 0, erase_left = 0, erase_h = 0, erase_w = 0;
+};
+
 // Throws dl::Error naming the first bad field, leaving out mean and std (which depend on the data).
 void validate_options(const AugmentConfig& config);
 // validate_options, then mean and std against images with `channels` channels.
@@ -45,9 +70,14 @@ void validate(const AugmentConfig& config, int channels);
 
 // Training transform of one image: in is uint8 [h, w, c], out is float [h, w, c] normalised.
 // The caller seeds one Generator per sample (from seed, epoch and index), so the result does not
-// depend on threading.
+// depend on threading. The same as apply_augment(config, draw_augment(config, h, w, gen), ...).
 void augment(const AugmentConfig& config, const uint8_t* in, int h, int w, int c, float* out,
              Generator& gen);
+// The random choices of augment() for an h x w image, in the order augment() draws them.
+AugmentParams draw_augment(const AugmentConfig& config, int h, int w, Generator& gen);
+// augment() with its choices given.
+void apply_augment(const AugmentConfig& config, const AugmentParams& params, const uint8_t* in,
+                   int h, int w, int c, float* out);
 // Evaluation transform: out = (in / 255 - mean) / std per channel.
 void normalize(const AugmentConfig& config, const uint8_t* in, int h, int w, int c, float* out);
 
