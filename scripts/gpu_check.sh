@@ -130,10 +130,10 @@ PY
 [[ -n ${DATA:-} ]] && step predict-parity predict_parity
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
-cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_trainer)
+cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_trainer test_cuda_augment)
 # Under the sanitizers: the kernel and op tests (the trainer test's thousands of launches would take
 # longer than the sanitizer's timeout, and it runs the same kernels).
-sanitized_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops)
+sanitized_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_augment)
 for bin in "${cuda_tests[@]}"; do
   if grep -q "$bin .*Passed" "$out/tests.log"; then
     summary+=("PASS  $bin executed on the GPU")
@@ -160,6 +160,8 @@ if [[ ${SKIP_KERNEL_BENCH:-0} != 1 && -x $build/examples/bench_kernels ]]; then
   python3 scripts/plot_kernel_bench.py "$out/kernels.csv" -o "$out/kernel_speedups.png" \
     >/dev/null 2>&1 || true
 fi
+# Augmentation on the GPU (issue 16's bar: 200k images/s at 32x32, RandAugment N 2 M 12).
+step bench-augment "$build/tests/test_cuda_augment" "[.bench]"
 if [[ ${SKIP_STEP_BENCH:-0} != 1 ]]; then
   step bench-step scripts/bench_gpu.sh "$build"
   # Where a step's time goes, op by op (each op synchronized: see engine/profile.h).

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "engine/data/augment.h"
+#include "engine/data/augment_batch.h"
 #include "engine/data/resize.h"
 #include "engine/error.h"
 #include "engine/io/safetensors.h"
@@ -808,4 +809,47 @@ TEST_CASE("augment equals its transforms run one by one on the same generator", 
       REQUIRE(a.below(1u << 30) == b.below(1u << 30));
     }
   }
+}
+
+TEST_CASE("augment_batch makes each image as augment() does, from the set held as one tensor",
+          "[augment]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator pixels(seed);
+  ImageDataset set;
+  set.height = 9, set.width = 7, set.channels = 3;
+  for (int i = 0; i < 12; ++i) {
+    const Image img = random_image(9, 7, 3, pixels);
+    set.pixels.insert(set.pixels.end(), img.px.begin(), img.px.end());
+    set.labels.push_back(i % 10);
+  }
+  AugmentConfig config;
+  config.crop = Crop::random;
+  config.randaugment_n = 2;
+  config.jitter = 0.3f;
+  config.erasing_p = 0.5f;
+  const Tensor images = images_tensor(set, Device::cpu());
+  REQUIRE(images.shape() == Shape{12, 9, 7, 3});
+  const std::vector<int64_t> indices = {11, 0, 5, 5, 3};
+  std::vector<AugmentParams> params;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    Generator gen(seed + i);
+    params.push_back(draw_augment(config, 9, 7, gen));
+  }
+  const Tensor out = augment_batch(images, indices, params, config);
+  REQUIRE(out.shape() == Shape{5, 9, 7, 3});
+  const size_t bytes = 9 * 7 * 3;
+  for (size_t i = 0; i < indices.size(); ++i) {
+    INFO("batch image " << i);
+    Generator gen(seed + i);
+    std::vector<float> want(bytes);
+    augment(config, set.image(indices[i]), 9, 7, 3, want.data(), gen);
+    REQUIRE(std::memcmp(out.data<float>() + i * bytes, want.data(), bytes * sizeof(float)) == 0);
+  }
+  REQUIRE_THROWS_WITH(augment_batch(images, {12}, {AugmentParams{}}, config),
+                      Contains("image 12 is outside the 12 images"));
+  REQUIRE_THROWS_WITH(augment_batch(images, {1, 2}, {AugmentParams{}}, config),
+                      Contains("2 indices but 1 parameter sets"));
+  REQUIRE_THROWS_WITH(augment_batch(Tensor::zeros({2, 9, 7, 3}), {0}, {AugmentParams{}}, config),
+                      Contains("contiguous uint8 [n, h, w, c]"));
 }

@@ -19,22 +19,7 @@ namespace {
 constexpr int kBins = 31;   // num_magnitude_bins
 constexpr int kTries = 10;  // RandomResizedCrop / RandomErasing attempts
 
-enum class Op {
-  Identity,
-  ShearX,
-  ShearY,
-  TranslateX,
-  TranslateY,
-  Rotate,
-  Brightness,
-  Color,
-  Contrast,
-  Sharpness,
-  Posterize,
-  Solarize,
-  AutoContrast,
-  Equalize,
-};
+using Op = RandAugmentOp;
 
 bool is_signed(Op op) {
   return op >= Op::ShearX && op <= Op::Sharpness;
@@ -231,13 +216,40 @@ std::array<double, 6> inverse_affine(double cx, double cy, double angle, double 
   return m;
 }
 
-// F_t.affine with nearest interpolation and zero fill: the affine grid at pixel centres, then
-// grid_sample(align_corners=False) rounding the source position half to even.
-void warp_nearest(const std::array<double, 6>& m, const uint8_t* in, int h, int w, int c,
-                  uint8_t* out) {
+// The affine grid's coefficients in grid units: m divided by half the width (x) or height (y).
+std::array<float, 6> grid_of(const std::array<double, 6>& m, int h, int w) {
   const float half_w = 0.5f * static_cast<float>(w), half_h = 0.5f * static_cast<float>(h);
   std::array<float, 6> t{};
   for (int k = 0; k < 6; ++k) t[k] = static_cast<float>(m[k]) / (k < 3 ? half_w : half_h);
+  return t;
+}
+
+// The geometric ops' grids, as torchvision's F.affine builds them.
+std::array<float, 6> warp_grid(Op op, double mag, int h, int w) {
+  switch (op) {
+    case Op::ShearX:  // shear in degrees about the top-left corner (center=[0, 0])
+      return grid_of(
+          inverse_affine(-0.5 * w, -0.5 * h, 0.0, 0.0, 0.0, degrees(std::atan(mag)), 0.0), h, w);
+    case Op::ShearY:
+      return grid_of(
+          inverse_affine(-0.5 * w, -0.5 * h, 0.0, 0.0, 0.0, 0.0, degrees(std::atan(mag))), h, w);
+    case Op::TranslateX:
+      return grid_of(inverse_affine(0.0, 0.0, 0.0, std::trunc(mag), 0.0, 0.0, 0.0), h, w);
+    case Op::TranslateY:
+      return grid_of(inverse_affine(0.0, 0.0, 0.0, 0.0, std::trunc(mag), 0.0, 0.0), h, w);
+    case Op::Rotate:  // F.rotate: counter-clockwise for a positive angle
+      return grid_of(inverse_affine(0.0, 0.0, -mag, 0.0, 0.0, 0.0, 0.0), h, w);
+    default:
+      break;
+  }
+  throw Error("RandAugment op " + randaugment_ops()[static_cast<size_t>(op)] + " is not a warp");
+}
+
+// F_t.affine with nearest interpolation and zero fill: the affine grid at pixel centres, then
+// grid_sample(align_corners=False) rounding the source position half to even.
+void warp_nearest(const std::array<float, 6>& t, const uint8_t* in, int h, int w, int c,
+                  uint8_t* out) {
+  const float half_w = 0.5f * static_cast<float>(w), half_h = 0.5f * static_cast<float>(h);
   for (int i = 0; i < h; ++i) {
     const float y = -half_h + 0.5f + static_cast<float>(i);
     for (int j = 0; j < w; ++j) {
@@ -264,22 +276,12 @@ void apply_op(Op op, double mag, const uint8_t* in, int h, int w, int c, uint8_t
     case Op::Identity:
       std::copy(in, in + numel(h, w, c), out);
       return;
-    case Op::ShearX:  // shear in degrees about the top-left corner (center=[0, 0])
-      warp_nearest(inverse_affine(-0.5 * w, -0.5 * h, 0.0, 0.0, 0.0, degrees(std::atan(mag)), 0.0),
-                   in, h, w, c, out);
-      return;
+    case Op::ShearX:
     case Op::ShearY:
-      warp_nearest(inverse_affine(-0.5 * w, -0.5 * h, 0.0, 0.0, 0.0, 0.0, degrees(std::atan(mag))),
-                   in, h, w, c, out);
-      return;
     case Op::TranslateX:
-      warp_nearest(inverse_affine(0.0, 0.0, 0.0, std::trunc(mag), 0.0, 0.0, 0.0), in, h, w, c, out);
-      return;
     case Op::TranslateY:
-      warp_nearest(inverse_affine(0.0, 0.0, 0.0, 0.0, std::trunc(mag), 0.0, 0.0), in, h, w, c, out);
-      return;
-    case Op::Rotate:  // F.rotate: counter-clockwise for a positive angle
-      warp_nearest(inverse_affine(0.0, 0.0, -mag, 0.0, 0.0, 0.0, 0.0), in, h, w, c, out);
+    case Op::Rotate:
+      warp_nearest(warp_grid(op, mag, h, w), in, h, w, c, out);
       return;
     case Op::Brightness:
       adjust_brightness(in, h, w, c, 1.0 + mag, out);
@@ -660,6 +662,11 @@ void random_resized_crop(const uint8_t* in, int h, int w, int c, float scale_min
            ratio_max, ")");
   const Box box = draw_resized_box(h, w, scale_min, scale_max, ratio_min, ratio_max, gen);
   resized_crop(in, h, w, c, box.top, box.left, box.h, box.w, out);
+}
+
+std::array<float, 6> randaugment_warp_grid(RandAugmentOp op, float magnitude, int h, int w) {
+  DL_CHECK(h > 0 && w > 0, "image size must be positive, got ", h, "x", w);
+  return warp_grid(op, magnitude, h, w);
 }
 
 const std::vector<std::string>& randaugment_ops() {

@@ -39,6 +39,24 @@ struct AugmentConfig {
   std::vector<float> mean = cifar10_mean(), std = cifar10_std();
 };
 
+// RandAugment's 14 operations in torchvision's order (randaugment_ops() names them).
+enum class RandAugmentOp {
+  Identity,
+  ShearX,
+  ShearY,
+  TranslateX,
+  TranslateY,
+  Rotate,
+  Brightness,
+  Color,
+  Contrast,
+  Sharpness,
+  Posterize,
+  Solarize,
+  AutoContrast,
+  Equalize,
+};
+
 // At most this many RandAugment operations per image (validate_options refuses more).
 inline constexpr int kMaxRandAugmentOps = 16;
 
@@ -50,7 +68,7 @@ struct AugmentParams {
   // the box (top, left, crop_h x crop_w) resized to the image's size.
   int crop_top = 0, crop_left = 0, crop_h = 0, crop_w = 0;
   bool flip = false;
-  // RandAugment: `ops` operations, each an index into randaugment_ops() and a signed magnitude.
+  // RandAugment: `ops` operations, each a RandAugmentOp and a signed magnitude.
   int ops = 0;
   std::array<int, kMaxRandAugmentOps> op{};
   std::array<float, kMaxRandAugmentOps> magnitude{};
@@ -105,6 +123,11 @@ float randaugment_magnitude(const std::string& op, int bin, int h, int w);
 // centre, counter-clockwise for a positive angle; translations truncated to whole pixels).
 void apply_randaugment_op(const std::string& op, float magnitude, const uint8_t* in, int h, int w,
                           int c, uint8_t* out);
+// The geometric ops (ShearX to Rotate) as apply_augment warps: the affine grid that maps an output
+// pixel centre (x, y), relative to the image centre, to its source in grid units [-1, 1]:
+// (t0 x + t1 y + t2, t3 x + t4 y + t5), for a device to compute the same warp.
+std::array<float, 6> randaugment_warp_grid(RandAugmentOp op, float magnitude, int h, int w);
+
 // RandAugment(num_ops, magnitude): each op uniform among the 14, signed ops negated with p = 0.5.
 void randaugment(const uint8_t* in, int h, int w, int c, int num_ops, int magnitude, uint8_t* out,
                  Generator& gen);
