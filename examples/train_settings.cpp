@@ -352,6 +352,11 @@ std::vector<Setting> make_table() {
                     "must keep up with the step; 2 on the CPU, which the step needs)"},
                    [](auto& c) -> auto& { return c.workers; },
                    {0, kMaxThreads, "must be 0 (automatic) or in [1, 1024]"}),
+      boolean(
+          {"data-on-device", S::invocation,
+           "keep the decoded data set in GPU memory and augment batches there (the same "
+           "images as the CPU workers make); not yet run on a GPU"},
+          [](auto& c) -> auto& { return c.data_on_device; }),
       integer<uint64_t>(
           {"seed", S::run, "seed for initialisation, shuffling and augmentation"},
           [](auto& c) -> auto& { return c.seed; }, non_negative),

@@ -48,6 +48,7 @@ struct TrainConfig {
   bool tf32 = false;
   std::string device = "auto";   // auto, cuda or cpu
   int threads = 0, workers = 0;  // 0: see train --help
+  bool data_on_device = false;   // the data set in GPU memory, batches augmented there
   uint64_t seed = 0;
   int64_t subset = 0, test_subset = 0, eval_every = 1;
   // RandAugment N 2 M 12 (the engine's own default is off); mean/std are filled in from the data.

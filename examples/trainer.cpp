@@ -17,6 +17,7 @@
 #include <sstream>
 #include <thread>
 
+#include "engine/data/augment_batch.h"
 #include "engine/data/loader.h"
 #include "engine/dist/data_parallel.h"
 #include "engine/error.h"
@@ -367,10 +368,18 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
                                     .seed = cfg.seed,
                                     .workers = loader_workers(cfg.workers, runtime_.device),
                                     .rank = comm_.rank(),
-                                    .ranks = comm_.size()};
+                                    .ranks = comm_.size(),
+                                    .device_images = {}};
+  if (cfg.data_on_device) {
+    DL_CHECK(runtime_.device.is_cuda(),
+             "--data-on-device keeps the data set in GPU memory: it needs --device cuda");
+    train_options.device_images = data::images_tensor(data_.train, runtime_.device);
+  }
   train_loader_.emplace(data_.train, train_options);
   data::LoaderOptions test_options = train_options;
   test_options.shuffle = false, test_options.drop_last = false, test_options.augment = false;
+  if (cfg.data_on_device)
+    test_options.device_images = data::images_tensor(data_.test, runtime_.device);
   test_loader_.emplace(data_.test, test_options);
   steps_per_epoch_ = train_loader_->batches_per_epoch();
   DL_CHECK(train_loader_->last_batch_size() >= comm_.size(), "the last batch of each epoch has ",

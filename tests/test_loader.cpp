@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/data/augment_batch.h"
 #include "engine/data/loader.h"
 #include "engine/error.h"
 #include "test_util.h"
@@ -70,7 +71,9 @@ using Samples = std::vector<Sample>;
 
 Samples samples_of(const Batch& b) {
   REQUIRE(b.images.dim() == 4);
-  const int64_t count = b.images.size(0), per = b.images.numel() / count;
+  const int64_t count = b.images.size(0);
+  if (count == 0) return {};  // a rank's slice of a batch smaller than the ranks
+  const int64_t per = b.images.numel() / count;
   REQUIRE(b.labels.shape() == Shape{count});
   const float* images = b.images.data<float>();
   Samples out;
@@ -398,4 +401,57 @@ TEST_CASE("channel_statistics: per-channel mean and std of the pixels on [0, 1]"
   }
   ImageDataset empty = make_dataset(seed, 0);
   CHECK_THROWS_WITH(channel_statistics(empty), Contains("no images"));
+}
+
+TEST_CASE("the ranks' slices of each batch are the one-process batch, in order", "[loader]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  const ImageDataset d = make_dataset(seed);
+  for (int ranks : {2, 3}) {
+    INFO(ranks << " ranks");
+    DataLoader whole(d, options(seed));
+    const std::vector<Samples> expected = run_epoch(whole, 1);
+    std::vector<std::vector<Samples>> parts;
+    for (int r = 0; r < ranks; ++r) {
+      LoaderOptions o = options(seed);
+      o.rank = r, o.ranks = ranks;
+      DataLoader loader(d, o);
+      parts.push_back(run_epoch(loader, 1));
+      REQUIRE(parts.back().size() == expected.size());
+    }
+    for (size_t b = 0; b < expected.size(); ++b) {
+      Samples joined;
+      for (int r = 0; r < ranks; ++r) {
+        const Samples& slice = parts[static_cast<size_t>(r)][b];
+        // Rank r gets images [n r / ranks, n (r + 1) / ranks) of a batch of n.
+        const auto n = static_cast<int64_t>(expected[b].size());
+        REQUIRE(static_cast<int64_t>(slice.size()) == n * (r + 1) / ranks - n * r / ranks);
+        joined.insert(joined.end(), slice.begin(), slice.end());
+      }
+      REQUIRE(joined == expected[b]);
+    }
+  }
+  LoaderOptions bad = options(seed);
+  bad.rank = 2, bad.ranks = 2;
+  REQUIRE_THROWS_WITH(DataLoader(d, bad), Contains("rank 2 of 2 is not a rank"));
+}
+
+TEST_CASE("batches made from the set held as one tensor equal the workers' batches", "[loader]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  const ImageDataset d = make_dataset(seed);
+  for (bool augment : {true, false}) {
+    INFO("augment " << augment);
+    LoaderOptions o = options(seed);
+    o.augment = augment;
+    o.rank = 1, o.ranks = 2;
+    DataLoader workers(d, o);
+    o.device_images = images_tensor(d, Device::cpu());
+    DataLoader in_place(d, o);
+    REQUIRE(run_epoch(in_place, 3) == run_epoch(workers, 3));
+    REQUIRE(run_epoch(in_place, 4, 2) == run_epoch(workers, 4, 2));
+  }
+  LoaderOptions o = options(seed);
+  o.device_images = Tensor::zeros({2, 8, 8, 3}, DType::u8);
+  REQUIRE_THROWS_WITH(DataLoader(d, o), Contains("device_images must be the data set's images"));
 }

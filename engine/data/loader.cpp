@@ -4,6 +4,7 @@
 #include <cmath>
 #include <numeric>
 
+#include "engine/data/augment_batch.h"
 #include "engine/error.h"
 
 namespace dl::data {
@@ -46,6 +47,10 @@ DataLoader::DataLoader(const ImageDataset& data, LoaderOptions options)
   DL_CHECK(options_.ranks >= 1 && options_.rank >= 0 && options_.rank < options_.ranks,
            "DataLoader: rank ", options_.rank, " of ", options_.ranks, " is not a rank");
   if (options_.augment) validate(options_.augmentation, static_cast<int>(data_.channels));
+  if (options_.device_images.defined())
+    DL_CHECK(options_.device_images.shape() ==
+                 Shape({data_.size(), data_.height, data_.width, data_.channels}),
+             "DataLoader: device_images must be the data set's images (images_tensor)");
   DL_CHECK(batches_per_epoch() > 0, "batch size ", options_.batch_size,
            " with drop_last leaves no "
            "batch of a data set of ",
@@ -94,6 +99,7 @@ void DataLoader::start_epoch(int64_t epoch, int64_t first_batch) {
   ready_.clear();
   worker_error_.clear();
   stopping_ = false;
+  if (options_.device_images.defined()) return;  // next() makes each batch itself
   for (int i = 0; i < options_.workers; ++i) workers_.emplace_back([this] { worker_loop(); });
 }
 
@@ -129,6 +135,10 @@ bool DataLoader::next(Batch& out) {
   std::unique_lock<std::mutex> lock(mutex_);
   DL_CHECK(started_, "DataLoader: call start_epoch before next");
   if (next_to_return_ >= end_) return false;
+  if (options_.device_images.defined()) {
+    out = make_batch(epoch_, next_to_return_++);
+    return true;
+  }
   cv_.wait(lock, [&] { return ready_.count(next_to_return_) > 0; });
   DL_CHECK(worker_error_.empty(), "data loader: ", worker_error_);
   out = std::move(ready_[next_to_return_]);
@@ -147,14 +157,19 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t batch) const {
             c = static_cast<int>(data_.channels);
   Batch out;
   out.global_size = global_count;
-  out.images = Tensor::empty({count, data_.height, data_.width, data_.channels});
   out.labels = Tensor::empty({count}, DType::i64);
-  float* images = out.images.data<float>();
   int64_t* labels = out.labels.data<int64_t>();
+  for (int64_t i = 0; i < count; ++i)
+    labels[i] = data_.labels[static_cast<size_t>(order_[static_cast<size_t>(begin + i)])];
+  if (options_.device_images.defined()) {
+    out.images = make_device_images(epoch, begin, count);
+    return out;
+  }
+  out.images = Tensor::empty({count, data_.height, data_.width, data_.channels});
+  float* images = out.images.data<float>();
   const int64_t pixels = data_.image_bytes();
   for (int64_t i = 0; i < count; ++i) {
     const int64_t index = order_[static_cast<size_t>(begin + i)];
-    labels[i] = data_.labels[static_cast<size_t>(index)];
     if (options_.augment) {
       Generator gen(sample_seed(options_.seed, epoch, index));
       augment(options_.augmentation, data_.image(index), h, w, c, images + i * pixels, gen);
@@ -163,6 +178,29 @@ Batch DataLoader::make_batch(int64_t epoch, int64_t batch) const {
     }
   }
   return out;
+}
+
+Tensor DataLoader::make_device_images(int64_t epoch, int64_t begin, int64_t count) const {
+  const int h = static_cast<int>(data_.height), w = static_cast<int>(data_.width);
+  std::vector<int64_t> indices(static_cast<size_t>(count));
+  std::vector<AugmentParams> params(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t index = order_[static_cast<size_t>(begin + i)];
+    indices[static_cast<size_t>(i)] = index;
+    if (options_.augment) {
+      Generator gen(sample_seed(options_.seed, epoch, index));
+      params[static_cast<size_t>(i)] = draw_augment(options_.augmentation, h, w, gen);
+    }
+  }
+  if (options_.augment) {
+    return augment_batch(options_.device_images, indices, params, options_.augmentation);
+  }
+  // Evaluation: normalisation only.
+  AugmentConfig plain;
+  plain.hflip = false;
+  plain.mean = options_.augmentation.mean;
+  plain.std = options_.augmentation.std;
+  return augment_batch(options_.device_images, indices, params, plain);
 }
 
 }  // namespace dl::data

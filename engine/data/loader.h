@@ -42,6 +42,11 @@ struct LoaderOptions {
   // the epoch) is split over `ranks` processes and this one gets the slice of rank `rank`:
   // images [n * rank / ranks, n * (rank + 1) / ranks) of a batch of n.
   int rank = 0, ranks = 1;
+  // The data set as one uint8 tensor on a device (images_tensor in augment_batch.h): batches are
+  // then made there by augment_batch, on the thread that calls next() (no workers), from the same
+  // order and the same per-image draws; the labels stay in host memory. Undefined: the CPU
+  // workers make them.
+  Tensor device_images;
 };
 
 class DataLoader {
@@ -66,6 +71,8 @@ class DataLoader {
   void stop_workers();
   void worker_loop();
   Batch make_batch(int64_t epoch, int64_t batch) const;
+  // make_batch's images [begin, begin + count) of the epoch's order, by augment_batch.
+  Tensor make_device_images(int64_t epoch, int64_t begin, int64_t count) const;
 
   const ImageDataset& data_;
   LoaderOptions options_;
