@@ -351,6 +351,43 @@ double CosineWithWarmup::lr(int64_t step) const {
   return min_lr_ + (lr_ - min_lr_) * 0.5 * (1 + std::cos(std::numbers::pi * progress));
 }
 
+// --- ExponentialMovingAverage ---
+
+ExponentialMovingAverage::ExponentialMovingAverage(const nn::Module& source, nn::Module& average,
+                                                   double decay)
+    : source_(source.state_dict()), average_(average.state_dict()), decay_(decay) {
+  DL_CHECK(decay >= 0 && decay <= 1, "exponential moving average: decay must lie in [0, 1], got ",
+           decay);
+  DL_CHECK(source_.size() == average_.size(),
+           "exponential moving average: the average is not a module of the source's architecture");
+  for (size_t i = 0; i < source_.size(); ++i) {
+    const auto& [name, s] = source_[i];
+    const Tensor& a = average_[i].second;
+    DL_CHECK(average_[i].first == name && a.shape() == s.shape() && a.dtype() == s.dtype(),
+             "exponential moving average: the average's '", average_[i].first,
+             "' does not match the source's '", name, "'");
+    DL_CHECK(a.impl_ptr() != s.impl_ptr(), "exponential moving average: '", name,
+             "' is shared by the average and its source");
+  }
+  for (size_t i = 0; i < source_.size(); ++i) average_[i].second.copy_(source_[i].second);
+}
+
+void ExponentialMovingAverage::update() {
+  for (size_t i = 0; i < source_.size(); ++i) {
+    const auto& [name, s] = source_[i];
+    Tensor& a = average_[i].second;
+    DL_CHECK(a.device() == s.device(), "exponential moving average: '", name, "' is on ",
+             s.device().str(), " but its average on ", a.device().str(),
+             "; move the average with its source");
+    if (s.dtype() == DType::f32 || s.dtype() == DType::bf16) {
+      scale_(a, static_cast<float>(decay_));
+      add_(a, s, static_cast<float>(1 - decay_));
+    } else {
+      a.copy_(s);
+    }
+  }
+}
+
 std::unique_ptr<LRSchedule> make_schedule(Schedule kind, double lr, int64_t epochs,
                                           int64_t steps_per_epoch, int64_t warmup_steps,
                                           double min_lr) {

@@ -1,5 +1,6 @@
 // Optimizers with PyTorch's semantics (torch.optim.SGD and AdamW, foreach=False formulas),
-// gradient-norm clipping and learning-rate schedules. Parameters and gradients are f32.
+// gradient-norm clipping, learning-rate schedules and an exponential moving average of a model.
+// Parameters and gradients are f32.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -8,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "engine/nn.h"
 #include "engine/tensor.h"
 
 namespace dl::optim {
@@ -167,6 +169,24 @@ class CosineWithWarmup : public LRSchedule {
  private:
   double lr_, min_lr_;
   int64_t total_steps_, warmup_steps_;
+};
+
+// An exponential moving average of a module's state, as timm's ModelEmaV2 and PyTorch's
+// AveragedModel(use_buffers=True) with get_ema_multi_avg_fn: `average`, a module of the same
+// architecture, starts as a copy of `source`; each update() sets every floating entry of its state
+// (parameters and buffers such as BatchNorm's running statistics) to
+// decay * average + (1 - decay) * source, and copies the integer ones (num_batches_tracked).
+// Evaluate and save `average` as any module; it shares nothing with `source`. Both stay on one
+// device: move them together (Module::to).
+class ExponentialMovingAverage {
+ public:
+  ExponentialMovingAverage(const nn::Module& source, nn::Module& average, double decay);
+  // After each optimizer step.
+  void update();
+
+ private:
+  nn::NamedTensors source_, average_;  // handles to the modules' state, in state_dict order
+  double decay_;
 };
 
 // onecycle: OneCycleLinear (lr is lr_max); cosine: CosineWithWarmup over epochs * steps_per_epoch

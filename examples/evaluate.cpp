@@ -2,7 +2,9 @@
 // accuracy, each class's accuracy and the confusion matrix (rows: true class, columns: predicted),
 // printed as text and, with --json FILE, written as one JSON object (scripts/plot_confusion.py
 // draws it). The images are normalised as in training (the checkpoint records mean and std) and
-// must have the size and classes the checkpoint records.
+// must have the size and classes the checkpoint records. The trained weights are measured, or with
+// --ema the moving average a run kept with train --ema; --tta flip averages each image's logits
+// with its horizontal flip's, as train --tta flip does.
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -14,6 +16,7 @@
 #include "engine/io/json.h"
 #include "engine/ops.h"
 #include "examples/cli.h"
+#include "examples/evaluation.h"
 #include "examples/run_directory.h"
 #include "examples/runtime.h"
 #include "models/registry.h"
@@ -35,14 +38,15 @@ struct Evaluation {
   std::vector<std::vector<int64_t>> confusion;  // [true class][predicted class]
 };
 
-Evaluation evaluate(nn::Module& model, data::DataLoader& loader, Device device, int64_t classes) {
+Evaluation evaluate(nn::Module& model, data::DataLoader& loader, Device device, int64_t classes,
+                    examples::Tta tta) {
   NoGradGuard no_grad;
   model.eval();
   Evaluation out{0, std::vector<std::vector<int64_t>>(classes, std::vector<int64_t>(classes, 0))};
   data::Batch batch;
   loader.start_epoch(0);
   while (loader.next(batch)) {
-    const Tensor logits = model.forward(batch.images.to(device));
+    const Tensor logits = examples::evaluation_logits(model, batch.images, device, DType::f32, tta);
     const int64_t n = logits.size(0);
     out.loss_sum += static_cast<double>(cross_entropy(logits, batch.labels).item()) * n;
     const std::vector<float> values = logits.to(Device::cpu()).to_vector();
@@ -63,6 +67,12 @@ int run(int argc, char** argv) {
   flags.add("data", "", "the data set (empty: the one the run was trained on)");
   flags.add("split", "test", "test or train");
   flags.add("subset", "0", "this many images only (0: all), spread over the classes");
+  flags.add("ema", "false",
+            "measure the moving average of the weights the run kept (train --ema) instead of "
+            "the trained weights");
+  flags.add("tta", "none",
+            "test-time augmentation: none, or flip (the mean of the logits of each image and its "
+            "horizontal flip)");
   flags.add("json", "", "also write the results to this file as one JSON object");
   flags.add("device", "cpu", "cpu, cuda or auto");
   flags.add("threads", "0", "CPU threads (0: all cores)");
@@ -73,6 +83,8 @@ int run(int argc, char** argv) {
            split_text, "'");
   const data::Split split = split_text == "test" ? data::Split::test : data::Split::train;
   const int64_t subset = flags.integer("subset", 0);
+  const bool ema = flags.boolean("ema");
+  const examples::Tta tta = examples::parse_tta("tta", flags.str("tta"));
   const examples::Runtime runtime =
       examples::setup_runtime(flags.str("device"), static_cast<int>(flags.integer("threads", 0)),
                               examples::Precision::fp32, false);
@@ -103,23 +115,24 @@ int run(int argc, char** argv) {
 
   Generator gen(0);
   const std::shared_ptr<nn::Module> model = models::make_model(spec, gen);
-  io::load_checkpoint(checkpoint, *model, nullptr);
+  io::load_weights(checkpoint, *model, ema);
   model->to(runtime.device);
   data::LoaderOptions options;
   options.batch_size = 256, options.shuffle = false, options.augment = false;
   options.augmentation.mean = io::metadata_floats(checkpoint.metadata, "data.mean", path);
   options.augmentation.std = io::metadata_floats(checkpoint.metadata, "data.std", path);
   data::DataLoader loader(set, options);
-  const Evaluation result = evaluate(*model, loader, runtime.device, spec.classes);
+  const Evaluation result = evaluate(*model, loader, runtime.device, spec.classes, tta);
 
   const auto n = static_cast<size_t>(spec.classes);
   int64_t correct = 0;
   for (size_t c = 0; c < n; ++c) correct += result.confusion[c][c];
   const double accuracy = static_cast<double>(correct) / static_cast<double>(set.size());
   const double loss = result.loss_sum / static_cast<double>(set.size());
-  std::printf("%s on %s (%s, %lld images): loss %.4f, accuracy %.4f\n", path.c_str(),
-              data_root.c_str(), split_text.c_str(), static_cast<long long>(set.size()), loss,
-              accuracy);
+  std::printf("%s%s on %s (%s, %lld images%s): loss %.4f, accuracy %.4f\n", path.c_str(),
+              ema ? " (moving average)" : "", data_root.c_str(), split_text.c_str(),
+              static_cast<long long>(set.size()), tta == examples::Tta::flip ? ", flip TTA" : "",
+              loss, accuracy);
   std::printf("\nper class (accuracy, images):\n");
   io::JsonValue::Array per_class, matrix;
   for (size_t c = 0; c < n; ++c) {
@@ -147,6 +160,8 @@ int run(int argc, char** argv) {
     const io::JsonValue out(io::JsonValue::Object{{"checkpoint", io::JsonValue(path)},
                                                   {"data", io::JsonValue(data_root)},
                                                   {"split", io::JsonValue(split_text)},
+                                                  {"ema", io::JsonValue(ema)},
+                                                  {"tta", io::JsonValue(examples::to_string(tta))},
                                                   {"images", io::JsonValue(set.size())},
                                                   {"loss", io::JsonValue(loss)},
                                                   {"accuracy", io::JsonValue(accuracy)},

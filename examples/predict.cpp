@@ -4,7 +4,8 @@
 // scripts/pytorch_reference.py applies with PyTorch), normalised as in training (the checkpoint
 // records mean and std) and classified; prints the top-K classes, or with --json one object per
 // image with the logits and probabilities. An unreadable image is reported by name, the others are
-// still classified, and the exit status is non-zero at the end.
+// still classified, and the exit status is non-zero at the end. The trained weights classify, or
+// with --ema the moving average a run kept with train --ema.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +34,9 @@ int run(int argc, char** argv) {
             "the checkpoint: train's last.safetensors, or the run directory holding it; required");
   flags.add("top", "3", "how many classes to print per image");
   flags.add("json", "false", "one JSON object per image, with logits and probabilities");
+  flags.add("ema", "false",
+            "classify with the moving average of the weights the run kept (train --ema) instead "
+            "of the trained weights");
   flags.add("device", "cpu", "cpu, cuda or auto (the GPU when the build and the machine have one)");
   flags.allow_positional("IMAGE");
   if (!flags.parse(argc, argv)) return 0;
@@ -78,7 +82,7 @@ int run(int argc, char** argv) {
 
   Generator gen(0);
   auto model = models::make_model(spec, gen);
-  io::load_checkpoint(file, *model, nullptr);
+  io::load_weights(file, *model, flags.boolean("ema"));
   const Device device = examples::resolve_device(flags.str("device"));
   model->to(device);
   model->eval();

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 
 #include "engine/io/json.h"
 #include "engine/ops.h"
@@ -75,12 +76,16 @@ double Progress::this_run() const {
 }
 
 void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const EpochStats& train,
-                  const EpochStats* test, double lr, double seconds, double peak_mem_mb) {
+                  const EpochStats* test, const EpochStats* ema_test, double lr, double seconds,
+                  double peak_mem_mb) {
   const double img_per_s = train.seen / std::max(seconds, 1e-9);
-  char test_text[64] = "test loss - acc -";
+  char test_text[128] = "test loss - acc -";
   if (test)
     std::snprintf(test_text, sizeof test_text, "test loss %.4f acc %.4f", test->loss(),
                   test->accuracy());
+  if (ema_test)
+    std::snprintf(test_text + std::strlen(test_text), sizeof test_text - std::strlen(test_text),
+                  " | ema test loss %.4f acc %.4f", ema_test->loss(), ema_test->accuracy());
   std::printf("epoch %3lld | train loss %.4f acc %.4f | %s | lr %.6f | %.1f s | %.0f img/s\n",
               static_cast<long long>(epoch + 1), train.loss(), train.accuracy(), test_text, lr,
               seconds, img_per_s);
@@ -95,6 +100,10 @@ void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const Epoc
   if (test) {
     line.emplace_back("test_loss", io::JsonValue(test->loss()));
     line.emplace_back("test_acc", io::JsonValue(test->accuracy()));
+  }
+  if (ema_test) {
+    line.emplace_back("ema_test_loss", io::JsonValue(ema_test->loss()));
+    line.emplace_back("ema_test_acc", io::JsonValue(ema_test->accuracy()));
   }
   if (peak_mem_mb >= 0) line.emplace_back("peak_mem_mb", io::JsonValue(peak_mem_mb));
   metrics << io::to_json(io::JsonValue(line)) << "\n" << std::flush;

@@ -60,8 +60,10 @@ class Progress {
 
 // One epoch's summary: a line on stdout and a JSON line appended to `metrics` (flushed: a failed
 // write shows in the stream's state), with the test figures when the epoch was evaluated (`test`
-// not null) and `peak_mem_mb` when given (>= 0).
+// not null), the moving average's when it was evaluated too (`ema_test`, keys "ema_test_loss" and
+// "ema_test_acc") and `peak_mem_mb` when given (>= 0).
 void report_epoch(std::ostream& metrics, int64_t epoch, int64_t step, const EpochStats& train,
-                  const EpochStats* test, double lr, double seconds, double peak_mem_mb);
+                  const EpochStats* test, const EpochStats* ema_test, double lr, double seconds,
+                  double peak_mem_mb);
 
 }  // namespace dl::examples

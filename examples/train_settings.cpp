@@ -328,6 +328,12 @@ std::vector<Setting> make_table() {
       real<double>(
           {"clip-grad", S::run, "clip the gradient norm to this value (0: off)"},
           [](auto& c) -> auto& { return c.clip_grad; }, off_or_positive),
+      real<double>(
+          {"ema", S::run,
+           "also keep, evaluate and checkpoint an exponential moving average of the weights and "
+           "BatchNorm statistics with this decay per step, e.g. 0.999 (0: off)"},
+          [](auto& c) -> auto& { return c.ema; },
+          {0, std::nextafter(1.0, 0.0), "must be 0 (off) or in (0, 1)"}),
       Setting{"precision",
               "fp32 or bf16 (bf16 mixed precision needs the CUDA path)",
               S::run,
@@ -369,6 +375,15 @@ std::vector<Setting> make_table() {
       integer<int64_t>(
           {"eval-every", S::run, "evaluate on the test split every N epochs (and after the last)"},
           [](auto& c) -> auto& { return c.eval_every; }, positive),
+      Setting{"tta",
+              "test-time augmentation in evaluation: none, or flip (the mean of the logits of "
+              "each image and its horizontal flip)",
+              S::run,
+              [](const TrainConfig& c) { return to_string(c.tta); },
+              [](TrainConfig& c, const std::string& text) { c.tta = parse_tta("tta", text); },
+              {},
+              {},
+              {}},
       choice(
           {"crop", S::run, "none, random (pad 4 + crop) or resized (RandomResizedCrop)"},
           [](auto& c) -> auto& { return c.augmentation.crop; }, kCrops),

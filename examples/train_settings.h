@@ -14,6 +14,7 @@
 #include "engine/io/checkpoint.h"
 #include "engine/io/json.h"
 #include "engine/optim.h"
+#include "examples/evaluation.h"
 #include "examples/runtime.h"
 #include "models/registry.h"
 
@@ -44,6 +45,7 @@ struct TrainConfig {
   int64_t warmup_epochs = 0;
   float label_smoothing = 0.0f;
   double clip_grad = 0.0;  // 0: off
+  double ema = 0.0;        // the decay of the weights' moving average; 0: none kept
   Precision precision = Precision::fp32;
   bool tf32 = false;
   std::string device = "auto";   // auto, cuda or cpu
@@ -51,6 +53,7 @@ struct TrainConfig {
   bool data_on_device = false;   // the data set in GPU memory, batches augmented there
   uint64_t seed = 0;
   int64_t subset = 0, test_subset = 0, eval_every = 1;
+  Tta tta = Tta::none;
   // RandAugment N 2 M 12 (the engine's own default is off); mean/std are filled in from the data.
   data::AugmentConfig augmentation{.randaugment_n = 2, .randaugment_m = 12};
   Normalization normalize = Normalization::automatic;

@@ -67,26 +67,31 @@ EpochStats summed_over_ranks(dist::Communicator& comm, EpochStats& local) {
   return all;
 }
 
-// Loss and accuracy on `loader`'s data in eval mode (each rank its share, summed); nothing when a
-// stop is requested meanwhile on any rank (an evaluation is abandoned, not awaited, so that a stop
-// saves within a step's time).
-std::optional<EpochStats> evaluate(nn::Module& model, data::DataLoader& loader, Device device,
-                                   DType activations, dist::Communicator& comm) {
+// Loss and accuracy of each model on `loader`'s data in eval mode, in one pass (each rank its
+// share, summed); nothing when a stop is requested meanwhile on any rank (an evaluation is
+// abandoned, not awaited, so that a stop saves within a step's time).
+std::optional<std::vector<EpochStats>> evaluate(const std::vector<nn::Module*>& models,
+                                                data::DataLoader& loader, Device device,
+                                                DType activations, Tta tta,
+                                                dist::Communicator& comm) {
   NoGradGuard no_grad;
-  model.eval();
-  EpochStats stats;
+  for (nn::Module* model : models) model->eval();
+  std::vector<EpochStats> stats(models.size());
   data::Batch batch;
   loader.start_epoch(0);
   while (!g_stop_requested && loader.next(batch)) {
     if (batch.labels.numel() == 0) continue;  // a last batch smaller than the ranks
-    const Tensor logits = model.forward(batch.images.to(activations).to(device));
-    stats.add(logits, batch.labels, cross_entropy(logits, batch.labels));
+    for (size_t m = 0; m < models.size(); ++m) {
+      const Tensor logits = evaluation_logits(*models[m], batch.images, device, activations, tta);
+      stats[m].add(logits, batch.labels, cross_entropy(logits, batch.labels));
+    }
   }
-  model.train();
+  for (nn::Module* model : models) model->train();
   std::array<int64_t, 1> stopped = {g_stop_requested ? 1 : 0};
   comm.all_reduce_max(stopped);
   if (stopped[0]) return std::nullopt;
-  return summed_over_ranks(comm, stats);
+  for (EpochStats& s : stats) s = summed_over_ranks(comm, s);
+  return stats;
 }
 
 // FNV-1a over what defines the run (its settings and data), to find ranks started differently.
@@ -101,9 +106,11 @@ int64_t run_fingerprint(const std::map<std::string, std::string>& metadata) {
   return static_cast<int64_t>(h >> 1);
 }
 
-// The name of the first F32 tensor of the model's state or the optimizer's that holds a NaN or an
-// infinity, or "" (one sum of squares per tensor, read back once).
-std::string first_non_finite(const nn::Module& model, const optim::Optimizer& opt) {
+// The name of the first F32 tensor of the model's state, the optimizer's or the moving average's
+// (`ema`, may be null) that holds a NaN or an infinity, or "" (one sum of squares per tensor, read
+// back once).
+std::string first_non_finite(const nn::Module& model, const optim::Optimizer& opt,
+                             const nn::Module* ema) {
   std::vector<std::string> names;
   std::vector<Tensor> tensors;
   auto add = [&](const std::string& name, const Tensor& t) {
@@ -114,6 +121,8 @@ std::string first_non_finite(const nn::Module& model, const optim::Optimizer& op
   };
   for (const auto& [name, t] : model.state_dict()) add(name, t);
   for (const auto& [name, t] : opt.state_tensors()) add(name, t);
+  if (ema)
+    for (const auto& [name, t] : ema->state_dict()) add("ema." + name, t);
   const std::vector<double> norms = squared_norms(tensors);
   for (size_t i = 0; i < norms.size(); ++i)
     if (!std::isfinite(norms[i])) return "'" + names[i] + "'";
@@ -305,6 +314,9 @@ class Training {
   std::shared_ptr<nn::Module> model_;
   std::unique_ptr<optim::Optimizer> opt_;
   std::vector<Tensor> params_;
+  // With --ema: the moving average, kept in a second model of the same architecture.
+  std::shared_ptr<nn::Module> ema_model_;
+  std::optional<optim::ExponentialMovingAverage> ema_;
   std::optional<dist::GradientReducer> gradient_reducer_;  // with several ranks
   std::optional<data::DataLoader> train_loader_, test_loader_;
   int64_t steps_per_epoch_ = 0;
@@ -359,6 +371,12 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
     gradient_reducer_.emplace(comm_, params_);
     if (cfg.sync_bn) dist::sync_batch_norm(*model_, comm_);
   }
+  if (cfg.ema > 0) {
+    Generator scratch(cfg.seed);  // initial weights overwritten: the average starts as the model
+    ema_model_ = models::make_model(spec_, scratch);
+    ema_model_->to(runtime_.device);
+    ema_.emplace(*model_, *ema_model_, cfg.ema);
+  }
 
   data::LoaderOptions train_options{.batch_size = cfg.batch,
                                     .shuffle = true,
@@ -390,9 +408,12 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
                                    cfg.warmup_epochs * steps_per_epoch_);
   if (!checkpoint) return;
 
-  io::load_checkpoint(*checkpoint, *model_, opt_.get());
-  pos_ = *checkpoint->position;
   const std::string& resume = checkpoint->path;
+  DL_CHECK(!ema_model_ || !checkpoint->ema_state.empty(), resume, " records --ema ", cfg.ema,
+           " but holds no moving average of the weights (no 'ema.' entries): the file is damaged "
+           "or was written by another program; resume from a checkpoint the run wrote");
+  io::load_checkpoint(*checkpoint, *model_, opt_.get(), ema_model_.get());
+  pos_ = *checkpoint->position;
   // pos_.batch == steps_per_epoch_: the epoch was trained, its evaluation had not finished.
   DL_CHECK(
       pos_.batch <= steps_per_epoch_ && pos_.step == pos_.epoch * steps_per_epoch_ + pos_.batch,
@@ -425,10 +446,10 @@ std::string Training::resume_hint() const {
 void Training::save(const io::TrainingPosition& p) {
   if (!run_.writes()) return;  // rank 0 saves
   const std::string last = run_.checkpoint().string();
-  const std::string bad = first_non_finite(*model_, *opt_);
+  const std::string bad = first_non_finite(*model_, *opt_, ema_model_.get());
   DL_CHECK(bad.empty(), "training diverged by step ", p.step, ": ", bad, " is not finite, so ",
            last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
-  io::save_checkpoint(last, *model_, opt_.get(), p, metadata_);
+  io::save_checkpoint(last, *model_, opt_.get(), p, metadata_, ema_model_.get());
 }
 
 int Training::run() {
@@ -453,8 +474,11 @@ int Training::run() {
             << (comm_.size() > 1 ? ", on " + std::to_string(comm_.size()) + " ranks of " +
                                        std::to_string(cfg_.batch / comm_.size()) + " images" +
                                        (cfg_.sync_bn ? " (SyncBatchNorm)" : "")
-                                 : "")
-            << "; checkpoint and metrics in " << run_.path().string() << "\n";
+                                 : "");
+  if (ema_)
+    std::cerr << "; evaluating the weights and their moving average (--ema " << cfg_.ema << ")";
+  if (cfg_.tta == Tta::flip) std::cerr << "; each test image also flipped (--tta flip)";
+  std::cerr << "; checkpoint and metrics in " << run_.path().string() << "\n";
   const int64_t images_to_train = (cfg_.epochs - pos_.epoch) * data_.train.size();
   if (device.is_cpu() && images_to_train >= kManyImagesForCpu)
     std::cerr << "note: " << images_to_train
@@ -517,6 +541,7 @@ bool Training::train_epoch(int64_t epoch, int64_t first, EpochStats& stats, Prog
     }
     if (cfg_.clip_grad > 0) optim::clip_grad_norm(params_, cfg_.clip_grad);
     opt_->step();
+    if (ema_) ema_->update();
     ++pos_.step, ++done, ++steps_this_run_;
     stats.add(logits, batch.labels, loss);
     const auto now = std::chrono::steady_clock::now();
@@ -582,12 +607,14 @@ bool Training::finish_epoch(int64_t epoch, EpochStats& rank_stats, Progress& pro
   const std::string last = run_.checkpoint().string();
   const double epoch_seconds = progress.seconds();
   const bool evaluate_now = (epoch + 1) % cfg_.eval_every == 0 || epoch + 1 == cfg_.epochs;
-  std::optional<EpochStats> test;
+  std::optional<std::vector<EpochStats>> test;  // the model's, then the moving average's
   if (evaluate_now) {
     progress.evaluating(data_.test.size());
     // Every rank evaluates with rank 0's BatchNorm statistics, the ones its checkpoint holds.
-    dist::broadcast_buffers(comm_, *model_);
-    test = evaluate(*model_, *test_loader_, runtime_.device, runtime_.activations, comm_);
+    std::vector<nn::Module*> models = {model_.get()};
+    if (ema_model_) models.push_back(ema_model_.get());
+    for (nn::Module* model : models) dist::broadcast_buffers(comm_, *model);
+    test = evaluate(models, *test_loader_, runtime_.device, runtime_.activations, cfg_.tta, comm_);
     progress.finish();
     if (!test) {
       // The epoch's training is saved; --resume evaluates it again.
@@ -602,12 +629,13 @@ bool Training::finish_epoch(int64_t epoch, EpochStats& rank_stats, Progress& pro
                 << " holds its training; " << resume_hint() << "\n";
       return false;
     }
-    DL_CHECK(std::isfinite(test->loss_sum), "training diverged: the test loss is not finite after ",
-             "epoch ", epoch + 1, ", so ", last,
-             " keeps the last finite state (try a lower --lr or --clip-grad 1)");
+    DL_CHECK(std::isfinite(test->front().loss_sum),
+             "training diverged: the test loss is not finite after ", "epoch ", epoch + 1, ", so ",
+             last, " keeps the last finite state (try a lower --lr or --clip-grad 1)");
   }
   if (run_.writes())
-    report_epoch(metrics_, epoch, pos_.step, stats, test ? &*test : nullptr, lr, epoch_seconds,
+    report_epoch(metrics_, epoch, pos_.step, stats, test ? &test->front() : nullptr,
+                 test && ema_ ? &test->back() : nullptr, lr, epoch_seconds,
                  peak_memory_mb(runtime_.device));
   save({.epoch = epoch + 1, .batch = 0, .step = pos_.step});
   // A metrics line that could not be written (a full disk) stops the run, once the checkpoint is

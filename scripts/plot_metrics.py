@@ -90,6 +90,12 @@ def main():
                      label="test")
         ax_acc.plot([r["epoch"] for r in tested], [r["test_acc"] for r in tested], "o-",
                     label="test")
+        averaged = [r for r in tested if "ema_test_loss" in r]  # train --ema
+        if averaged:
+            ax_loss.plot([r["epoch"] for r in averaged], [r["ema_test_loss"] for r in averaged],
+                         "s--", label="test (moving average)")
+            ax_acc.plot([r["epoch"] for r in averaged], [r["ema_test_acc"] for r in averaged],
+                        "s--", label="test (moving average)")
         best = max(tested, key=lambda r: r["test_acc"])  # the first epoch of a tie
         best_text = f"best test {100 * best['test_acc']:.2f}% (epoch {best['epoch']})"
         ax_acc.plot(best["epoch"], best["test_acc"], "*", color="red", markersize=14,

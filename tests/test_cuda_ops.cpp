@@ -550,11 +550,48 @@ TEST_CASE("optimizer state follows a model moved to the GPU after CPU steps", "[
   }
 }
 
+TEST_CASE("a moving average of a model trained on the GPU matches the CPU's", "[cuda][model]") {
+  dl::Generator gen = make_gen();
+  const uint64_t init_seed = gen.next_u64();
+  const Tensor images = Tensor::randn({4, 16, 16, 3}, gen);
+  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{3, 1, 4, 1}, {4});
+  auto run = [&](Device d) {
+    dl::Generator init(init_seed);
+    auto model = dl::models::make_model(convmixer_spec(), init);
+    auto average = dl::models::make_model(convmixer_spec(), init);
+    model->to(d);
+    average->to(d);
+    dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});
+    dl::optim::ExponentialMovingAverage ema(*model, *average, 0.5);
+    for (int step = 0; step < 3; ++step) {
+      const Tensor loss = dl::cross_entropy(model->forward(images.to(d)), labels.to(d));
+      opt.zero_grad();
+      loss.backward();
+      opt.step();
+      ema.update();
+    }
+    dl::nn::NamedTensors state = average->state_dict();
+    for (auto& [name, t] : state) t = t.to(kCpu);
+    return state;
+  };
+  const dl::nn::NamedTensors gpu = run(kGpu), cpu = run(kCpu);
+  for (size_t i = 0; i < cpu.size(); ++i) {
+    INFO(cpu[i].first);
+    if (cpu[i].second.dtype() == DType::i64)
+      CHECK(gpu[i].second.data<int64_t>()[0] == cpu[i].second.data<int64_t>()[0]);
+    else
+      CHECK_CLOSE(gpu[i].second, cpu[i].second, 1e-3, "the average after 3 steps");
+  }
+}
+
 TEST_CASE("after a warm-up step, GPU training steps allocate no device memory", "[cuda][model]") {
   dl::Generator gen = make_gen();
   auto model = dl::models::make_model(convmixer_spec(), gen);
   model->to(kGpu);
   dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});
+  auto average = dl::models::make_model(convmixer_spec(), gen);
+  average->to(kGpu);
+  dl::optim::ExponentialMovingAverage ema(*model, *average, 0.9);
   const Tensor x = Tensor::randn({8, 16, 16, 3}, gen).to(kGpu);
   const Tensor y = Tensor::from_vector(std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6, 7}, {8});
   auto step = [&] {
@@ -562,6 +599,7 @@ TEST_CASE("after a warm-up step, GPU training steps allocate no device memory", 
     opt.zero_grad();
     loss.backward();
     opt.step();
+    ema.update();
   };
   step();
   step();

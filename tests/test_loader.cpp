@@ -1,6 +1,7 @@
 // The data loader over a small in-memory image set: results independent of worker count, prefetch
 // depth and batch size; resuming mid-epoch; drop_last; per-epoch shuffling; normalisation-only
-// batches; worker errors surfacing from next(); restarting epochs without leaking threads. Pixel
+// batches; worker errors surfacing from next(); restarting epochs without leaking threads; the
+// batch flip of test-time augmentation. Pixel
 // (0, 0, 0) of image i holds i, so every sample can be traced back to its image.
 #include <algorithm>
 #include <bit>
@@ -454,4 +455,30 @@ TEST_CASE("batches made from the set held as one tensor equal the workers' batch
   LoaderOptions o = options(seed);
   o.device_images = Tensor::zeros({2, 8, 8, 3}, DType::u8);
   REQUIRE_THROWS_WITH(DataLoader(d, o), Contains("device_images must be the data set's images"));
+}
+
+TEST_CASE("hflip_batch mirrors each row of each image; an asymmetric image changes", "[loader]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  const int64_t n = 2, h = 3, w = 5, c = 3;
+  const Tensor images = Tensor::randn({n, h, w, c}, gen);
+  const Tensor flipped = hflip_batch(images);
+  REQUIRE(flipped.shape() == images.shape());
+  const float* in = images.data<float>();
+  const float* out = flipped.data<float>();
+  bool changed = false;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int64_t k = 0; k < c; ++k) {
+          const float original = in[((i * h + y) * w + x) * c + k];
+          const float mirrored = in[((i * h + y) * w + (w - 1 - x)) * c + k];
+          REQUIRE(out[((i * h + y) * w + x) * c + k] == mirrored);
+          changed = changed || original != mirrored;
+        }
+  CHECK(changed);
+  CHECK(hflip_batch(flipped).to_vector() == images.to_vector());
+  const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 2}, {2});
+  CHECK_THROWS_WITH(hflip_batch(labels), Contains("expected images [N, H, W, C], got [2]"));
 }

@@ -1,9 +1,11 @@
-// Optimizers, gradient clipping and LR schedules against double-precision references written
-// here from PyTorch's formulas, and against values derived by hand.
+// Optimizers, gradient clipping, LR schedules and the moving average against double-precision
+// references written here from PyTorch's formulas, and against values derived by hand.
 #include <cmath>
 #include <numbers>
 
 #include "engine/error.h"
+#include "engine/nn.h"
+#include "engine/ops.h"
 #include "engine/optim.h"
 #include "test_util.h"
 
@@ -517,4 +519,80 @@ TEST_CASE("Loading bad optimizer state throws and changes nothing", "[optim]") {
   with_model.emplace_back("model.weight", Tensor::zeros({2}));
   fresh.load_state_tensors(with_model);
   CHECK(fresh.step_count() == 1);
+}
+
+namespace {
+
+// A convolution, GELU (so that the bias has a gradient) and a BatchNorm: parameters, floating
+// buffers and an integer counter.
+std::shared_ptr<nn::Module> conv_bn(Generator& gen) {
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Conv2d>(nn::Conv2dOptions(3, 4, 3).padding(1), gen),
+      std::make_shared<nn::GELU>(), std::make_shared<nn::BatchNorm2d>(4)});
+}
+
+// Every entry of a state dict in double (the i64 counter too).
+std::vector<Vec> state_in_double(const nn::Module& m) {
+  std::vector<Vec> out;
+  for (const auto& [name, t] : m.state_dict()) {
+    if (t.dtype() == DType::i64) {
+      out.push_back({static_cast<double>(t.data<int64_t>()[0])});
+    } else {
+      out.push_back(to_double(t));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("The moving average follows a double-precision reference, buffers included", "[optim]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  const auto model = conv_bn(gen), average = conv_bn(gen);
+  const double decay = 0.8;
+  ExponentialMovingAverage ema(*model, *average, decay);
+  std::vector<Vec> expected = state_in_double(*model);  // it starts as a copy
+  CHECK(state_in_double(*average) == expected);
+  SGD opt(model->parameters(), {.lr = 0.5});
+  for (int step = 0; step < 4; ++step) {
+    const Tensor y = model->forward(Tensor::randn({2, 5, 5, 3}, gen));
+    const Tensor loss = mean(mul(y, Tensor::randn(y.shape(), gen)));
+    opt.zero_grad();
+    loss.backward();
+    opt.step();
+    ema.update();
+    const std::vector<Vec> now = state_in_double(*model);
+    const nn::NamedTensors state = model->state_dict();
+    for (size_t i = 0; i < now.size(); ++i)
+      for (size_t k = 0; k < now[i].size(); ++k)
+        expected[i][k] = state[i].second.dtype() == DType::i64
+                             ? now[i][k]
+                             : decay * expected[i][k] + (1 - decay) * now[i][k];
+  }
+  const nn::NamedTensors names = model->state_dict();
+  const std::vector<Vec> got = state_in_double(*average), trained = state_in_double(*model);
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO(names[i].first);
+    for (size_t k = 0; k < got[i].size(); ++k)
+      REQUIRE(std::abs(got[i][k] - expected[i][k]) <= 1e-6 + 1e-6 * std::abs(expected[i][k]));
+    // The average lags the trained state, which it would equal were it a copy.
+    if (names[i].first == "2.num_batches_tracked")
+      CHECK(got[i] == Vec{4.0});
+    else
+      CHECK(got[i] != trained[i]);
+  }
+}
+
+TEST_CASE("A moving average of another architecture or a bad decay is refused", "[optim]") {
+  Generator gen(3);
+  const auto model = conv_bn(gen), average = conv_bn(gen);
+  CHECK_THROWS_WITH(ExponentialMovingAverage(*model, *average, 1.5),
+                    Contains("decay must lie in [0, 1], got 1.5"));
+  CHECK_THROWS_WITH(ExponentialMovingAverage(*model, *model, 0.9),
+                    Contains("shared by the average and its source"));
+  nn::Linear other(3, 4, true, gen);
+  CHECK_THROWS_WITH(ExponentialMovingAverage(*model, other, 0.9),
+                    Contains("not a module of the source's architecture"));
 }

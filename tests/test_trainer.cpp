@@ -87,10 +87,20 @@ TEST_CASE("An interrupted and resumed run ends bit-identical to an uninterrupted
   TempDir tmp;
   Generator gen(seed);
   write_cifar(tmp.path / "cifar", 16, gen);
+  // With a moving average of the weights (saved and resumed too) and flips at test time.
+  const auto tiny_config = [](const fs::path& data, const fs::path& run) {
+    examples::TrainConfig c = test::tiny_config(data, run);
+    c.ema = 0.9;
+    c.tta = examples::Tta::flip;
+    return c;
+  };
 
   const fs::path straight = tmp.path / "straight";
   REQUIRE(examples::train(tiny_config(tmp.path / "cifar", straight)) == 0);
   const auto reference = last_checkpoint(straight);
+  REQUIRE(reference.find("ema.classification.linear.weight"));
+  for (const io::JsonValue& line : metrics_lines(straight))
+    CHECK((line.find("ema_test_loss") && line.find("ema_test_acc")));
 
   // Stopped mid-epoch (step 7 = epoch 2, batch 2) and at an epoch boundary (step 5).
   for (int64_t stop_at : {7, 5}) {
@@ -553,6 +563,8 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.augmentation.resized_scale_min = 0; }, "--scale MIN,MAX must satisfy");
   refused([](auto& c) { c.workers = 100000; }, "--workers must be 0 (automatic) or in [1, 1024]");
   refused([](auto& c) { c.data = ""; }, "--data is empty");
+  refused([](auto& c) { c.ema = 1.5; }, "--ema must be 0 (off) or in (0, 1), got 1.5");
+  refused([](auto& c) { c.ema = 1; }, "--ema must be 0 (off) or in (0, 1), got 1");
   std::ofstream(tmp.path / "a-file") << "not a directory";
   refused([&](auto& c) { c.checkpoint_dir = (tmp.path / "a-file" / "run").string(); },
           "a-file is not a directory");
@@ -604,6 +616,7 @@ TEST_CASE("Every setting reads back as it writes itself, and a bad value names i
   refused("schedule", "linear", "--schedule must be onecycle, cosine or constant");
   refused("crop", "center", "--crop must be none, random or resized");
   refused("precision", "fp16", "--precision must be fp32 or bf16");
+  refused("tta", "foo", "--tta must be none or flip, got 'foo'");
   refused("threads", "4294967296", "--threads must be 0 (all cores) or in [1, 1024]");
   refused("batch", "9223372036854775808", "--batch: 9223372036854775808 is out of range");
   refused("seed", "-1", "--seed must be non-negative");
@@ -633,7 +646,8 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
                             .metadata = {{"flags", io::to_json(examples::recorded_settings(run))}},
                             .position = {},
                             .model_state = {},
-                            .optimizer_state = {}};
+                            .optimizer_state = {},
+                            .ema_state = {}};
   // A later invocation: another machine, flags left out.
   examples::TrainConfig later;
   later.threads = 1;
@@ -655,6 +669,8 @@ TEST_CASE("A resumed config is the run's, with this invocation's own settings an
   REQUIRE_THROWS_WITH(resumed_with("epochs", "1"), Catch::Contains("--epochs 1 (the run used 2)") &&
                                                        Catch::Contains("--epochs can only grow"));
   CHECK(resumed_with("epochs", "3").epochs == 3);  // extends the run
+  REQUIRE_THROWS_WITH(resumed_with("ema", "0.999"),
+                      Catch::Contains("--ema 0.999 (the run used 0)"));
   REQUIRE_THROWS_WITH(resumed_with("ra-m", "3").augmentation.randaugment_m,
                       Catch::Contains("--ra-m 3 (the run used 12)"));
 
@@ -935,6 +951,123 @@ TEST_CASE("evaluate measures a checkpoint as the model in process does, class by
   CHECK_THAT(other_out, Catch::Contains("has other classes (cat,dog) than the checkpoint"));
   CHECK_THAT(evaluate("--checkpoint " + run.string() + " --split valid").second,
              Catch::Contains("--split must be test or train"));
+}
+
+TEST_CASE(
+    "The moving average and flip TTA: train, evaluate and predict use the weights asked for") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  TempDir tmp;
+  Generator gen(seed);
+  write_cifar(tmp.path / "cifar", 12, gen);  // 12 test images
+  const fs::path run = tmp.path / "run";
+  auto config = tiny_config(tmp.path / "cifar", run);
+  config.epochs = 1;
+  config.ema = 0.5;
+  config.tta = examples::Tta::flip;
+  REQUIRE(examples::train(config) == 0);
+  const io::JsonValue metrics = metrics_lines(run).back();
+  CHECK(metrics.find("test_loss")->as_double() != metrics.find("ema_test_loss")->as_double());
+  const std::string checkpoint_path = (run / "last.safetensors").string();
+  const io::Checkpoint checkpoint = io::read_checkpoint(checkpoint_path);
+  const fs::path log = tmp.path / "log.txt", json = tmp.path / "evaluation.json";
+  const auto command = [&](const std::string& cmd) {
+    const int status = std::system((cmd + " > " + log.string() + " 2>&1").c_str());
+    REQUIRE(WIFEXITED(status));
+    return std::pair{WEXITSTATUS(status), text_of(log)};
+  };
+  // Test image 0 as a PNG for predict.
+  const data::ImageDataset test = data::load_dataset(config.data, data::Split::test);
+  const fs::path png = tmp.path / "image0.png";
+  REQUIRE(stbi_write_png(png.c_str(), 32, 32, 3, test.image(0), 32 * 3) != 0);
+
+  // The reference: each image and its mirror (flipped here by index) through the model in
+  // process, the mean of their logits, cross-entropy and accuracy in double.
+  const auto mean = data::cifar10_mean(), std_dev = data::cifar10_std();
+  bool flip_changes = false;
+  for (const bool ema : {false, true}) {
+    INFO((ema ? "the moving average" : "the trained weights"));
+    auto model = models::make_model(config.model, gen);
+    io::load_weights(checkpoint, *model, ema);
+    model->eval();
+    NoGradGuard no_grad;
+    double loss_sum = 0;
+    int64_t correct = 0;
+    std::vector<float> first_logits;
+    for (int64_t i = 0; i < test.size(); ++i) {
+      Tensor x = Tensor::empty({1, 32, 32, 3}), mirrored = Tensor::empty({1, 32, 32, 3});
+      for (int64_t y = 0; y < 32; ++y)
+        for (int64_t col = 0; col < 32; ++col)
+          for (int64_t c = 0; c < 3; ++c) {
+            const float v = (test.image(i)[(y * 32 + col) * 3 + c] / 255.0f - mean[c]) / std_dev[c];
+            x.data<float>()[(y * 32 + col) * 3 + c] = v;
+            mirrored.data<float>()[(y * 32 + 31 - col) * 3 + c] = v;
+          }
+      const std::vector<float> a = model->forward(x).to_vector();
+      const std::vector<float> b = model->forward(mirrored).to_vector();
+      if (i == 0) first_logits = a;
+      std::vector<double> z(a.size());
+      for (size_t c = 0; c < z.size(); ++c) {
+        z[c] = (static_cast<double>(a[c]) + b[c]) / 2;
+        flip_changes = flip_changes || std::abs(a[c] - b[c]) > 1e-4f;
+      }
+      const double zmax = *std::max_element(z.begin(), z.end());
+      double sum_exp = 0;
+      for (double v : z) sum_exp += std::exp(v - zmax);
+      loss_sum += zmax + std::log(sum_exp) - z[test.labels[i]];
+      correct += std::max_element(z.begin(), z.end()) - z.begin() == test.labels[i];
+    }
+    const double loss = loss_sum / 12, accuracy = correct / 12.0;
+    const std::string prefix = ema ? "ema_" : "";
+    CHECK(metrics.find(prefix + "test_loss")->as_double() == Approx(loss).epsilon(1e-5));
+    CHECK(metrics.find(prefix + "test_acc")->as_double() == Approx(accuracy));
+
+    const auto [status, out] =
+        command(std::string(DL_EVALUATE_BIN) + " --checkpoint " + run.string() + " --tta flip" +
+                (ema ? " --ema" : "") + " --json " + json.string());
+    INFO(out);
+    REQUIRE(status == 0);
+    const io::JsonValue result = io::parse_json(text_of(json));
+    CHECK(result.find("loss")->as_double() == Approx(loss).epsilon(1e-5));
+    CHECK(result.find("accuracy")->as_double() == Approx(accuracy));
+    CHECK(result.find("ema")->as_bool() == ema);
+    CHECK(result.find("tta")->as_string() == "flip");
+
+    // predict classifies with the same weights (no test-time augmentation).
+    const auto [predicted, lines] =
+        command(std::string(DL_PREDICT_BIN) + " --checkpoint " + run.string() +
+                (ema ? " --ema" : "") + " --json " + png.string());
+    INFO(lines);
+    REQUIRE(predicted == 0);
+    const io::JsonValue prediction = io::parse_json(lines);
+    const auto& logits = prediction.find("logits")->as_array();
+    REQUIRE(logits.size() == first_logits.size());
+    for (size_t c = 0; c < logits.size(); ++c)
+      CHECK(std::abs(logits[c].as_double() - first_logits[c]) <=
+            1e-6 + 1e-6 * std::abs(first_logits[c]));
+  }
+  CHECK(flip_changes);  // the images are not symmetric: a missing flip would show
+
+  // A checkpoint without the moving average: evaluate --ema and a resume of a run that kept one
+  // are refused, naming the file.
+  io::SafetensorsFile file = io::load_safetensors(checkpoint_path);
+  std::erase_if(file.tensors, [](const auto& entry) { return entry.first.starts_with("ema."); });
+  const fs::path stripped = tmp.path / "no-ema.safetensors";
+  io::save_safetensors(stripped.string(), file.tensors, file.metadata);
+  const auto [refused, message] =
+      command(std::string(DL_EVALUATE_BIN) + " --checkpoint " + stripped.string() + " --ema");
+  CHECK(refused == 1);
+  CHECK_THAT(message, Catch::Contains(stripped.string()) &&
+                          Catch::Contains("holds no moving average of the model"));
+  CHECK_THAT(
+      command(std::string(DL_EVALUATE_BIN) + " --checkpoint " + run.string() + " --tta mirror")
+          .second,
+      Catch::Contains("--tta must be none or flip, got 'mirror'"));
+  auto resume = tiny_config(tmp.path / "cifar", tmp.path / "branch");
+  resume.resume = stripped.string();
+  resume.epochs = 2;
+  REQUIRE_THROWS_WITH(examples::train(resume, {"epochs"}),
+                      Catch::Contains("records --ema 0.5 but holds no moving average"));
 }
 
 TEST_CASE("train --resume restores the run's flags and rejects conflicting ones") {

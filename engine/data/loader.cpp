@@ -2,12 +2,30 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <numeric>
 
 #include "engine/data/augment_batch.h"
 #include "engine/error.h"
 
 namespace dl::data {
+
+Tensor hflip_batch(const Tensor& images) {
+  DL_CHECK(images.dim() == 4, "hflip_batch: expected images [N, H, W, C], got ",
+           shape_str(images.shape()));
+  DL_CHECK(images.device().is_cpu(), "hflip_batch: the images must be in host memory, not on ",
+           images.device().str());
+  const Tensor in = images.contiguous();
+  Tensor out = Tensor::empty(in.shape(), in.dtype());
+  const int64_t rows = in.size(0) * in.size(1), width = in.size(2);
+  const size_t pixel = static_cast<size_t>(in.size(3)) * dtype_size(in.dtype());
+  const auto* src = static_cast<const char*>(in.raw_data());
+  auto* dst = static_cast<char*>(out.raw_data());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t x = 0; x < width; ++x)
+      std::memcpy(dst + (r * width + x) * pixel, src + (r * width + width - 1 - x) * pixel, pixel);
+  return out;
+}
 
 ChannelStatistics channel_statistics(const ImageDataset& data) {
   const int64_t c = data.channels, values = static_cast<int64_t>(data.pixels.size()) / c;

@@ -22,6 +22,10 @@ struct Batch {
   int64_t global_size = 0;  // the images of the global batch this rank's B are a slice of
 };
 
+// The horizontal flip of a batch of images [N, H, W, C] in host memory (any dtype): column x of
+// each row becomes column W - 1 - x. For test-time augmentation of Batch::images.
+Tensor hflip_batch(const Tensor& images);
+
 // Mean and standard deviation of each channel of a data set's pixels on the [0, 1] scale (in
 // double over every pixel): the normalisation for AugmentConfig::mean and ::std.
 struct ChannelStatistics {

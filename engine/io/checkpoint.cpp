@@ -48,11 +48,13 @@ TrainingPosition position_of(const SafetensorsFile& file, const std::string& pat
 
 void save_checkpoint(const std::string& path, const nn::Module& model,
                      const optim::Optimizer* optimizer, const TrainingPosition& position,
-                     std::map<std::string, std::string> metadata) {
+                     std::map<std::string, std::string> metadata, const nn::Module* ema) {
   std::vector<std::pair<std::string, Tensor>> tensors;
   for (auto& [name, t] : model.state_dict()) tensors.emplace_back("model." + name, t);
   if (optimizer)
     for (auto& entry : optimizer->state_tensors()) tensors.push_back(entry);
+  if (ema)
+    for (auto& [name, t] : ema->state_dict()) tensors.emplace_back("ema." + name, t);
   const std::vector<int64_t> pos = {position.epoch,
                                     position.batch,
                                     position.step,
@@ -75,10 +77,12 @@ Checkpoint read_checkpoint(const std::string& path) {
                                  ? std::optional<TrainingPosition>(position_of(file, path))
                                  : std::nullopt,
                  .model_state = {},
-                 .optimizer_state = {}};
+                 .optimizer_state = {},
+                 .ema_state = {}};
   for (const auto& [name, t] : file.tensors) {
-    if (name.rfind("model.", 0) == 0) out.model_state.emplace_back(name.substr(6), t);
-    if (name.rfind("optim.", 0) == 0) out.optimizer_state.emplace_back(name, t);
+    if (name.starts_with("model.")) out.model_state.emplace_back(name.substr(6), t);
+    if (name.starts_with("optim.")) out.optimizer_state.emplace_back(name, t);
+    if (name.starts_with("ema.")) out.ema_state.emplace_back(name.substr(4), t);
   }
   return out;
 }
@@ -150,8 +154,10 @@ std::vector<float> metadata_floats(const std::map<std::string, std::string>& met
   return values;
 }
 
-void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer) {
+void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer,
+                     nn::Module* ema) {
   model.load_state_dict(checkpoint.model_state, checkpoint.path);
+  if (ema) load_weights(checkpoint, *ema, true);
   if (optimizer) {
     try {
       optimizer->load_state_tensors(checkpoint.optimizer_state);
@@ -159,6 +165,13 @@ void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Opt
       throw Error(checkpoint.path + ": optimizer state does not fit (" + e.what() + ")");
     }
   }
+}
+
+void load_weights(const Checkpoint& checkpoint, nn::Module& model, bool ema) {
+  if (!ema) return model.load_state_dict(checkpoint.model_state, checkpoint.path);
+  DL_CHECK(!checkpoint.ema_state.empty(), checkpoint.path,
+           ": holds no moving average of the model (no 'ema.' entries): its run kept none");
+  model.load_state_dict(checkpoint.ema_state, checkpoint.path + "'s moving average");
 }
 
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,

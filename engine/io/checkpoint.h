@@ -1,6 +1,7 @@
 // Training checkpoints: one safetensors file holding the model's state dict under "model."
-// (PyTorch names and layouts), the optimizer's state under "optim.", the trainer's position under
-// "trainer.", and string metadata (format, version, the run's configuration). The trainer draws
+// (PyTorch names and layouts), the optimizer's state under "optim.", an exponential moving average
+// of the model, when kept, under "ema." (the same names), the trainer's position under "trainer.",
+// and string metadata (format, version, the run's configuration). The trainer draws
 // every random number from (seed, epoch, sample index), so seed and position are its whole
 // random state. Written atomically: a crash mid-write leaves the previous checkpoint intact.
 #pragma once
@@ -28,9 +29,11 @@ struct TrainingPosition {
   int64_t correct = 0, seen = 0;
 };
 
+// `ema`, when given, is the module holding the model's moving average
+// (optim::ExponentialMovingAverage).
 void save_checkpoint(const std::string& path, const nn::Module& model,
                      const optim::Optimizer* optimizer, const TrainingPosition& position,
-                     std::map<std::string, std::string> metadata);
+                     std::map<std::string, std::string> metadata, const nn::Module* ema = nullptr);
 
 // A checkpoint file read once: everything a resume needs before and while it builds the run.
 struct Checkpoint {
@@ -39,6 +42,7 @@ struct Checkpoint {
   std::optional<TrainingPosition> position;  // none in a file holding only a model
   nn::NamedTensors model_state;              // PyTorch names, without the "model." prefix
   nn::NamedTensors optimizer_state;          // "optim." entries
+  nn::NamedTensors ema_state;                // PyTorch names, without "ema."; empty: none saved
 };
 
 // Reads the file after checking it is a checkpoint of this engine at a known version; a damaged
@@ -65,9 +69,14 @@ std::vector<std::pair<std::string, std::string>> metadata_string_object(
 const std::string& metadata_value(const std::map<std::string, std::string>& metadata,
                                   const std::string& key, const std::string& path);
 
-// Loads the model (and the optimizer, when given). A checkpoint of another model or a missing
-// entry is one dl::Error naming the file.
-void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer);
+// Loads the model (and the optimizer and the moving average's module, when given). A checkpoint of
+// another model or a missing entry (an `ema` without "ema." entries too) is one dl::Error naming
+// the file.
+void load_checkpoint(const Checkpoint& checkpoint, nn::Module& model, optim::Optimizer* optimizer,
+                     nn::Module* ema = nullptr);
+// The model's weights for evaluation: the trained ones, or with `ema` the moving average's (a
+// checkpoint without them is a dl::Error naming the file).
+void load_weights(const Checkpoint& checkpoint, nn::Module& model, bool ema);
 // read_checkpoint, then load_checkpoint; returns the position (an error when there is none).
 TrainingPosition load_checkpoint(const std::string& path, nn::Module& model,
                                  optim::Optimizer* optimizer);
