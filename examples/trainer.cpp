@@ -391,6 +391,9 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
   if (cfg.data_on_device) {
     DL_CHECK(runtime_.device.is_cuda(),
              "--data-on-device keeps the data set in GPU memory: it needs --device cuda");
+    DL_CHECK(cfg.tta == Tta::none,
+             "--tta flip flips the test images in host memory: it does not combine with "
+             "--data-on-device yet");
     train_options.device_images = data::images_tensor(data_.train, runtime_.device);
   }
   train_loader_.emplace(data_.train, train_options);

@@ -596,6 +596,19 @@ TEST_CASE("bad augmentation settings throw one clear error", "[augment]") {
   params = {};
   params.crop_h = 5, params.crop_w = 4;
   check_params(resized, params, "must lie inside the 4x4 image");
+  params = {};
+  params.ops = 1;
+  params.op[0] = static_cast<int>(RandAugmentOp::Posterize);
+  params.magnitude[0] = -4.0f;
+  check_params({}, params, "posterize keeps 0 to 8 bits");
+  AugmentConfig jitter;
+  jitter.jitter = 0.2f;
+  params = {};
+  params.jitter_order = {0, 0, 2};
+  check_params(jitter, params, "not a permutation of 0, 1, 2");
+  // augment_batch checks every image's before any is made (its loop runs threads).
+  REQUIRE_THROWS_WITH(augment_batch(Tensor::zeros({1, 4, 4, 3}, DType::u8), {0}, {params}, jitter),
+                      Contains("not a permutation of 0, 1, 2"));
 }
 
 // PIL's BILINEAR resize (Image.resize, and interpolate(antialias=True)) written out in 2D in

@@ -46,13 +46,10 @@ AugmentStep randaugment_step(RandAugmentOp op, float magnitude, int h, int w) {
       return blend_step(AugmentStepKind::contrast, 1.0 + mag);
     case RandAugmentOp::Sharpness:
       return blend_step(AugmentStepKind::sharpness, 1.0 + mag);
-    case RandAugmentOp::Posterize: {
-      const int bits = static_cast<int>(mag);
-      DL_CHECK(bits >= 0 && bits <= 8, "posterize keeps 0 to 8 bits, got ", bits);
+    case RandAugmentOp::Posterize:
       step.kind = AugmentStepKind::posterize;
-      step.mask = static_cast<uint8_t>(0xFF << (8 - bits));
+      step.mask = static_cast<uint8_t>(0xFF << (8 - static_cast<int>(mag)));
       return step;
-    }
     case RandAugmentOp::Solarize:
       step.kind = AugmentStepKind::solarize;
       step.threshold = magnitude;
@@ -68,6 +65,7 @@ AugmentStep randaugment_step(RandAugmentOp op, float magnitude, int h, int w) {
               " does not exist");
 }
 
+// `p` validated (data::validate, in augment_batch).
 ImageAugment plan_of(const data::AugmentConfig& config, const data::AugmentParams& p,
                      int64_t source, int h, int w) {
   ImageAugment plan;
@@ -76,18 +74,11 @@ ImageAugment plan_of(const data::AugmentConfig& config, const data::AugmentParam
     plan.crop = AugmentCrop::padded;
   } else if (config.crop == data::Crop::resized) {
     plan.crop = AugmentCrop::resized;
-    DL_CHECK(p.crop_h > 0 && p.crop_w > 0 && p.crop_top >= 0 && p.crop_left >= 0 &&
-                 p.crop_top + p.crop_h <= h && p.crop_left + p.crop_w <= w,
-             "augment_batch: the crop box lies outside the ", h, "x", w, " image");
   }
   plan.crop_top = p.crop_top, plan.crop_left = p.crop_left;
   plan.crop_h = p.crop_h, plan.crop_w = p.crop_w;
   plan.flip = p.flip;
-  DL_CHECK(p.ops >= 0 && p.ops <= data::kMaxRandAugmentOps, "AugmentParams: ", p.ops,
-           " RandAugment operations");
   for (int i = 0; i < p.ops; ++i) {
-    DL_CHECK(p.op[i] >= 0 && p.op[i] <= static_cast<int>(RandAugmentOp::Equalize),
-             "AugmentParams: op ", p.op[i], " is not a RandAugment operation");
     plan.step[plan.steps++] =
         randaugment_step(static_cast<RandAugmentOp>(p.op[i]), p.magnitude[i], h, w);
   }
@@ -98,9 +89,6 @@ ImageAugment plan_of(const data::AugmentConfig& config, const data::AugmentParam
       plan.step[plan.steps++] = blend_step(kinds[fn], p.jitter_factor[static_cast<size_t>(fn)]);
   }
   if (p.erase) {
-    DL_CHECK(p.erase_top >= 0 && p.erase_left >= 0 && p.erase_h >= 0 && p.erase_w >= 0 &&
-                 p.erase_top + p.erase_h <= h && p.erase_left + p.erase_w <= w,
-             "AugmentParams: the erased rectangle lies outside the image");
     plan.erase = 1;
     plan.erase_top = p.erase_top, plan.erase_left = p.erase_left;
     plan.erase_h = p.erase_h, plan.erase_w = p.erase_w;

@@ -527,12 +527,46 @@ AugmentParams draw_augment(const AugmentConfig& config, int h, int w, Generator&
   return p;
 }
 
+void validate(const AugmentParams& p, const AugmentConfig& config, int h, int w) {
+  DL_CHECK(p.ops >= 0 && p.ops <= kMaxRandAugmentOps, "AugmentParams: ", p.ops,
+           " RandAugment operations");
+  if (config.crop == Crop::resized)
+    DL_CHECK(p.crop_h > 0 && p.crop_w > 0 && p.crop_top >= 0 && p.crop_left >= 0 &&
+                 p.crop_top + p.crop_h <= h && p.crop_left + p.crop_w <= w,
+             "AugmentParams: the crop box (top ", p.crop_top, ", left ", p.crop_left, ", ",
+             p.crop_h, "x", p.crop_w, ") must lie inside the ", h, "x", w, " image");
+  for (int i = 0; i < p.ops; ++i) {
+    DL_CHECK(p.op[i] >= 0 && p.op[i] <= static_cast<int>(Op::Equalize), "AugmentParams: op ",
+             p.op[i], " is not a RandAugment operation");
+    const Op op = static_cast<Op>(p.op[i]);
+    const double mag = p.magnitude[i];
+    if (op >= Op::Brightness && op <= Op::Sharpness)
+      DL_CHECK(1.0 + mag >= 0.0, "AugmentParams: ", randaugment_ops()[p.op[i]], " magnitude ", mag,
+               " makes a negative factor");
+    if (op == Op::Posterize)
+      DL_CHECK(mag >= 0.0 && mag <= 8.0, "AugmentParams: posterize keeps 0 to 8 bits, got ", mag);
+    if (op == Op::Solarize)
+      DL_CHECK(mag <= 255.0, "AugmentParams: solarize threshold ", mag, " is above 255");
+  }
+  if (config.jitter > 0.0f) {
+    std::array<int, 3> sorted = p.jitter_order;
+    std::sort(sorted.begin(), sorted.end());
+    DL_CHECK(sorted == (std::array<int, 3>{0, 1, 2}),
+             "AugmentParams: the jitter order is not a permutation of 0, 1, 2");
+    for (float f : p.jitter_factor)
+      DL_CHECK(f >= 0.0f, "AugmentParams: a jitter factor is negative (", f, ")");
+  }
+  if (p.erase)
+    DL_CHECK(p.erase_top >= 0 && p.erase_left >= 0 && p.erase_h >= 0 && p.erase_w >= 0 &&
+                 p.erase_top + p.erase_h <= h && p.erase_left + p.erase_w <= w,
+             "AugmentParams: the erased rectangle lies outside the image");
+}
+
 void apply_augment(const AugmentConfig& config, const AugmentParams& p, const uint8_t* in, int h,
                    int w, int c, float* out) {
   check_image(h, w, c);
   validate(config, c);
-  DL_CHECK(p.ops >= 0 && p.ops <= kMaxRandAugmentOps, "AugmentParams: ", p.ops,
-           " RandAugment operations");
+  validate(p, config, h, w);
   std::vector<uint8_t> cur(in, in + numel(h, w, c)), next(cur.size());
   const auto step = [&](auto&& transform) {
     transform(cur.data(), next.data());
@@ -549,8 +583,6 @@ void apply_augment(const AugmentConfig& config, const AugmentParams& p, const ui
   }
   if (p.flip) step([&](const uint8_t* a, uint8_t* b) { hflip(a, h, w, c, b); });
   for (int i = 0; i < p.ops; ++i) {
-    DL_CHECK(p.op[i] >= 0 && p.op[i] <= static_cast<int>(Op::Equalize), "AugmentParams: op ",
-             p.op[i], " is not a RandAugment operation");
     step([&](const uint8_t* a, uint8_t* b) {
       apply_op(static_cast<Op>(p.op[i]), p.magnitude[i], a, h, w, c, b);
     });
@@ -561,12 +593,7 @@ void apply_augment(const AugmentConfig& config, const AugmentParams& p, const ui
     });
   }
   normalize_unchecked(config, cur.data(), h, w, c, out);
-  if (p.erase) {
-    DL_CHECK(p.erase_top >= 0 && p.erase_left >= 0 && p.erase_h >= 0 && p.erase_w >= 0 &&
-                 p.erase_top + p.erase_h <= h && p.erase_left + p.erase_w <= w,
-             "AugmentParams: the erased rectangle lies outside the image");
-    erase(out, w, c, {p.erase_top, p.erase_left, p.erase_h, p.erase_w});
-  }
+  if (p.erase) erase(out, w, c, {p.erase_top, p.erase_left, p.erase_h, p.erase_w});
 }
 
 void normalize(const AugmentConfig& config, const uint8_t* in, int h, int w, int c, float* out) {

@@ -93,7 +93,10 @@ void augment(const AugmentConfig& config, const uint8_t* in, int h, int w, int c
              Generator& gen);
 // The random choices of augment() for an h x w image, in the order augment() draws them.
 AugmentParams draw_augment(const AugmentConfig& config, int h, int w, Generator& gen);
-// augment() with its choices given.
+// Throws dl::Error when `params` are not choices draw_augment could make for an h x w image under
+// `config` (parameters from elsewhere: another device's, a corrupted copy).
+void validate(const AugmentParams& params, const AugmentConfig& config, int h, int w);
+// augment() with its choices given (validated first).
 void apply_augment(const AugmentConfig& config, const AugmentParams& params, const uint8_t* in,
                    int h, int w, int c, float* out);
 // Evaluation transform: out = (in / 255 - mean) / std per channel.

@@ -25,9 +25,11 @@ Tensor augment_batch(const Tensor& images, const std::vector<int64_t>& indices,
   validate(config, static_cast<int>(c));
   DL_CHECK(indices.size() == params.size(), "augment_batch: ", indices.size(), " indices but ",
            params.size(), " parameter sets");
-  for (int64_t index : indices)
-    DL_CHECK(index >= 0 && index < n, "augment_batch: image ", index, " is outside the ", n,
-             " images");
+  for (size_t i = 0; i < indices.size(); ++i) {
+    DL_CHECK(indices[i] >= 0 && indices[i] < n, "augment_batch: image ", indices[i],
+             " is outside the ", n, " images");
+    validate(params[i], config, static_cast<int>(h), static_cast<int>(w));
+  }
   const auto count = static_cast<int64_t>(indices.size());
 #ifdef DL_HAVE_CUDA
   if (images.device().is_cuda()) return cuda::augment_batch(images, indices, params, config);
@@ -37,6 +39,7 @@ Tensor augment_batch(const Tensor& images, const std::vector<int64_t>& indices,
   const uint8_t* pixels = images.data<uint8_t>();
   float* dst = out.data<float>();
   const int64_t bytes = h * w * c;
+  // Validated above: apply_augment does not throw inside the parallel loop.
 #pragma omp parallel for schedule(dynamic, 4)
   for (int64_t i = 0; i < count; ++i)
     apply_augment(config, params[static_cast<size_t>(i)],

@@ -140,9 +140,15 @@ __device__ void apply_step(const AugmentStep& st, const uint8_t* in, uint8_t* ou
     case AugmentStepKind::autocontrast: {
       if (threadIdx.x < 3) sc.lo[threadIdx.x] = 255, sc.hi[threadIdx.x] = 0;
       __syncthreads();
+      // Each thread's own range first, then one atomic per thread and channel.
+      int lo[3] = {255, 255, 255}, hi[3] = {0, 0, 0};
       for (int i = threadIdx.x; i < total; i += blockDim.x) {
-        atomicMin(&sc.lo[i % c], in[i]);
-        atomicMax(&sc.hi[i % c], in[i]);
+        lo[i % c] = min(lo[i % c], static_cast<int>(in[i]));
+        hi[i % c] = max(hi[i % c], static_cast<int>(in[i]));
+      }
+      for (int k = 0; k < c; ++k) {
+        atomicMin(&sc.lo[k], lo[k]);
+        atomicMax(&sc.hi[k], hi[k]);
       }
       __syncthreads();
       for (int i = threadIdx.x; i < total; i += blockDim.x) {

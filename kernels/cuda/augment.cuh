@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace dl::cuda {
 
@@ -53,6 +54,11 @@ struct ImageAugment {
   AugmentStep step[kMaxAugmentSteps];
   int32_t erase = 0, erase_top = 0, erase_left = 0, erase_h = 0, erase_w = 0;
 };
+
+// Built on the host, read on the device: the same layout on both (checked by both compilers).
+static_assert(std::is_trivially_copyable_v<ImageAugment>);
+static_assert(sizeof(AugmentStep) == 44 && alignof(AugmentStep) == 4);
+static_assert(sizeof(ImageAugment) == 896 && alignof(ImageAugment) == 8);
 
 // The largest h * w * c the kernel takes (two copies must fit in a block's shared memory).
 size_t augment_max_image_bytes();
