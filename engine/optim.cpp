@@ -351,6 +351,23 @@ double CosineWithWarmup::lr(int64_t step) const {
   return min_lr_ + (lr_ - min_lr_) * 0.5 * (1 + std::cos(std::numbers::pi * progress));
 }
 
+LinearWarmupDecay::LinearWarmupDecay(double lr, int64_t total_steps, int64_t warmup_steps)
+    : lr_(lr), total_steps_(total_steps), warmup_steps_(warmup_steps) {
+  check_lr(lr);
+  DL_CHECK(total_steps > 0, "linear: total_steps must be positive, got ", total_steps);
+  DL_CHECK(warmup_steps >= 0 && warmup_steps < total_steps, "linear: warmup_steps ", warmup_steps,
+           " must lie in [0, total_steps = ", total_steps, ")");
+}
+
+double LinearWarmupDecay::lr(int64_t step) const {
+  check_step(step);
+  const int64_t pos = step + 1;
+  if (pos <= warmup_steps_) return lr_ * static_cast<double>(pos) / warmup_steps_;
+  if (pos >= total_steps_) return 0.0;
+  return lr_ * static_cast<double>(total_steps_ - pos) /
+         static_cast<double>(total_steps_ - warmup_steps_);
+}
+
 // --- ExponentialMovingAverage ---
 
 ExponentialMovingAverage::ExponentialMovingAverage(const nn::Module& source, nn::Module& average,
@@ -397,6 +414,11 @@ std::unique_ptr<LRSchedule> make_schedule(Schedule kind, double lr, int64_t epoc
     DL_CHECK(epochs > 0 && steps_per_epoch > 0, "cosine: epochs (", epochs,
              ") and steps_per_epoch (", steps_per_epoch, ") must be positive");
     return std::make_unique<CosineWithWarmup>(lr, epochs * steps_per_epoch, warmup_steps, min_lr);
+  }
+  if (kind == Schedule::linear) {
+    DL_CHECK(epochs > 0 && steps_per_epoch > 0, "linear: epochs (", epochs,
+             ") and steps_per_epoch (", steps_per_epoch, ") must be positive");
+    return std::make_unique<LinearWarmupDecay>(lr, epochs * steps_per_epoch, warmup_steps);
   }
   DL_CHECK(kind == Schedule::constant, "unknown LR schedule ", static_cast<int>(kind));
   return std::make_unique<ConstantLR>(lr);

@@ -171,6 +171,19 @@ class CosineWithWarmup : public LRSchedule {
   int64_t total_steps_, warmup_steps_;
 };
 
+// Linear warm-up from 0 to lr over warmup_steps, then a straight line down to 0 at total_steps
+// (the triangle of fast short-run recipes such as airbench, per step rather than per epoch); 0
+// afterwards.
+class LinearWarmupDecay : public LRSchedule {
+ public:
+  LinearWarmupDecay(double lr, int64_t total_steps, int64_t warmup_steps = 0);
+  double lr(int64_t step) const override;
+
+ private:
+  double lr_;
+  int64_t total_steps_, warmup_steps_;
+};
+
 // An exponential moving average of a module's state, as timm's ModelEmaV2 and PyTorch's
 // AveragedModel(use_buffers=True) with get_ema_multi_avg_fn: `average`, a module of the same
 // architecture, starts as a copy of `source`; each update() sets every floating entry of its state
@@ -189,9 +202,9 @@ class ExponentialMovingAverage {
   double decay_;
 };
 
-// onecycle: OneCycleLinear (lr is lr_max); cosine: CosineWithWarmup over epochs * steps_per_epoch
-// steps; constant: ConstantLR.
-enum class Schedule { onecycle, cosine, constant };
+// onecycle: OneCycleLinear (lr is lr_max); cosine: CosineWithWarmup and linear: LinearWarmupDecay
+// over epochs * steps_per_epoch steps; constant: ConstantLR.
+enum class Schedule { onecycle, cosine, linear, constant };
 
 std::unique_ptr<LRSchedule> make_schedule(Schedule kind, double lr, int64_t epochs,
                                           int64_t steps_per_epoch, int64_t warmup_steps = 0,

@@ -36,6 +36,7 @@ const Choices<OptimizerKind> kOptimizers = {{OptimizerKind::adamw, "adamw"},
                                             {OptimizerKind::sgd, "sgd"}};
 const Choices<optim::Schedule> kSchedules = {{optim::Schedule::onecycle, "onecycle"},
                                              {optim::Schedule::cosine, "cosine"},
+                                             {optim::Schedule::linear, "linear"},
                                              {optim::Schedule::constant, "constant"}};
 const Choices<data::Crop> kCrops = {
     {data::Crop::none, "none"}, {data::Crop::random, "random"}, {data::Crop::resized, "resized"}};
@@ -314,14 +315,18 @@ std::vector<Setting> make_table() {
                [](auto& c) -> auto& { return c.nesterov; }),
            is_sgd, "with --optimizer sgd"),
       choice(
-          {"schedule", S::run, "onecycle (the recipe's piecewise-linear), cosine or constant"},
+          {"schedule", S::run,
+           "onecycle (the recipe's piecewise-linear, by whole epochs), cosine, linear (warm-up, "
+           "then straight down to 0, by steps: for short runs) or constant"},
           [](auto& c) -> auto& { return c.schedule; }, kSchedules),
       only(
           integer<int64_t>(
-              {"warmup-epochs", S::run, "cosine: linear warm-up epochs"},
+              {"warmup-epochs", S::run, "cosine and linear: linear warm-up epochs"},
               [](auto& c) -> auto& { return c.warmup_epochs; }, non_negative),
-          [](const TrainConfig& c) { return c.schedule == optim::Schedule::cosine; },
-          "with --schedule cosine"),
+          [](const TrainConfig& c) {
+            return c.schedule == optim::Schedule::cosine || c.schedule == optim::Schedule::linear;
+          },
+          "with --schedule cosine or linear"),
       real<float>(
           {"label-smoothing", S::run, "cross-entropy label smoothing"},
           [](auto& c) -> auto& { return c.label_smoothing; }, unit),
@@ -522,6 +527,9 @@ void validate(const TrainConfig& c) {
     if (s.check) s.check(c);
   DL_CHECK(c.warmup_epochs <= c.epochs, "--warmup-epochs must lie in [0, --epochs = ", c.epochs,
            "], got ", c.warmup_epochs);
+  DL_CHECK(c.schedule != optim::Schedule::linear || c.warmup_epochs < c.epochs,
+           "--schedule linear decays after its warm-up: --warmup-epochs must be below --epochs = ",
+           c.epochs, ", got ", c.warmup_epochs);
   DL_CHECK(!c.data.empty(), "--data is empty: name the data set's folder");
   models::ModelSpec spec = c.model;
   spec.classes = spec.in_channels = 1;  // stand-ins: both are taken from the data later

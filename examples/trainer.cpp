@@ -341,7 +341,7 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
               << cfg.epochs
               << (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
                                   : " epochs it has no warm-up")
-              << "; a short run may prefer --schedule cosine or constant\n";
+              << "; a short run may prefer --schedule linear (by steps) or cosine\n";
   data_ = load_training_data(cfg);
   const data::ImageDataset& train_set = data_.train;
 

@@ -412,7 +412,24 @@ TEST_CASE("CosineWithWarmup and ConstantLR", "[schedule]") {
   CHECK_THROWS_WITH(CosineWithWarmup(1.0, 10, 20), Contains("warmup_steps"));
 }
 
+TEST_CASE("LinearWarmupDecay: up over the warm-up steps, straight down to 0 at the end",
+          "[schedule]") {
+  const LinearWarmupDecay s(0.4, 10, 2);
+  // Step k is the (k + 1)-th: 0.4 * 1/2, 0.4 * 2/2, then 0.4 * (10 - (k + 1)) / 8.
+  const double expected[] = {0.2, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05, 0.0, 0.0, 0.0};
+  for (int k = 0; k < 12; ++k) {
+    INFO("step " << k);
+    CHECK(s.lr(k) == Approx(expected[k]).margin(1e-15));
+  }
+  const LinearWarmupDecay no_warmup(1.0, 4);
+  CHECK(no_warmup.lr(0) == Approx(0.75));
+  CHECK(no_warmup.lr(3) == 0.0);
+  CHECK_THROWS_WITH(LinearWarmupDecay(1.0, 10, 10), Contains("warmup_steps 10 must lie in [0"));
+  CHECK_THROWS_WITH(LinearWarmupDecay(1.0, 0), Contains("total_steps must be positive"));
+}
+
 TEST_CASE("make_schedule", "[schedule]") {
+  CHECK(make_schedule(Schedule::linear, 0.4, 5, 2, 2)->lr(2) == Approx(0.35));
   CHECK(make_schedule(Schedule::onecycle, 0.01, 10, 100)->lr(399) == Approx(0.01));
   CHECK(make_schedule(Schedule::cosine, 1.0, 10, 10, 10)->lr(54) == Approx(0.5));
   CHECK(make_schedule(Schedule::constant, 0.2, 10, 10)->lr(7) == 0.2);

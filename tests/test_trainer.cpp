@@ -613,7 +613,7 @@ TEST_CASE("Every setting reads back as it writes itself, and a bad value names i
   };
   refused("progress", "sometimes", "--progress must be auto, on or off, got 'sometimes'");
   refused("optimizer", "adam", "--optimizer must be adamw or sgd");
-  refused("schedule", "linear", "--schedule must be onecycle, cosine or constant");
+  refused("schedule", "step", "--schedule must be onecycle, cosine, linear or constant");
   refused("crop", "center", "--crop must be none, random or resized");
   refused("precision", "fp16", "--precision must be fp32 or bf16");
   refused("tta", "foo", "--tta must be none or flip, got 'foo'");
