@@ -106,8 +106,15 @@ void Tensor::backward(const Tensor& grad_output) const {
   NoGradGuard no_grad;
   if (!grad_fn()) {
     accumulate_leaf(*impl().autograd, seed);
+    if (impl().autograd->post_accumulate_grad_hook) impl().autograd->post_accumulate_grad_hook();
     return;
   }
+  const std::vector<std::shared_ptr<Node>> order = reverse_topological(grad_fn());
+  // The gradients still to come for each leaf with a hook: its edges from the graph's nodes.
+  std::unordered_map<AutogradMeta*, int> to_come;
+  for (const std::shared_ptr<Node>& node : order)
+    for (const auto& meta : node->inputs)
+      if (meta && !meta->grad_fn && meta->post_accumulate_grad_hook) ++to_come[meta.get()];
   // Gradient waiting at each node's output; `owned` means we may add into it in place.
   struct Pending {
     Tensor grad;
@@ -115,7 +122,7 @@ void Tensor::backward(const Tensor& grad_output) const {
   };
   std::unordered_map<Node*, Pending> pending;
   pending[grad_fn().get()] = {seed, false};
-  for (const std::shared_ptr<Node>& node : reverse_topological(grad_fn())) {
+  for (const std::shared_ptr<Node>& node : order) {
     const Tensor g = std::move(pending[node.get()].grad);
     pending.erase(node.get());
     const std::vector<std::shared_ptr<AutogradMeta>> inputs = node->inputs;
@@ -124,11 +131,15 @@ void Tensor::backward(const Tensor& grad_output) const {
     DL_CHECK(grads.size() == inputs.size(), "autograd: node '", node->name(), "' returned ",
              grads.size(), " gradients for ", inputs.size(), " inputs");
     for (size_t i = 0; i < inputs.size(); ++i) {
-      if (!inputs[i] || !grads[i].defined()) continue;
+      if (!inputs[i]) continue;
       if (!inputs[i]->grad_fn) {
-        accumulate_leaf(*inputs[i], grads[i]);
+        AutogradMeta& leaf = *inputs[i];
+        if (grads[i].defined()) accumulate_leaf(leaf, grads[i]);
+        if (leaf.post_accumulate_grad_hook && --to_come[&leaf] == 0)
+          leaf.post_accumulate_grad_hook();
         continue;
       }
+      if (!grads[i].defined()) continue;
       auto [it, fresh] = pending.try_emplace(inputs[i]->grad_fn.get(), Pending{grads[i], false});
       if (fresh) continue;
       Pending& p = it->second;

@@ -389,6 +389,11 @@ void Tensor::set_grad(const Tensor& grad) const {
   impl().autograd->grad = grad.defined() ? grad.impl_ptr() : nullptr;
 }
 
+void Tensor::set_post_accumulate_grad_hook(std::function<void()> hook) const {
+  if (!impl().autograd) impl().autograd = std::make_shared<AutogradMeta>();
+  impl().autograd->post_accumulate_grad_hook = std::move(hook);
+}
+
 const std::shared_ptr<Node>& Tensor::grad_fn() const {
   static const std::shared_ptr<Node> none;
   return impl().autograd ? impl().autograd->grad_fn : none;

@@ -29,6 +29,7 @@ struct AutogradMeta {
   bool requires_grad = false;
   std::shared_ptr<Node> grad_fn;
   std::shared_ptr<struct TensorImpl> grad;
+  std::function<void()> post_accumulate_grad_hook;  // see Tensor::set_post_accumulate_grad_hook
 };
 
 struct TensorImpl {
@@ -111,6 +112,11 @@ class Tensor {
   // Gradient accumulated into a leaf by backward(); undefined until then.
   Tensor grad() const;
   void set_grad(const Tensor& grad) const;
+  // A leaf's hook, run by backward() once this backward has accumulated every gradient it makes
+  // for the leaf (PyTorch's register_post_accumulate_grad_hook): data parallelism starts summing
+  // a bucket of gradients over the ranks while the backward goes on. One hook per tensor; an
+  // empty function removes it.
+  void set_post_accumulate_grad_hook(std::function<void()> hook) const;
   const std::shared_ptr<Node>& grad_fn() const;
   // Reverse-mode pass from this tensor. Without an argument the tensor must hold one element.
   // The graph is released as it is walked: a second backward through it is an error.

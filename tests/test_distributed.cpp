@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <optional>
 #include <random>
 
 #include "engine/dist/communicator.h"
@@ -230,7 +231,9 @@ nn::NamedTensors train_steps(uint64_t seed, bool ranks_share, bool sync_bn, bool
   auto model = models::make_model(spec, init);
   if (ranks_share && sync_bn) dist::sync_batch_norm(*model, comm());
   optim::SGD opt(model->parameters(), {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.05});
-  dist::GradientReducer reducer(comm(), model->parameters());
+  // 512-byte buckets: several, started by the backward as their gradients complete.
+  std::optional<dist::GradientReducer> reducer;
+  if (ranks_share) reducer.emplace(comm(), model->parameters(), 512);
   Generator data(seed + 1);
   const int64_t n = 8;
   const auto [begin, end] = my_rows(n);
@@ -248,7 +251,10 @@ nn::NamedTensors train_steps(uint64_t seed, bool ranks_share, bool sync_bn, bool
     };
     if (ranks_share) {
       slice_step(begin, end);
-      reducer.sum_gradients();
+      REQUIRE(reducer->buckets() > 3);
+      REQUIRE(reducer->started_in_backward() == reducer->buckets());
+      reducer->sum_gradients();
+      REQUIRE(reducer->started_in_backward() == 0);
     } else if (per_slice) {
       for (int r = 0; r < comm().size(); ++r)
         slice_step(n * r / comm().size(), n * (r + 1) / comm().size());

@@ -5,6 +5,7 @@
 // (77) without a GPU.
 #define CATCH_CONFIG_RUNNER
 #include <cstring>
+#include <optional>
 
 #include "cuda_test_util.h"
 #include "engine/dist/communicator.h"
@@ -64,7 +65,8 @@ TEST_CASE("ConvMixer steps through GradientReducer on NCCL equal plain steps bit
     auto model = models::make_model(spec, init);
     model->to(Device::cuda());
     optim::SGD opt(model->parameters(), {.lr = 0.1, .momentum = 0.9, .weight_decay = 0.05});
-    dist::GradientReducer reducer(comm(), model->parameters());
+    std::optional<dist::GradientReducer> reducer;
+    if (reduce) reducer.emplace(comm(), model->parameters(), 4096);
     Generator data(seed + 1);
     for (int step = 0; step < 3; ++step) {
       const Tensor images = Tensor::randn({16, 16, 16, 3}, data).to(Device::cuda());
@@ -72,7 +74,10 @@ TEST_CASE("ConvMixer steps through GradientReducer on NCCL equal plain steps bit
       for (int64_t i = 0; i < 16; ++i) labels.push_back((i * 3 + step) % 10);
       opt.zero_grad();
       cross_entropy(model->forward(images), Tensor::from_vector(labels, {16})).backward();
-      if (reduce) reducer.sum_gradients();
+      if (reduce) {
+        REQUIRE(reducer->started_in_backward() == reducer->buckets());
+        reducer->sum_gradients();
+      }
       opt.step();
     }
     return model->state_dict();

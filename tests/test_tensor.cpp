@@ -383,6 +383,35 @@ TEST_CASE("diamond graph: y = a * b + a", "[autograd]") {
   require_values(a.grad(), {5.0f, 0.0f, 3.0f, 10.0f});
 }
 
+TEST_CASE("a post-accumulate hook runs once per backward, after the leaf's last gradient",
+          "[autograd]") {
+  Tensor a = leaf({1.5f, -2.0f, 0.5f, 4.0f}, {2, 2});
+  Tensor b = leaf({3.0f, 0.25f, -1.0f, 2.0f}, {2, 2});
+  Tensor unused = leaf({1.0f}, {1});
+  // a reaches y by three edges (a * b, + a, and a * a); the hook must see all of them summed.
+  std::vector<std::vector<float>> seen_a;
+  int calls_b = 0, calls_unused = 0;
+  a.set_post_accumulate_grad_hook([&] { seen_a.push_back(a.grad().to_vector()); });
+  b.set_post_accumulate_grad_hook([&] { ++calls_b; });
+  unused.set_post_accumulate_grad_hook([&] { ++calls_unused; });
+  sum(add(add(mul(a, b), a), mul(a, a))).backward();
+  REQUIRE(seen_a.size() == 1);
+  CHECK(seen_a[0] == std::vector<float>{7.0f, -2.75f, 1.0f, 11.0f});  // b + 1 + 2a
+  CHECK(calls_b == 1);
+  CHECK(calls_unused == 0);   // not in the graph
+  sum(mul(a, b)).backward();  // a second backward: once more
+  CHECK(seen_a.size() == 2);
+  CHECK(calls_b == 2);
+  a.set_post_accumulate_grad_hook({});
+  sum(a).backward();
+  CHECK(seen_a.size() == 2);
+  // A backward from the leaf itself accumulates its seed, then runs the hook.
+  int calls_leaf = 0;
+  b.set_post_accumulate_grad_hook([&] { ++calls_leaf; });
+  b.backward(Tensor::ones({2, 2}));
+  CHECK(calls_leaf == 1);
+}
+
 TEST_CASE("NoGradGuard records nothing and restores the mode", "[autograd]") {
   Tensor x = leaf({1.0f, 2.0f}, {2});
   REQUIRE(grad_mode_enabled());

@@ -16,6 +16,12 @@ class SingleProcess final : public Communicator {
   int size() const override { return 1; }
   int local_rank() const override { return 0; }
   void all_reduce_sum(Tensor&) override {}
+  std::unique_ptr<Pending> all_reduce_sum_async(Tensor&) override {
+    struct Done final : Pending {
+      void wait() override {}
+    };
+    return std::make_unique<Done>();
+  }
   void broadcast(Tensor&, int) override {}
   void all_reduce_sum(std::span<double>) override {}
   void all_reduce_max(std::span<int64_t>) override {}

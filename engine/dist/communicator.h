@@ -24,6 +24,16 @@ class Communicator {
 
   // Sums a contiguous tensor (f32, i32 or i64; bf16 too on a GPU) over the ranks, in place.
   virtual void all_reduce_sum(Tensor& t) = 0;
+  // A collective under way: wait() completes it. For a GPU tensor the sum runs on a stream of its
+  // own and wait() only makes the engine's stream wait for it (the host does not block).
+  class Pending {
+   public:
+    virtual ~Pending() = default;
+    virtual void wait() = 0;
+  };
+  // all_reduce_sum, started: `t` must not be touched until wait() returns. Ranks start their
+  // collectives in the same order.
+  virtual std::unique_ptr<Pending> all_reduce_sum_async(Tensor& t) = 0;
   // Copies `root`'s tensor into every rank's (same shape and dtype).
   virtual void broadcast(Tensor& t, int root) = 0;
   // Host values.

@@ -25,27 +25,52 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
     sizes.back() += p.numel();
     bytes_ += bytes;
   }
-  for (size_t b = 0; b < buckets_.size(); ++b)
+  for (size_t b = 0; b < buckets_.size(); ++b) {
     buckets_[b].flat =
         Tensor::empty({sizes[b]}, DType::f32, params_[buckets_[b].params.front()].device());
+    for (size_t k : buckets_[b].params)
+      params_[k].set_post_accumulate_grad_hook([this, b] { on_ready(b); });
+  }
+}
+
+GradientReducer::~GradientReducer() {
+  for (const Tensor& p : params_) p.set_post_accumulate_grad_hook({});
+  for (Bucket& bucket : buckets_)
+    if (bucket.sum) bucket.sum->wait();
+}
+
+void GradientReducer::on_ready(size_t b) {
+  ++buckets_[b].ready;
+  while (next_to_start_ < buckets_.size() &&
+         buckets_[next_to_start_].ready == buckets_[next_to_start_].params.size()) {
+    start(buckets_[next_to_start_++]);
+    ++started_in_backward_;
+  }
+}
+
+void GradientReducer::start(Bucket& bucket) {
+  int64_t offset = 0;
+  for (size_t k : bucket.params) {
+    const Tensor& p = params_[k];
+    Tensor part = bucket.flat.slice(0, offset, offset + p.numel());
+    const Tensor grad = p.grad();
+    if (grad.defined()) {
+      part.copy_(grad.reshape({p.numel()}));
+    } else {
+      part.zero_();
+    }
+    offset += p.numel();
+  }
+  bucket.sum = comm_.all_reduce_sum_async(bucket.flat);
 }
 
 void GradientReducer::sum_gradients() {
+  while (next_to_start_ < buckets_.size()) start(buckets_[next_to_start_++]);
   for (Bucket& bucket : buckets_) {
+    bucket.sum->wait();
+    bucket.sum.reset();
+    bucket.ready = 0;
     int64_t offset = 0;
-    for (size_t k : bucket.params) {
-      const Tensor& p = params_[k];
-      Tensor part = bucket.flat.slice(0, offset, offset + p.numel());
-      const Tensor grad = p.grad();
-      if (grad.defined()) {
-        part.copy_(grad.reshape({p.numel()}));
-      } else {
-        part.zero_();
-      }
-      offset += p.numel();
-    }
-    comm_.all_reduce_sum(bucket.flat);
-    offset = 0;
     for (size_t k : bucket.params) {
       const Tensor& p = params_[k];
       const Tensor summed = bucket.flat.slice(0, offset, offset + p.numel()).reshape(p.shape());
@@ -58,6 +83,8 @@ void GradientReducer::sum_gradients() {
       offset += p.numel();
     }
   }
+  next_to_start_ = 0;
+  started_in_backward_ = 0;
 }
 
 namespace {

@@ -47,6 +47,32 @@ void all_reduce_host(void* data, int64_t count, MPI_Datatype type, MPI_Op op) {
   }
 }
 
+// MPI_Iallreduce over pieces of kMaxCount; wait() completes them all.
+class MpiPending final : public Communicator::Pending {
+ public:
+  MpiPending(void* data, int64_t count, MPI_Datatype type) {
+    int type_bytes = 0;
+    MPI_Type_size(type, &type_bytes);
+    auto* bytes = static_cast<char*>(data);
+    for (int64_t done = 0; done < count;) {
+      const int64_t piece = std::min(kMaxCount, count - done);
+      MPI_Request& request = requests_.emplace_back();
+      MPI_Iallreduce(MPI_IN_PLACE, bytes + done * type_bytes, static_cast<int>(piece), type,
+                     MPI_SUM, MPI_COMM_WORLD, &request);
+      done += piece;
+    }
+  }
+  ~MpiPending() override { wait(); }
+  void wait() override {
+    if (requests_.empty()) return;
+    MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(), MPI_STATUSES_IGNORE);
+    requests_.clear();
+  }
+
+ private:
+  std::vector<MPI_Request> requests_;
+};
+
 void broadcast_host(void* data, int64_t bytes, int root) {
   auto* p = static_cast<char*>(data);
   for (int64_t done = 0; done < bytes;) {
@@ -98,6 +124,14 @@ class MpiWorld final : public Communicator {
       nccl().all_reduce_sum(t.raw_data(), t.numel(), t.dtype());
     }
     t.mark_modified();
+  }
+
+  std::unique_ptr<Pending> all_reduce_sum_async(Tensor& t) override {
+    DL_CHECK(t.is_contiguous(), "all_reduce_sum: the tensor must be contiguous");
+    t.mark_modified();
+    if (t.device().is_cpu())
+      return std::make_unique<MpiPending>(t.raw_data(), t.numel(), mpi_type(t.dtype()));
+    return nccl().all_reduce_sum_async(t.raw_data(), t.numel(), t.dtype());
   }
 
   void broadcast(Tensor& t, int root) override {
@@ -155,6 +189,7 @@ class MpiWorld final : public Communicator {
           "beside the CUDA toolkit, or at NCCL_INCLUDE_DIR and NCCL_LIBRARY)");
     }
     void all_reduce_sum(void*, int64_t, DType) { missing(); }
+    std::unique_ptr<Pending> all_reduce_sum_async(void*, int64_t, DType) { missing(); }
     void broadcast(void*, int64_t, int) { missing(); }
   };
   static NoNccl nccl() {

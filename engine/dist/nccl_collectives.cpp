@@ -6,6 +6,7 @@
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/error.h"
+#include "kernels/cuda/check.h"
 
 namespace dl::dist {
 
@@ -41,10 +42,49 @@ NcclCollectives::NcclCollectives(int rank, int size,
   broadcast_id(&id, sizeof id);
   cuda::init();
   check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
+  DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
 }
 
 NcclCollectives::~NcclCollectives() {
   if (comm_) ncclCommDestroy(comm_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+namespace {
+
+// An event recorded on `from`, waited for by `to`: `to`'s later work runs after `from`'s so far.
+void order_after(cudaStream_t from, cudaStream_t to) {
+  cudaEvent_t event = nullptr;
+  DL_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  DL_CUDA_CHECK(cudaEventRecord(event, from));
+  DL_CUDA_CHECK(cudaStreamWaitEvent(to, event, 0));
+  DL_CUDA_CHECK(cudaEventDestroy(event));  // released once the wait has happened
+}
+
+class NcclPending final : public Communicator::Pending {
+ public:
+  explicit NcclPending(cudaStream_t stream) : stream_(stream) {}
+  ~NcclPending() override { wait(); }
+  void wait() override {
+    if (!stream_) return;
+    order_after(stream_, cuda::stream());
+    stream_ = nullptr;
+  }
+
+ private:
+  cudaStream_t stream_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator::Pending> NcclCollectives::all_reduce_sum_async(void* data,
+                                                                             int64_t count,
+                                                                             DType dtype) {
+  order_after(cuda::stream(), stream_);
+  check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum, comm_,
+                      stream_),
+        "ncclAllReduce");
+  return std::make_unique<NcclPending>(stream_);
 }
 
 void NcclCollectives::all_reduce_sum(void* data, int64_t count, DType dtype) {

@@ -6,9 +6,13 @@
 #include <cstdint>
 #include <functional>
 
+#include <memory>
+
+#include "engine/dist/communicator.h"
 #include "engine/dtype.h"
 
 struct ncclComm;
+struct CUstream_st;
 
 namespace dl::dist {
 
@@ -23,12 +27,17 @@ class NcclCollectives {
   NcclCollectives& operator=(const NcclCollectives&) = delete;
 
   void all_reduce_sum(void* data, int64_t count, DType dtype);
+  // The sum on this communicator's own stream, after the work queued so far on the engine's
+  // stream; wait() makes the engine's stream wait for it.
+  std::unique_ptr<Communicator::Pending> all_reduce_sum_async(void* data, int64_t count,
+                                                              DType dtype);
   void broadcast(void* data, int64_t bytes, int root);
   // Ends the communicator without waiting for the other ranks (after an error).
   void abort();
 
  private:
   ncclComm* comm_ = nullptr;
+  CUstream_st* stream_ = nullptr;  // the asynchronous sums' (created with the communicator)
 };
 
 }  // namespace dl::dist
