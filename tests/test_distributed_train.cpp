@@ -2,6 +2,7 @@
 // against the same run in one process: the same weights up to float rounding with --sync-bn, a
 // 2-rank checkpoint resumed on 1 and on 2 ranks, a 2-rank run killed with SIGKILL and resumed,
 // and ranks that fail or disagree ending the job with one message naming the rank.
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -9,10 +10,12 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include "engine/io/safetensors.h"
@@ -50,23 +53,57 @@ std::string text_of(const fs::path& file) {
   return std::string((std::istreambuf_iterator<char>(in)), {});
 }
 
-// `mpirun` with `ranks` copies of `train args` (or the given MPMD tail), output into `log`, in the
-// background; OpenMPI as root wants its two confirmations.
+// `mpirun --oversubscribe <programs>` (one or more "-np N train args", ':'-separated), its
+// output into `log`, in the background; the pid returned is mpirun's. OpenMPI as root wants its
+// two confirmations.
 pid_t start_mpirun(const std::string& programs, const fs::path& log) {
-  const std::string command =
-      std::string(DL_MPIEXEC) + " --oversubscribe " + programs + " > " + log.string() + " 2>&1";
+  std::vector<std::string> args = {DL_MPIEXEC, "--oversubscribe"};
+  std::istringstream words(programs);
+  for (std::string word; words >> word;) args.push_back(word);
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
   const pid_t pid = fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 1);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 1);
     setenv("OMP_NUM_THREADS", "1", 1);
-    // A process group of its own, so that a kill reaches mpirun's shell and its ranks.
-    setpgid(0, 0);
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    dup2(out, STDOUT_FILENO), dup2(out, STDERR_FILENO);
+    execv(argv[0], argv.data());
     _exit(127);
   }
   return pid;
+}
+
+// The job's train processes: mpirun's children named train, from /proc (each rank has a
+// process group of its own).
+std::vector<pid_t> ranks_of(pid_t job) {
+  std::vector<pid_t> ranks;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream stat(entry.path() / "stat");
+    std::string pid, comm, state;
+    long parent = 0;
+    if (stat >> pid >> comm >> state >> parent && comm == "(train)" && parent == job)
+      ranks.push_back(static_cast<pid_t>(std::stol(pid)));
+  }
+  return ranks;
+}
+
+// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+bool running(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string pid_field, name, state;
+  return stat >> pid_field >> name >> state && state != "Z";
+}
+
+// SIGKILL to the ranks and mpirun at once, as a machine that goes down ends them.
+void kill_job(pid_t job) {
+  for (pid_t rank : ranks_of(job)) kill(rank, SIGKILL);
+  kill(job, SIGKILL);
 }
 
 std::string train_on(int ranks, const std::string& args) {
@@ -79,7 +116,7 @@ int wait_bounded(pid_t pid, double seconds, const fs::path& log) {
   int status = 0;
   while (waitpid(pid, &status, WNOHANG) != pid) {
     if (std::chrono::steady_clock::now() - start > std::chrono::duration<double>(seconds)) {
-      kill(-pid, SIGKILL);
+      kill_job(pid);
       waitpid(pid, &status, 0);
       FAIL("the job did not end within " << seconds << " s; its output:\n" << text_of(log));
     }
@@ -191,7 +228,7 @@ TEST_CASE("A two-rank run killed with SIGKILL at a random step resumes and ends 
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(std::mt19937(f.seed)() % 200));
-  kill(-job, SIGKILL);
+  kill_job(job);
   wait_bounded(job, 30, f.tmp.path / "run.log");
   // Whatever was left (a finished run included) continues to the reference's end.
   const int resumed =
@@ -219,6 +256,28 @@ TEST_CASE("A rank that fails or was started differently ends every rank with one
     CHECK_THAT(text_of(log), Catch::Contains("train: error (rank 1 of 2, ending every rank): "
                                              "/no/such/data"));
     CHECK_FALSE(fs::exists(f.tmp.path / "run" / "last.safetensors"));
+  }
+  SECTION("rank processes killed mid-run: the job ends within 60 s, naming what happened") {
+    const fs::path log = f.tmp.path / "killed.log", run = f.tmp.path / "run";
+    const pid_t job = start_mpirun(train_on(2, good + " --epochs 50"), log);
+    while (!fs::exists(run / "last.safetensors")) {
+      int status = 0;
+      REQUIRE(waitpid(job, &status, WNOHANG) == 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    // One rank's process, as a crash would end it; mpirun ends the other.
+    const std::vector<pid_t> ranks = ranks_of(job);
+    REQUIRE(ranks.size() == 2);
+    const auto start = std::chrono::steady_clock::now();
+    REQUIRE(kill(ranks.back(), SIGKILL) == 0);
+    const int code = wait_bounded(job, 60, log);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    INFO(text_of(log));
+    CHECK(code != 0);
+    CHECK(seconds < 60);
+    CHECK_THAT(text_of(log), Catch::Contains("exited on signal 9"));
+    for (pid_t rank : ranks) CHECK_FALSE(running(rank));  // none left behind
   }
   SECTION("ranks started with different settings are refused before the first step") {
     const fs::path log = f.tmp.path / "differ.log";
