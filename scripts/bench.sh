@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Times ConvMixer-256/8 (k 5, p 2, batch 64) training steps on this machine's CPU with the engine
-# and, when PyTorch is installed, with PyTorch in the same run, and prints the ratio.
-#   THREADS (default 2), STEPS (default 5), WARMUP (default 2), PYTHON (default python3); other
-#   arguments (--dim --depth --kernel --patch --batch) go to both sides.
+# and, when PyTorch is installed, with PyTorch eager (channels-last) and, on PyTorch 2, with
+# torch.compile, in ROUNDS interleaved rounds (a shared machine drifts: each round runs all of
+# them one after the other), and prints each round's images per second and ratios, then the range.
+#   THREADS (default 2), STEPS (default 5), WARMUP (default 2), ROUNDS (default 3), PYTHON (default
+#   python3: a virtual environment with the current PyTorch from the package index is the anchor);
+#   other arguments (--dim --depth --kernel --patch --batch) go to every side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,16 +14,19 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build build --target bench_model -j "$(nproc)"
 
 threads=${THREADS:-2}
-steps=${STEPS:-5}
-warmup=${WARMUP:-2}
-common=(--threads "$threads" --steps "$steps" --warmup "$warmup" "$@")
-ours=$(build/examples/bench_model "${common[@]}" | tee /dev/stderr |
-       sed -n 's/^train_img_per_s=//p')
+rounds=${ROUNDS:-3}
+common=(--threads "$threads" --steps "${STEPS:-5}" --warmup "${WARMUP:-2}" "$@")
 py=${PYTHON:-python3}
+
+# The train_img_per_s line of a run, its output on stderr.
+img_per_s() { "$@" | tee /dev/stderr | sed -n 's/^train_img_per_s=//p'; }
+
+sides=(engine)
 if "$py" -c 'import torch' 2>/dev/null; then
-  theirs=$(OMP_NUM_THREADS=$threads "$py" scripts/pytorch_reference.py bench "${common[@]}" |
-             tee /dev/stderr | sed -n 's/^train_img_per_s=//p')
-  "$py" -c "print(f'engine/pytorch images-per-second ratio: {$ours / $theirs:.2f}')"
+  version=$("$py" -c 'import torch; print(torch.__version__)')
+  sides+=(eager)
+  [[ ${version%%.*} -ge 2 ]] && sides+=(compile)
+  echo "PyTorch $version ($py), ${sides[*]}, $rounds rounds, $threads threads" >&2
 else
   # PYTHON picks the interpreter; say so, and name /usr/bin/python3 when it has PyTorch.
   where=$(command -v "$py" || true)
@@ -30,4 +36,39 @@ else
   fi
   echo "PyTorch not found by PYTHON=$py (${where:-not on PATH}): engine figure only; $hint"
 fi
-echo "train_img_per_s=$ours"
+
+results=()
+for round in $(seq "$rounds"); do
+  line="round $round:"
+  for side in "${sides[@]}"; do
+    case $side in
+      engine) value=$(img_per_s build/examples/bench_model "${common[@]}") ;;
+      eager) value=$(OMP_NUM_THREADS=$threads img_per_s "$py" scripts/pytorch_reference.py bench \
+                       "${common[@]}") ;;
+      compile) value=$(OMP_NUM_THREADS=$threads img_per_s "$py" scripts/pytorch_reference.py \
+                         bench "${common[@]}" --compile) ;;
+    esac
+    line+=" $side=$value"
+  done
+  results+=("$line")
+done
+
+# Per round: images per second and the engine's ratio to each PyTorch side; then each ratio's range.
+printf '%s\n' "${results[@]}" | awk '
+{
+  out = $1 " " $2
+  split($3, e, "="); engine = e[2]
+  for (i = 3; i <= NF; ++i) {
+    split($i, kv, "=")
+    out = out sprintf(" %s %.1f img/s", kv[1], kv[2])
+    if (kv[1] != "engine") {
+      r = engine / kv[2]
+      out = out sprintf(" (engine/%s %.2f)", kv[1], r)
+      if (!(kv[1] in lo) || r < lo[kv[1]]) lo[kv[1]] = r
+      if (!(kv[1] in hi) || r > hi[kv[1]]) hi[kv[1]] = r
+    }
+  }
+  print out
+}
+END { for (k in lo) printf "engine/%s: %.2f to %.2f over %d rounds\n", k, lo[k], hi[k], NR }'
+echo "train_img_per_s=$(sed -n 's/.*engine=\([^ ]*\).*/\1/p' <<<"${results[-1]}")"
