@@ -35,8 +35,6 @@ GradientReducer::GradientReducer(Communicator& comm, std::vector<Tensor> params,
 
 GradientReducer::~GradientReducer() {
   for (const Tensor& p : params_) p.set_post_accumulate_grad_hook({});
-  for (Bucket& bucket : buckets_)
-    if (bucket.sum) bucket.sum->wait();
 }
 
 void GradientReducer::on_ready(size_t b) {
