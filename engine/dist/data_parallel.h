@@ -42,9 +42,9 @@ class GradientReducer {
 
  private:
   struct Bucket {
-    std::vector<size_t> params;  // indices into params_
-    Tensor flat;                 // their gradients end to end, f32 on their device
-    size_t ready = 0;            // of its parameters, accumulated in this backward
+    std::vector<size_t> params;                  // indices into params_
+    Tensor flat;                                 // their gradients end to end, f32 on their device
+    size_t ready = 0;                            // of its parameters, accumulated in this backward
     std::unique_ptr<Communicator::Pending> sum;  // waits when destroyed, before flat goes
   };
   // A parameter's gradient is complete: starts the buckets that are ready, in order.

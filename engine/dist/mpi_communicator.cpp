@@ -174,9 +174,10 @@ class MpiWorld final : public Communicator {
 #ifdef DL_HAVE_NCCL
   NcclCollectives& nccl() {
     if (!nccl_)
-      nccl_ = std::make_unique<NcclCollectives>(rank_, size_, [](void* id, size_t bytes) {
-        broadcast_host(id, static_cast<int64_t>(bytes), 0);
-      });
+      nccl_ = std::make_unique<NcclCollectives>(
+          rank_, size_,
+          [](void* id, size_t bytes) { broadcast_host(id, static_cast<int64_t>(bytes), 0); },
+          [] { MPI_Abort(MPI_COMM_WORLD, 1); });
     return *nccl_;
   }
   std::unique_ptr<NcclCollectives> nccl_;

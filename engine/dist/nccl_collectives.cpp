@@ -2,7 +2,14 @@
 
 #include <nccl.h>
 
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "engine/cuda/cuda_backend.h"
 #include "engine/error.h"
@@ -35,19 +42,85 @@ ncclDataType_t nccl_type(DType dtype) {
 
 }  // namespace
 
+// The collectives queued and not yet seen complete, oldest first, checked once a second.
+struct NcclCollectives::Watchdog {
+  struct Collective {
+    cudaEvent_t done;
+    std::chrono::steady_clock::time_point queued;
+  };
+  std::mutex mutex;
+  std::condition_variable wake;
+  std::deque<Collective> in_flight;
+  bool stopping = false;
+  std::thread thread;
+};
+
+namespace {
+
+double timeout_seconds() {
+  const char* text = std::getenv("DL_NCCL_TIMEOUT");
+  const double value = text ? std::atof(text) : 600.0;
+  return value > 0 ? value : 600.0;
+}
+
+}  // namespace
+
 NcclCollectives::NcclCollectives(int rank, int size,
-                                 const std::function<void(void*, size_t)>& broadcast_id) {
+                                 const std::function<void(void*, size_t)>& broadcast_id,
+                                 std::function<void()> end_job)
+    : watchdog_(std::make_unique<Watchdog>()) {
   ncclUniqueId id{};
   if (rank == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
   broadcast_id(&id, sizeof id);
   cuda::init();
   check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
   DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  int device = 0;
+  DL_CUDA_CHECK(cudaGetDevice(&device));
+  const double timeout = timeout_seconds();
+  watchdog_->thread = std::thread([this, device, rank, timeout, end_job = std::move(end_job)] {
+    cudaSetDevice(device);
+    Watchdog& w = *watchdog_;
+    std::unique_lock<std::mutex> lock(w.mutex);
+    while (!w.stopping) {
+      w.wake.wait_for(lock, std::chrono::seconds(1));
+      while (!w.in_flight.empty() && cudaEventQuery(w.in_flight.front().done) == cudaSuccess) {
+        cudaEventDestroy(w.in_flight.front().done);
+        w.in_flight.pop_front();
+      }
+      if (w.in_flight.empty()) continue;
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() -
+                                                          w.in_flight.front().queued)
+                                .count();
+      if (waited < timeout) continue;
+      std::fprintf(stderr,
+                   "train: error (rank %d): an NCCL collective has not completed in %.0f s "
+                   "(DL_NCCL_TIMEOUT): another rank stopped taking part; ending every rank\n",
+                   rank, waited);
+      ncclCommAbort(comm_);
+      end_job();
+    }
+  });
 }
 
 NcclCollectives::~NcclCollectives() {
+  {
+    std::lock_guard<std::mutex> lock(watchdog_->mutex);
+    watchdog_->stopping = true;
+  }
+  watchdog_->wake.notify_all();
+  watchdog_->thread.join();
+  for (const Watchdog::Collective& c : watchdog_->in_flight) cudaEventDestroy(c.done);
   if (comm_) ncclCommDestroy(comm_);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+void NcclCollectives::watch(cudaStream_t stream) {
+  cudaEvent_t done = nullptr;
+  DL_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+  DL_CUDA_CHECK(cudaEventRecord(done, stream));
+  std::lock_guard<std::mutex> lock(watchdog_->mutex);
+  watchdog_->in_flight.push_back({done, std::chrono::steady_clock::now()});
 }
 
 namespace {
@@ -84,6 +157,7 @@ std::unique_ptr<Communicator::Pending> NcclCollectives::all_reduce_sum_async(voi
   check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum, comm_,
                       stream_),
         "ncclAllReduce");
+  watch(stream_);
   return std::make_unique<NcclPending>(stream_);
 }
 
@@ -91,12 +165,14 @@ void NcclCollectives::all_reduce_sum(void* data, int64_t count, DType dtype) {
   check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum, comm_,
                       cuda::stream()),
         "ncclAllReduce");
+  watch(cuda::stream());
 }
 
 void NcclCollectives::broadcast(void* data, int64_t bytes, int root) {
   check(
       ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_, cuda::stream()),
       "ncclBroadcast");
+  watch(cuda::stream());
 }
 
 void NcclCollectives::abort() {

@@ -1,6 +1,8 @@
 // NCCL's collectives over GPU tensors for the MPI world (compiled when the build has NCCL):
 // queued on the engine's CUDA stream, so a step's all-reduce runs in order with its kernels and
-// the host does not wait for it. Internal to engine/dist.
+// the host does not wait for it. A watchdog thread ends the job when a collective has not
+// completed within DL_NCCL_TIMEOUT seconds (default 600: a rank that hangs without dying, which
+// mpirun would not notice), naming this rank. Internal to engine/dist.
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,9 +21,11 @@ namespace dl::dist {
 class NcclCollectives {
  public:
   // Collective over all ranks: rank 0 makes the NCCL id and `broadcast_id` (over MPI) hands it to
-  // the others. The engine's GPU must be chosen before.
+  // the others. The engine's GPU must be chosen before. `end_job` ends every rank (MPI_Abort);
+  // the watchdog calls it after aborting the communicator.
   NcclCollectives(int rank, int size,
-                  const std::function<void(void* id, size_t bytes)>& broadcast_id);
+                  const std::function<void(void* id, size_t bytes)>& broadcast_id,
+                  std::function<void()> end_job);
   ~NcclCollectives();
   NcclCollectives(const NcclCollectives&) = delete;
   NcclCollectives& operator=(const NcclCollectives&) = delete;
@@ -36,8 +40,13 @@ class NcclCollectives {
   void abort();
 
  private:
+  // Watches the collective just queued on `stream` (see the file comment).
+  void watch(CUstream_st* stream);
+
   ncclComm* comm_ = nullptr;
   CUstream_st* stream_ = nullptr;  // the asynchronous sums' (created with the communicator)
+  struct Watchdog;
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 }  // namespace dl::dist
