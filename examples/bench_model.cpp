@@ -1,10 +1,11 @@
-// Times ConvMixer training steps (forward, backward, AdamW) on synthetic data, in fp32 or bf16
+// Times ConvMixer training steps (forward, backward, AdamW), or with --eval evaluation batches
+// (the forward in eval mode, without gradients), on synthetic data, in fp32 or bf16
 // mixed precision (bf16 activations, fp32 parameters and optimizer state; the CUDA path). On the
 // CUDA path it also prints peak_mem_mb=<peak device memory of the caching allocator, MiB>. With
 // --profile it then runs --profile-steps more steps under an OpProfiler (engine/profile.h) and
 // prints the time of each op per step. The last line is train_img_per_s=<number> (of the timed
-// steps), for scripts to compare with PyTorch (scripts/pytorch_reference.py bench,
-// scripts/bench_gpu.sh).
+// steps; eval_img_per_s=<number> with --eval), for scripts to compare with PyTorch
+// (scripts/pytorch_reference.py bench, scripts/bench.sh, scripts/bench_gpu.sh).
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -41,6 +42,9 @@ int run(int argc, char** argv) {
             "after the timed steps, print each op's time per step (device synchronized around "
             "every op)");
   flags.add("profile-steps", "3", "steps profiled by --profile");
+  flags.add("eval", "false",
+            "time evaluation batches (the forward in eval mode, no gradients) instead of training "
+            "steps");
   if (!flags.parse(argc, argv)) return 0;
 
   const examples::Precision precision =
@@ -72,7 +76,13 @@ int run(int argc, char** argv) {
   // does not wait for a check on the device.
   const Tensor labels = Tensor::from_vector(label_values, {batch});
 
+  const bool eval = flags.boolean("eval");
+  if (eval) model.eval();
   auto step = [&] {
+    if (eval) {
+      NoGradGuard no_grad;
+      return cross_entropy(model.forward(images), labels);
+    }
     Tensor loss = cross_entropy(model.forward(images), labels);
     opt.zero_grad();
     loss.backward();
@@ -93,12 +103,13 @@ int run(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const float last_loss = loss.item();
   std::printf(
-      "convmixer-%lld/%lld k%lld p%lld batch %lld on %s (%s%s), %d threads: %.2f ms/step, "
+      "convmixer-%lld/%lld k%lld p%lld batch %lld on %s (%s%s%s), %d threads: %.2f ms/step, "
       "loss %.4f\n",
       static_cast<long long>(config.dim), static_cast<long long>(config.depth),
       static_cast<long long>(config.kernel), static_cast<long long>(config.patch),
       static_cast<long long>(batch), device.str().c_str(), examples::to_string(precision).c_str(),
-      tf32 ? ", tf32" : "", num_threads(), 1000.0 * seconds / steps, last_loss);
+      tf32 ? ", tf32" : "", eval ? ", eval" : "", num_threads(), 1000.0 * seconds / steps,
+      last_loss);
   std::printf("step_ms=%.3f\n", 1000.0 * seconds / steps);
   if (device.is_cuda()) std::printf("peak_mem_mb=%.1f\n", examples::peak_memory_mb(device));
   if (profile) {
@@ -121,7 +132,7 @@ int run(int argc, char** argv) {
         1e3 * wall / profile_steps, 1e3 * in_ops / profile_steps,
         1e3 * (wall - in_ops) / profile_steps);
   }
-  std::printf("train_img_per_s=%.1f\n", batch * steps / seconds);
+  std::printf("%s_img_per_s=%.1f\n", eval ? "eval" : "train", batch * steps / seconds);
   return 0;
 }
 

@@ -5,7 +5,8 @@
 # them one after the other), and prints each round's images per second and ratios, then the range.
 #   THREADS (default 2), STEPS (default 5), WARMUP (default 2), ROUNDS (default 3), PYTHON (default
 #   python3: a virtual environment with the current PyTorch from the package index is the anchor);
-#   other arguments (--dim --depth --kernel --patch --batch) go to every side.
+#   EVAL=1 times evaluation batches (eval mode, no gradients) instead of training steps; other
+#   arguments (--dim --depth --kernel --patch --batch) go to every side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,10 +17,15 @@ cmake --build build --target bench_model -j "$(nproc)"
 threads=${THREADS:-2}
 rounds=${ROUNDS:-3}
 common=(--threads "$threads" --steps "${STEPS:-5}" --warmup "${WARMUP:-2}" "$@")
+what=train
+if [[ ${EVAL:-0} == 1 ]]; then
+  common+=(--eval)
+  what=eval
+fi
 py=${PYTHON:-python3}
 
-# The train_img_per_s line of a run, its output on stderr.
-img_per_s() { "$@" | tee /dev/stderr | sed -n 's/^train_img_per_s=//p'; }
+# The <what>_img_per_s line of a run, its output on stderr.
+img_per_s() { "$@" | tee /dev/stderr | sed -n "s/^${what}_img_per_s=//p"; }
 
 sides=(engine)
 if "$py" -c 'import torch' 2>/dev/null; then
@@ -71,4 +77,4 @@ printf '%s\n' "${results[@]}" | awk '
   print out
 }
 END { for (k in lo) printf "engine/%s: %.2f to %.2f over %d rounds\n", k, lo[k], hi[k], NR }'
-echo "train_img_per_s=$(sed -n 's/.*engine=\([^ ]*\).*/\1/p' <<<"${results[-1]}")"
+echo "${what}_img_per_s=$(sed -n 's/.*engine=\([^ ]*\).*/\1/p' <<<"${results[-1]}")"

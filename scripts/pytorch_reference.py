@@ -480,12 +480,18 @@ def bench(args):
     y = torch.randint(0, 10, (args.batch,), device=device)
 
     def step():
+        if args.eval:
+            with torch.no_grad(), autocast_context(device, args.precision):
+                return nn.functional.cross_entropy(run(x), y)
         opt.zero_grad(set_to_none=True)
         with autocast_context(device, args.precision):
             loss = nn.functional.cross_entropy(run(x), y)
         loss.backward()
         opt.step()
         return loss
+
+    if args.eval:
+        model.eval()
 
     for _ in range(args.warmup):
         step()
@@ -498,7 +504,7 @@ def bench(args):
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    mode = "compile" if args.compile else "eager"
+    mode = ("compile" if args.compile else "eager") + (", eval" if args.eval else "")
     tf32 = ", tf32" if args.tf32 else ""
     print(f"pytorch {torch.__version__} convmixer-{args.dim}/{args.depth} k{args.kernel} "
           f"p{args.patch} batch {args.batch} on {args.device} ({args.precision}, {mode}{tf32}), "
@@ -507,7 +513,7 @@ def bench(args):
     print(f"step_ms={1000 * seconds / args.steps:.3f}")
     if device.type == "cuda":
         print(f"peak_mem_mb={peak_memory_mb(device):.1f}")
-    print(f"train_img_per_s={args.batch * args.steps / seconds:.1f}")
+    print(f"{'eval' if args.eval else 'train'}_img_per_s={args.batch * args.steps / seconds:.1f}")
 
 
 def onecycle_lr(step, lr_max, epochs, steps_per_epoch):
@@ -834,6 +840,8 @@ def main():
                           ("steps", 5), ("warmup", 2), ("threads", 2)):
         b.add_argument(f"--{flag}", type=int, default=default)
     b.add_argument("--device", default="cpu")
+    b.add_argument("--eval", action="store_true",
+                   help="time evaluation batches (eval mode, no gradients) instead")
     add_speed_flags(b)
     t = sub.add_parser("train", help="train ConvMixer with the engine trainer's recipe and defaults",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
