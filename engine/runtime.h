@@ -17,8 +17,9 @@ int num_threads();
 // engine/cuda/cuda_ops.h). Throws dl::Error when turning it on in a build without the CUDA path.
 void set_allow_tf32(bool allow);
 
-// Which GPU of the machine the CUDA path uses: `index` modulo their number (0 unless set; a
-// data-parallel rank takes its local rank's). Call it before any CUDA work; nothing without CUDA.
+// Which GPU of the machine the CUDA path uses (0 unless set; a data-parallel rank takes its local
+// rank's; one the machine lacks is an error at the first CUDA work). Call it before any CUDA
+// work; nothing without CUDA.
 void select_gpu(int index);
 
 // Waits until the work queued on `device` is done; the CPU's is done when its op returns.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
 
 #include "engine/io/json.h"
 #include "engine/ops.h"
@@ -38,6 +39,18 @@ Progress::Progress(bool live, int64_t epoch, int64_t epochs, int64_t total, doub
       start_(std::chrono::steady_clock::now()),
       last_line_(start_) {}
 
+namespace {
+
+// printf to std::cerr (so that a program that silences std::cerr silences progress too), at once.
+template <class... Args>
+void say(const char* format, Args... args) {
+  char line[512];
+  std::snprintf(line, sizeof line, format, args...);
+  std::cerr << line << std::flush;
+}
+
+}  // namespace
+
 void Progress::update(int64_t done, int64_t first, int64_t images, double loss) {
   const auto now = std::chrono::steady_clock::now();
   const double rate = images / std::max(seconds(), 1e-9);
@@ -47,28 +60,26 @@ void Progress::update(int64_t done, int64_t first, int64_t images, double loss) 
       epoch_eta + static_cast<double>((epochs_ - epoch_ - 1) * total_) * per_step;
   if (live_) {
     const int width = 30, filled = static_cast<int>(width * done / std::max<int64_t>(total_, 1));
-    std::fprintf(stderr,
-                 "\repoch %lld/%lld [%s%s] %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s ",
-                 (long long)epoch_ + 1, (long long)epochs_, std::string(filled, '#').c_str(),
-                 std::string(width - filled, '.').c_str(), (long long)done, (long long)total_, rate,
-                 loss, format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
+    say("\repoch %lld/%lld [%s%s] %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s ",
+        (long long)epoch_ + 1, (long long)epochs_, std::string(filled, '#').c_str(),
+        std::string(width - filled, '.').c_str(), (long long)done, (long long)total_, rate, loss,
+        format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
   } else if (done == total_ ||
              std::chrono::duration<double>(now - last_line_).count() >= kLineSeconds) {
-    std::fprintf(stderr, "epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s\n",
-                 (long long)epoch_ + 1, (long long)epochs_, (long long)done, (long long)total_,
-                 rate, loss, format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
+    say("epoch %lld/%lld batch %lld/%lld  %.0f img/s  loss %.4f  ETA %s, run %s\n",
+        (long long)epoch_ + 1, (long long)epochs_, (long long)done, (long long)total_, rate, loss,
+        format_duration(epoch_eta).c_str(), format_duration(run_eta).c_str());
     last_line_ = now;
   }
 }
 
 void Progress::evaluating(int64_t images) {
-  std::fprintf(stderr, "%sepoch %lld/%lld: evaluating on %lld test images%s",
-               live_ ? "\r\033[K" : "", (long long)epoch_ + 1, (long long)epochs_,
-               (long long)images, live_ ? " " : "\n");
+  say("%sepoch %lld/%lld: evaluating on %lld test images%s", live_ ? "\r\033[K" : "",
+      (long long)epoch_ + 1, (long long)epochs_, (long long)images, live_ ? " " : "\n");
 }
 
 void Progress::finish() {
-  if (live_) std::fprintf(stderr, "\r\033[K");
+  if (live_) say("\r\033[K");
 }
 
 double Progress::this_run() const {

@@ -51,15 +51,15 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     // The other ranks of a data-parallel job may be waiting for this one in a collective: it ends
     // them all.
-    dist::Communicator& comm = dist::world();
-    const std::string rank = comm.size() == 1
-                                 ? ""
-                                 : " (rank " + std::to_string(comm.rank()) + " of " +
-                                       std::to_string(comm.size()) + ", ending every rank)";
+    dist::Communicator* comm = dist::started_world();
+    const bool several = comm && comm->size() > 1;
+    const std::string rank = several ? " (rank " + std::to_string(comm->rank()) + " of " +
+                                           std::to_string(comm->size()) + ", ending every rank)"
+                                     : "";
     // A new line first when a progress bar may be on the terminal's current line.
     std::cerr << (isatty(STDERR_FILENO) ? "\n" : "") << "train: error" << rank << ": " << e.what()
               << "\n";
-    if (comm.size() > 1) comm.abort(1);
+    if (several) comm->abort(1);
     return 1;
   }
 }

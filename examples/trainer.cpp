@@ -1,6 +1,5 @@
 #include "examples/trainer.h"
 
-#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -15,6 +14,7 @@
 #include <iostream>
 #include <optional>
 #include <sstream>
+#include <streambuf>
 #include <thread>
 
 #include "engine/data/augment_batch.h"
@@ -45,12 +45,14 @@ constexpr int64_t kManyImagesForCpu = 1'000'000;
 const std::vector<std::string> kCifar10Classes = {
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
 
-// --workers 0: on the GPU every core but two augments (measured on a 16-core H100 machine: 14
-// workers keep up with the 16k images/s of the fp32 step); on the CPU the step needs the cores.
-int loader_workers(int requested, Device device) {
+// --workers 0: on the GPU every core but two (of this rank's share of the machine) augments
+// (measured on a 16-core H100 machine: 14 workers keep up with the 16k images/s of the fp32 step);
+// on the CPU the step needs the cores.
+int loader_workers(int requested, Device device, int ranks_here) {
   if (requested > 0) return requested;
   if (device.is_cpu()) return 2;
-  return std::max(2, static_cast<int>(std::thread::hardware_concurrency()) - 2);
+  const int cores = static_cast<int>(std::thread::hardware_concurrency()) / ranks_here;
+  return std::max(2, cores - 2);
 }
 
 // The sums of every rank's stats (their own on one rank).
@@ -297,6 +299,9 @@ class Training {
   EpochStats read_results(int64_t done, int64_t first, EpochStats& stats, Progress& progress);
   // Every checkpoint goes through here: a diverged state is never saved over the last good one.
   void save(const io::TrainingPosition& p);
+  // Whether any rank's `stop` holds (every rank calls it at the same point; this rank's alone on
+  // one rank).
+  bool any_rank_stops(bool stop);
   bool stop_requested() const {
     return g_stop_requested ||
            (cfg_.stop_after_steps > 0 && steps_this_run_ >= cfg_.stop_after_steps);
@@ -368,7 +373,9 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
   params_ = model_->parameters();
   if (comm_.size() > 1) {
     dist::broadcast_parameters(comm_, *model_);
-    gradient_reducer_.emplace(comm_, params_);
+    // 1 MB buckets: ConvMixer-256/8's 2.4 MB of gradients in three, the first summed while the
+    // backward goes on (DistributedDataParallel's first bucket is 1 MB too).
+    gradient_reducer_.emplace(comm_, params_, int64_t{1} << 20);
     if (cfg.sync_bn) dist::sync_batch_norm(*model_, comm_);
   }
   if (cfg.ema > 0) {
@@ -378,16 +385,17 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
     ema_.emplace(*model_, *ema_model_, cfg.ema);
   }
 
-  data::LoaderOptions train_options{.batch_size = cfg.batch,
-                                    .shuffle = true,
-                                    .drop_last = cfg.drop_last,
-                                    .augment = true,
-                                    .augmentation = data_.augmentation,
-                                    .seed = cfg.seed,
-                                    .workers = loader_workers(cfg.workers, runtime_.device),
-                                    .rank = comm_.rank(),
-                                    .ranks = comm_.size(),
-                                    .device_images = {}};
+  data::LoaderOptions train_options{
+      .batch_size = cfg.batch,
+      .shuffle = true,
+      .drop_last = cfg.drop_last,
+      .augment = true,
+      .augmentation = data_.augmentation,
+      .seed = cfg.seed,
+      .workers = loader_workers(cfg.workers, runtime_.device, comm_.local_size()),
+      .rank = comm_.rank(),
+      .ranks = comm_.size(),
+      .device_images = {}};
   if (cfg.data_on_device) {
     DL_CHECK(runtime_.device.is_cuda(),
              "--data-on-device keeps the data set in GPU memory: it needs --device cuda");
@@ -455,8 +463,14 @@ void Training::save(const io::TrainingPosition& p) {
   io::save_checkpoint(last, *model_, opt_.get(), p, metadata_, ema_model_.get());
 }
 
+bool Training::any_rank_stops(bool stop) {
+  std::array<int64_t, 1> flag = {stop ? 1 : 0};
+  comm_.all_reduce_max(flag);
+  return flag[0] != 0;
+}
+
 int Training::run() {
-  if (g_stop_requested) {
+  if (any_rank_stops(g_stop_requested)) {
     std::cerr << "interrupted while loading: nothing trained, nothing saved\n";
     return 130;
   }
@@ -505,7 +519,7 @@ int Training::run() {
     double lr = first > 0 ? schedule_->lr(pos_.step - 1) : 0.0;  // the last step's, for the report
     if (!train_epoch(epoch, first, stats, progress, lr)) return 130;
     if (!finish_epoch(epoch, stats, progress, lr)) return 130;
-    if (stop_requested() && epoch + 1 < cfg_.epochs) {
+    if (any_rank_stops(stop_requested()) && epoch + 1 < cfg_.epochs) {
       std::cerr << "stopped after epoch " << epoch + 1 << ": checkpoint "
                 << run_.checkpoint().string() << "; " << resume_hint() << "\n";
       return 130;
@@ -655,31 +669,24 @@ bool Training::finish_epoch(int64_t epoch, EpochStats& rank_stats, Progress& pro
 
 namespace {
 
-// Ranks other than 0 print nothing (rank 0 speaks for the job): their standard error goes to
-// /dev/null while this lives. An error still reaches the program's own handler, which prints it
-// after.
+// Ranks other than 0 print nothing through std::cerr (rank 0 speaks for the job) while this
+// lives; what the libraries write to standard error themselves (MPI, NCCL's watchdog, a crash)
+// still shows. An error reaches the program's own handler, which prints it after.
 class QuietUnlessRankZero {
  public:
-  explicit QuietUnlessRankZero(int rank) {
-    if (rank == 0) return;
-    const int nowhere = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
-    if (nowhere < 0) return;
-    std::cerr.flush();
-    saved_ = ::dup(STDERR_FILENO);
-    ::dup2(nowhere, STDERR_FILENO);
-    ::close(nowhere);
-  }
+  explicit QuietUnlessRankZero(int rank)
+      : saved_(rank == 0 ? nullptr : std::cerr.rdbuf(&nowhere_)) {}
   ~QuietUnlessRankZero() {
-    if (saved_ < 0) return;
-    std::cerr.flush();
-    ::dup2(saved_, STDERR_FILENO);
-    ::close(saved_);
+    if (saved_) std::cerr.rdbuf(saved_);
   }
   QuietUnlessRankZero(const QuietUnlessRankZero&) = delete;
   QuietUnlessRankZero& operator=(const QuietUnlessRankZero&) = delete;
 
  private:
-  int saved_ = -1;
+  struct Nowhere : std::streambuf {
+    int overflow(int ch) override { return ch; }
+  } nowhere_;
+  std::streambuf* saved_;
 };
 
 // What data parallelism needs of the settings, before any data is read.

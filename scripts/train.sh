@@ -56,7 +56,7 @@ Here and now: $now
 
 GPUS=all (or a number N) trains data-parallel on all (N) GPUs of this machine, one rank each:
 
-  mpirun -np <GPUs> build/examples/train --data <data set> --cache-dir $cache --device cuda [trainer flags]
+  mpirun --bind-to none -np <GPUs> build/examples/train --data <data set> --cache-dir $cache --device cuda [trainer flags]
 
 --batch stays the global batch, split over the GPUs (the trainer's --help, the README).
 
@@ -91,7 +91,13 @@ done
 ranks=0
 if [[ -n ${GPUS:-} ]]; then
   if [[ $GPUS == all ]]; then
-    ranks=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    # The GPUs this process may use: CUDA_VISIBLE_DEVICES's list when set, else nvidia-smi's.
+    if [[ -n ${CUDA_VISIBLE_DEVICES:-} ]]; then
+      IFS=, read -ra visible <<<"$CUDA_VISIBLE_DEVICES"
+      ranks=${#visible[@]}
+    else
+      ranks=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    fi
     if [[ $ranks -eq 0 ]]; then
       echo "GPUS=all: nvidia-smi lists no GPU on this machine" >&2
       exit 1
@@ -130,4 +136,6 @@ if [[ $(id -u) -eq 0 ]]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 echo "training on $ranks GPUs: mpirun -np $ranks build/examples/train ..."
-exec mpirun -np "$ranks" build/examples/train --data "$data" --cache-dir "$cache" --device cuda "$@"
+# No binding: each rank's data-loading threads use its share of every core.
+exec mpirun --bind-to none -np "$ranks" build/examples/train --data "$data" --cache-dir "$cache" \
+  --device cuda "$@"

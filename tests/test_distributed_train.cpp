@@ -279,6 +279,29 @@ TEST_CASE("A rank that fails or was started differently ends every rank with one
     CHECK_THAT(text_of(log), Catch::Contains("exited on signal 9"));
     for (pid_t rank : ranks) CHECK_FALSE(running(rank));  // none left behind
   }
+  SECTION("a stop signal that reaches one rank stops both after the same step, with a checkpoint") {
+    const fs::path log = f.tmp.path / "signal.log", run = f.tmp.path / "run";
+    // --eval-every 2: epochs that end without an evaluation, where a stop decided by one rank
+    // alone would leave the other training.
+    const pid_t job = start_mpirun(train_on(2, good + " --epochs 500 --eval-every 2"), log);
+    while (!fs::exists(run / "last.safetensors")) {
+      int status = 0;
+      REQUIRE(waitpid(job, &status, WNOHANG) == 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::mt19937(f.seed)() % 300));
+    const std::vector<pid_t> ranks = ranks_of(job);
+    REQUIRE(ranks.size() == 2);
+    REQUIRE(kill(ranks[std::mt19937(f.seed + 1)() % 2], SIGTERM) == 0);
+    const int code = wait_bounded(job, 60, log);
+    INFO(text_of(log));
+    CHECK(code == 130);
+    CHECK_THAT(text_of(log), Catch::Contains("; continue with --resume"));
+    // The checkpoint it left continues (for three steps).
+    CHECK(run_job(train_on(2, "--resume " + run.string() + " --stop-after-steps 3 --threads 1"),
+                  f.tmp.path / "resumed.log") == 130);
+    CHECK_THAT(text_of(f.tmp.path / "resumed.log"), Catch::Contains("resumed "));
+  }
   SECTION("ranks started with different settings are refused before the first step") {
     const fs::path log = f.tmp.path / "differ.log";
     const int code = run_job(train_on(1, good) + " : " + train_on(1, good + " --lr 0.1"), log);

@@ -75,7 +75,11 @@ Context* create_context() {
                            ". HINT: check the GPU with nvidia-smi, or use the CPU device"));
   // Never destroyed: tensors can be freed during static destruction, and destroying handles and
   // streams then races the CUDA runtime's own teardown. The driver releases all at process exit.
-  DL_CUDA_CHECK(cudaSetDevice(g_device_index % count));
+  if (g_device_index >= count)
+    throw Error(dl::detail::concat(
+        "GPU ", g_device_index.load(), " was asked for (a data-parallel ",
+        "rank's local rank), but the machine shows ", count, ": start at most one rank per GPU"));
+  DL_CUDA_CHECK(cudaSetDevice(g_device_index));
   cudaStream_t stream = nullptr;
   DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   auto* context = new Context;

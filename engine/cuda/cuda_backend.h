@@ -16,8 +16,8 @@
 
 namespace dl::cuda {
 
-// The GPU init() will use: `index` modulo the machine's count (0 unless set). Call it before the
-// first CUDA work (engine/runtime.h's select_gpu).
+// The GPU init() will use (0 unless set; init() fails naming it when the machine has fewer).
+// Call it before the first CUDA work (engine/runtime.h's select_gpu).
 void select_device(int index);
 // Initialises the selected device (select_device), the compute stream and the allocator once; later
 // calls return at once. Throws dl::Error saying what to do when no GPU is usable: no device ("no

@@ -1,5 +1,7 @@
 #include "engine/dist/communicator.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cstdlib>
 
 #include "engine/dist/backends.h"
@@ -15,6 +17,7 @@ class SingleProcess final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   void all_reduce_sum(Tensor&) override {}
   std::unique_ptr<Pending> all_reduce_sum_async(Tensor&) override {
     struct Done final : Pending {
@@ -35,8 +38,11 @@ class SingleProcess final : public Communicator {
 int launched_ranks() {
   for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "PMI_SIZE"})
     if (const char* value = std::getenv(name)) return std::atoi(value);
-  // PMIx sets the rank but not always the size.
-  return std::getenv("PMIX_RANK") ? 1 : 0;
+  // PMIx sets the rank but not always the size; under srun, Slurm says how many tasks.
+  if (!std::getenv("PMIX_RANK")) return 0;
+  for (const char* name : {"SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"})
+    if (const char* value = std::getenv(name)) return std::max(1, std::atoi(value));
+  return 1;
 }
 
 std::unique_ptr<Communicator> make_world() {
@@ -55,9 +61,18 @@ std::unique_ptr<Communicator> make_world() {
 
 }  // namespace
 
+namespace {
+std::atomic<Communicator*> g_started{nullptr};
+}  // namespace
+
 Communicator& world() {
   static const std::unique_ptr<Communicator> instance = make_world();
+  g_started = instance.get();
   return *instance;
+}
+
+Communicator* started_world() {
+  return g_started;
 }
 
 bool built_with_mpi() {

@@ -19,8 +19,9 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // The rank among those on this machine (picks the GPU).
+  // The rank among those on this machine (picks the GPU), and how many ranks share the machine.
   virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;
 
   // Sums a contiguous tensor (f32, i32 or i64; bf16 too on a GPU) over the ranks, in place.
   virtual void all_reduce_sum(Tensor& t) = 0;
@@ -52,6 +53,9 @@ class Communicator {
 // later calls return the same object. Throws a dl::Error when a launcher started several ranks
 // and the build has no MPI (each would otherwise train alone).
 Communicator& world();
+// world() if a call to it has returned, else nullptr: for an error handler, which must not start
+// MPI (or fail to) on its own.
+Communicator* started_world();
 
 // Whether this build has the MPI and NCCL backends.
 bool built_with_mpi();

@@ -38,7 +38,9 @@ GradientReducer::~GradientReducer() {
 }
 
 void GradientReducer::on_ready(size_t b) {
-  ++buckets_[b].ready;
+  DL_CHECK(++buckets_[b].ready <= buckets_[b].params.size(),
+           "GradientReducer: a second backward before sum_gradients() (gradients accumulated "
+           "over several backwards are not supported)");
   while (next_to_start_ < buckets_.size() &&
          buckets_[next_to_start_].ready == buckets_[next_to_start_].params.size()) {
     start(buckets_[next_to_start_++]);

@@ -35,32 +35,38 @@ MPI_Datatype mpi_type(DType dtype) {
               " tensors in host memory");
 }
 
-void all_reduce_host(void* data, int64_t count, MPI_Datatype type, MPI_Op op) {
-  int type_bytes = 0;
-  MPI_Type_size(type, &type_bytes);
+// Calls fn(first element, element count) for the pieces of at most kMaxCount of `count` elements
+// of `type_bytes` bytes each.
+template <class F>
+void for_each_piece(void* data, int64_t count, int type_bytes, F&& fn) {
   auto* bytes = static_cast<char*>(data);
   for (int64_t done = 0; done < count;) {
     const int64_t piece = std::min(kMaxCount, count - done);
-    MPI_Allreduce(MPI_IN_PLACE, bytes + done * type_bytes, static_cast<int>(piece), type, op,
-                  MPI_COMM_WORLD);
+    fn(bytes + done * type_bytes, static_cast<int>(piece));
     done += piece;
   }
+}
+
+int size_of(MPI_Datatype type) {
+  int bytes = 0;
+  MPI_Type_size(type, &bytes);
+  return bytes;
+}
+
+void all_reduce_host(void* data, int64_t count, MPI_Datatype type, MPI_Op op) {
+  for_each_piece(data, count, size_of(type), [&](void* piece, int n) {
+    MPI_Allreduce(MPI_IN_PLACE, piece, n, type, op, MPI_COMM_WORLD);
+  });
 }
 
 // MPI_Iallreduce over pieces of kMaxCount; wait() completes them all.
 class MpiPending final : public Communicator::Pending {
  public:
   MpiPending(void* data, int64_t count, MPI_Datatype type) {
-    int type_bytes = 0;
-    MPI_Type_size(type, &type_bytes);
-    auto* bytes = static_cast<char*>(data);
-    for (int64_t done = 0; done < count;) {
-      const int64_t piece = std::min(kMaxCount, count - done);
-      MPI_Request& request = requests_.emplace_back();
-      MPI_Iallreduce(MPI_IN_PLACE, bytes + done * type_bytes, static_cast<int>(piece), type,
-                     MPI_SUM, MPI_COMM_WORLD, &request);
-      done += piece;
-    }
+    for_each_piece(data, count, size_of(type), [&](void* piece, int n) {
+      MPI_Iallreduce(MPI_IN_PLACE, piece, n, type, MPI_SUM, MPI_COMM_WORLD,
+                     &requests_.emplace_back());
+    });
   }
   ~MpiPending() override { wait(); }
   void wait() override {
@@ -74,12 +80,8 @@ class MpiPending final : public Communicator::Pending {
 };
 
 void broadcast_host(void* data, int64_t bytes, int root) {
-  auto* p = static_cast<char*>(data);
-  for (int64_t done = 0; done < bytes;) {
-    const int64_t piece = std::min(kMaxCount, bytes - done);
-    MPI_Bcast(p + done, static_cast<int>(piece), MPI_BYTE, root, MPI_COMM_WORLD);
-    done += piece;
-  }
+  for_each_piece(data, bytes, 1,
+                 [&](void* piece, int n) { MPI_Bcast(piece, n, MPI_BYTE, root, MPI_COMM_WORLD); });
 }
 
 class MpiWorld final : public Communicator {
@@ -90,11 +92,14 @@ class MpiWorld final : public Communicator {
     // The engine calls MPI from the thread that created the communicator only.
     int provided = 0;
     if (!initialized) MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided);
+    DL_CHECK(initialized || provided >= MPI_THREAD_FUNNELED,
+             "this MPI library cannot be called from the thread that started it");
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &size_);
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &local_rank_);
+    MPI_Comm_size(node, &local_size_);
     MPI_Comm_free(&node);
   }
   ~MpiWorld() override {
@@ -115,13 +120,16 @@ class MpiWorld final : public Communicator {
   int local_rank() const override {
     return local_rank_;
   }
+  int local_size() const override {
+    return local_size_;
+  }
 
   void all_reduce_sum(Tensor& t) override {
     DL_CHECK(t.is_contiguous(), "all_reduce_sum: the tensor must be contiguous");
     if (t.device().is_cpu()) {
       all_reduce_host(t.raw_data(), t.numel(), mpi_type(t.dtype()), MPI_SUM);
     } else {
-      nccl().all_reduce_sum(t.raw_data(), t.numel(), t.dtype());
+      nccl().all_reduce_sum_async(t.raw_data(), t.numel(), t.dtype())->wait();
     }
     t.mark_modified();
   }
@@ -174,10 +182,9 @@ class MpiWorld final : public Communicator {
 #ifdef DL_HAVE_NCCL
   NcclCollectives& nccl() {
     if (!nccl_)
-      nccl_ = std::make_unique<NcclCollectives>(
-          rank_, size_,
-          [](void* id, size_t bytes) { broadcast_host(id, static_cast<int64_t>(bytes), 0); },
-          [] { MPI_Abort(MPI_COMM_WORLD, 1); });
+      nccl_ = std::make_unique<NcclCollectives>(rank_, size_, [](void* id, size_t bytes) {
+        broadcast_host(id, static_cast<int64_t>(bytes), 0);
+      });
     return *nccl_;
   }
   std::unique_ptr<NcclCollectives> nccl_;
@@ -189,7 +196,6 @@ class MpiWorld final : public Communicator {
           "collectives over GPU tensors need NCCL, and this build has none (configure finds it "
           "beside the CUDA toolkit, or at NCCL_INCLUDE_DIR and NCCL_LIBRARY)");
     }
-    void all_reduce_sum(void*, int64_t, DType) { missing(); }
     std::unique_ptr<Pending> all_reduce_sum_async(void*, int64_t, DType) { missing(); }
     void broadcast(void*, int64_t, int) { missing(); }
   };
@@ -197,7 +203,7 @@ class MpiWorld final : public Communicator {
     return {};
   }
 #endif
-  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
 };
 
 }  // namespace

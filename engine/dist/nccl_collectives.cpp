@@ -66,25 +66,30 @@ double timeout_seconds() {
 }  // namespace
 
 NcclCollectives::NcclCollectives(int rank, int size,
-                                 const std::function<void(void*, size_t)>& broadcast_id,
-                                 std::function<void()> end_job)
+                                 const std::function<void(void*, size_t)>& broadcast_id)
     : watchdog_(std::make_unique<Watchdog>()) {
   ncclUniqueId id{};
   if (rank == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
   broadcast_id(&id, sizeof id);
   cuda::init();
-  check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
+  ncclComm* comm = nullptr;
+  check(ncclCommInitRank(&comm, size, id, rank), "ncclCommInitRank");
+  comm_ = comm;
   DL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   int device = 0;
   DL_CUDA_CHECK(cudaGetDevice(&device));
   const double timeout = timeout_seconds();
-  watchdog_->thread = std::thread([this, device, rank, timeout, end_job = std::move(end_job)] {
+  // It ends the process with _Exit, not MPI_Abort: MPI is the main thread's alone, and mpirun
+  // ends the other ranks when one exits without finalising.
+  watchdog_->thread = std::thread([this, device, rank, timeout] {
     cudaSetDevice(device);
     Watchdog& w = *watchdog_;
     std::unique_lock<std::mutex> lock(w.mutex);
     while (!w.stopping) {
       w.wake.wait_for(lock, std::chrono::seconds(1));
-      while (!w.in_flight.empty() && cudaEventQuery(w.in_flight.front().done) == cudaSuccess) {
+      cudaError_t status = cudaSuccess;
+      while (!w.in_flight.empty() &&
+             (status = cudaEventQuery(w.in_flight.front().done)) == cudaSuccess) {
         cudaEventDestroy(w.in_flight.front().done);
         w.in_flight.pop_front();
       }
@@ -92,13 +97,18 @@ NcclCollectives::NcclCollectives(int rank, int size,
       const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                                           w.in_flight.front().queued)
                                 .count();
-      if (waited < timeout) continue;
-      std::fprintf(stderr,
-                   "train: error (rank %d): an NCCL collective has not completed in %.0f s "
-                   "(DL_NCCL_TIMEOUT): another rank stopped taking part; ending every rank\n",
-                   rank, waited);
-      ncclCommAbort(comm_);
-      end_job();
+      if (status == cudaErrorNotReady && waited < timeout) continue;
+      if (status == cudaErrorNotReady) {
+        std::fprintf(stderr,
+                     "rank %d: error: an NCCL collective has not completed in %.0f s "
+                     "(DL_NCCL_TIMEOUT): another rank stopped taking part; ending this rank\n",
+                     rank, waited);
+      } else {
+        std::fprintf(stderr, "rank %d: error: the GPU failed during NCCL's work: %s\n", rank,
+                     cudaGetErrorString(status));
+      }
+      if (ncclComm* comm = comm_.exchange(nullptr)) ncclCommAbort(comm);
+      std::_Exit(1);
     }
   });
 }
@@ -111,7 +121,7 @@ NcclCollectives::~NcclCollectives() {
   watchdog_->wake.notify_all();
   watchdog_->thread.join();
   for (const Watchdog::Collective& c : watchdog_->in_flight) cudaEventDestroy(c.done);
-  if (comm_) ncclCommDestroy(comm_);
+  if (ncclComm* comm = comm_.exchange(nullptr)) ncclCommDestroy(comm);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -154,30 +164,22 @@ std::unique_ptr<Communicator::Pending> NcclCollectives::all_reduce_sum_async(voi
                                                                              int64_t count,
                                                                              DType dtype) {
   order_after(cuda::stream(), stream_);
-  check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum, comm_,
-                      stream_),
+  check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum,
+                      comm_.load(), stream_),
         "ncclAllReduce");
   watch(stream_);
   return std::make_unique<NcclPending>(stream_);
 }
 
-void NcclCollectives::all_reduce_sum(void* data, int64_t count, DType dtype) {
-  check(ncclAllReduce(data, data, static_cast<size_t>(count), nccl_type(dtype), ncclSum, comm_,
-                      cuda::stream()),
-        "ncclAllReduce");
-  watch(cuda::stream());
-}
-
 void NcclCollectives::broadcast(void* data, int64_t bytes, int root) {
-  check(
-      ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_, cuda::stream()),
-      "ncclBroadcast");
+  check(ncclBroadcast(data, data, static_cast<size_t>(bytes), ncclUint8, root, comm_.load(),
+                      cuda::stream()),
+        "ncclBroadcast");
   watch(cuda::stream());
 }
 
 void NcclCollectives::abort() {
-  if (comm_) ncclCommAbort(comm_);
-  comm_ = nullptr;
+  if (ncclComm* comm = comm_.exchange(nullptr)) ncclCommAbort(comm);
 }
 
 }  // namespace dl::dist

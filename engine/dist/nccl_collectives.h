@@ -1,9 +1,11 @@
-// NCCL's collectives over GPU tensors for the MPI world (compiled when the build has NCCL):
-// queued on the engine's CUDA stream, so a step's all-reduce runs in order with its kernels and
-// the host does not wait for it. A watchdog thread ends the job when a collective has not
-// completed within DL_NCCL_TIMEOUT seconds (default 600: a rank that hangs without dying, which
-// mpirun would not notice), naming this rank. Internal to engine/dist.
+// NCCL's collectives over GPU tensors for the MPI world (compiled when the build has NCCL), on a
+// stream of their own ordered after the engine's by events, so a step's sums run in order with
+// its kernels and the host does not wait for them. A watchdog thread ends this rank (and so,
+// through mpirun, the job) when an NCCL collective has not completed within DL_NCCL_TIMEOUT
+// seconds (default 600: a rank that hangs in NCCL without dying, which mpirun does not notice) or
+// the GPU reports an error, saying which. Internal to engine/dist.
 #pragma once
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -21,16 +23,13 @@ namespace dl::dist {
 class NcclCollectives {
  public:
   // Collective over all ranks: rank 0 makes the NCCL id and `broadcast_id` (over MPI) hands it to
-  // the others. The engine's GPU must be chosen before. `end_job` ends every rank (MPI_Abort);
-  // the watchdog calls it after aborting the communicator.
+  // the others. The engine's GPU must be chosen before.
   NcclCollectives(int rank, int size,
-                  const std::function<void(void* id, size_t bytes)>& broadcast_id,
-                  std::function<void()> end_job);
+                  const std::function<void(void* id, size_t bytes)>& broadcast_id);
   ~NcclCollectives();
   NcclCollectives(const NcclCollectives&) = delete;
   NcclCollectives& operator=(const NcclCollectives&) = delete;
 
-  void all_reduce_sum(void* data, int64_t count, DType dtype);
   // The sum on this communicator's own stream, after the work queued so far on the engine's
   // stream; wait() makes the engine's stream wait for it.
   std::unique_ptr<Communicator::Pending> all_reduce_sum_async(void* data, int64_t count,
@@ -43,8 +42,8 @@ class NcclCollectives {
   // Watches the collective just queued on `stream` (see the file comment).
   void watch(CUstream_st* stream);
 
-  ncclComm* comm_ = nullptr;
-  CUstream_st* stream_ = nullptr;  // the asynchronous sums' (created with the communicator)
+  std::atomic<ncclComm*> comm_{nullptr};  // the watchdog may abort it from its thread
+  CUstream_st* stream_ = nullptr;         // the asynchronous sums' (created with the communicator)
   struct Watchdog;
   std::unique_ptr<Watchdog> watchdog_;
 };
