@@ -7,8 +7,8 @@
 #
 # On this workplace's lent GPU (a bare image: no Catch2, stb, OpenBLAS or system cuDNN), from the
 # repository root with .carry/ holding the Debian packages (catch2 libstb-dev libstb0
-# libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libgfortran5 zlib1g-dev, from
-# `apt-get download`) and cifar10-jpeg.tar.gz:
+# libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libgfortran5 zlib1g-dev
+# libjpeg62-turbo-dev libjpeg62-turbo, from `apt-get download`) and cifar10-jpeg.tar.gz:
 #   mkdir -p /tmp/deps /tmp/data && for f in .carry/*.deb; do dpkg -x $f /tmp/deps; done
 #   tar xzf .carry/cifar10-jpeg.tar.gz -C /tmp/data
 #   DEPS_PREFIX=/tmp/deps DATA=/tmp/data/cifar10 EPOCHS=25 OUT=/tmp/gc scripts/gpu_check.sh
@@ -52,6 +52,8 @@ if [[ -n ${DEPS_PREFIX:-} ]]; then
   [[ -e $multiarch/libz.so ]] || cmake_args+=(-DZLIB_LIBRARY="$(ls /lib/x86_64-linux-gnu/libz.so.1 $multiarch/libz.so.1 2>/dev/null | head -1)"
                                               -DZLIB_INCLUDE_DIR="$DEPS_PREFIX/usr/include")
   export LD_LIBRARY_PATH="$blas_dir:$DEPS_PREFIX$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  # Multiarch headers (libjpeg's jconfig.h) beside the plain ones.
+  export CPATH="$DEPS_PREFIX/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
 fi
 # cuDNN: the system's if it has one, else the one PyTorch's wheels ship (nvidia-cudnn-*).
 if ! ls /usr/include/cudnn.h /usr/include/*/cudnn.h /usr/local/cuda/include/cudnn.h >/dev/null 2>&1; then
