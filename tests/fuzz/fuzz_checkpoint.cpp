@@ -1,6 +1,6 @@
 // A checkpoint as predict reads it: io::read_checkpoint, ModelSpec::from_checkpoint, the metadata
-// predict and a resume read, then the model built and loaded. Each step succeeds or throws a
-// dl::Error.
+// predict and a resume read, then the model built and loaded, and its moving average (ema.).
+// Each step succeeds or throws a dl::Error.
 #include "engine/error.h"
 #include "engine/io/checkpoint.h"
 #include "engine/random.h"
@@ -23,6 +23,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     dl::Generator gen(0);
     const auto model = dl::models::make_model(spec, gen);
     dl::io::load_checkpoint(checkpoint, *model, nullptr);
+    // The moving average of the weights (--ema), as evaluate and predict --ema load it.
+    const auto average = dl::models::make_model(spec, gen);
+    dl::io::load_weights(checkpoint, *average, true);
   } catch (const dl::Error&) {
   }
   return 0;
