@@ -41,5 +41,6 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/convmixer_engineConfigVer
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/convmixer_engineConfig.cmake
               ${PROJECT_BINARY_DIR}/convmixer_engineConfigVersion.cmake
-              cmake/Finddl_openblas.cmake cmake/Finddl_cudnn.cmake cmake/Finddl_nccl.cmake
+              cmake/Finddl_openblas.cmake cmake/Finddl_dnnl.cmake cmake/Finddl_cudnn.cmake
+              cmake/Finddl_nccl.cmake
         DESTINATION ${dl_package_dir})

@@ -1,5 +1,10 @@
-// The CPU DeviceOps (f32 only): calls into kernels/cpu, and the per-device registry.
+// The CPU DeviceOps: calls into kernels/cpu, and the per-device registry. Activations are f32, or
+// bf16 on a CPU with bf16 dot products (AVX512-BF16): the convolutions, GELU, BatchNorm and the
+// residual sums read and write bf16 themselves; the rest (pooling, the classifier head, the loss:
+// small tensors) compute in f32 on widened copies and round their outputs once.
+#include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "engine/device_ops.h"
 #include "engine/device_registry.h"
@@ -8,6 +13,7 @@
 #include "engine/cuda/registry.h"
 #endif
 #include "kernels/cpu/batchnorm.h"
+#include "kernels/cpu/bf16.h"
 #include "kernels/cpu/conv2d.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/gemm.h"
@@ -25,43 +31,99 @@ const float* f32(const Tensor& t) {
   return t.defined() ? t.data<float>() : nullptr;
 }
 
+bool is_bf16(const Tensor& t) {
+  return t.defined() && t.dtype() == DType::bf16;
+}
+
+// Calls f with the activation's elements: as float* or as bf16*.
+template <class F>
+void with_data(const Tensor& t, F&& f) {
+  if (is_bf16(t)) {
+    f(const_cast<Tensor&>(t).data<bf16>());
+  } else {
+    f(const_cast<Tensor&>(t).data<float>());
+  }
+}
+
+// An f32 view of an activation: the tensor itself, or a widened copy of a bf16 one.
+Tensor as_f32(const Tensor& t) {
+  if (!is_bf16(t)) return t;
+  Tensor out = Tensor::empty(t.shape());
+  cpu::convert(t.data<bf16>(), out.data<float>(), t.numel());
+  return out;
+}
+
+// Where to compute an output in f32: the output itself, or scratch that store_result rounds into
+// the bf16 output.
+Tensor f32_result(const Tensor& out) {
+  return is_bf16(out) ? Tensor::empty(out.shape()) : out;
+}
+void store_result(const Tensor& result, Tensor& out) {
+  if (is_bf16(out)) cpu::convert(result.data<float>(), out.data<bf16>(), out.numel());
+}
+
 class CpuOps final : public DeviceOps {
  public:
-  bool supports_bf16() const override { return false; }
+  bool supports_bf16() const override { return cpu::has_native_bf16(); }
   void synchronize() override {}
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
-    cpu::add(f32(a), f32(b), f32(out), out.numel());
+    with_data(out, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::add(a.data<T>(), b.data<T>(), o, out.numel());
+    });
   }
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
-    cpu::mul(f32(a), f32(b), f32(out), out.numel());
+    Tensor result = f32_result(out);
+    cpu::mul(f32(as_f32(a)), f32(as_f32(b)), f32(result), out.numel());
+    store_result(result, out);
   }
   void scale(const Tensor& x, float factor, Tensor& out) override {
-    cpu::scale(f32(x), factor, f32(out), out.numel());
+    with_data(out, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::scale(x.data<T>(), factor, o, out.numel());
+    });
   }
   void axpy(float alpha, const Tensor& x, Tensor& y) override {
-    cpu::axpy(alpha, f32(x), f32(y), y.numel());
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::axpy(alpha, x.data<T>(), o, y.numel());
+    });
   }
   void scale_by(const Tensor& x, const Tensor& factor, Tensor& out) override {
-    cpu::scale(f32(x), f32(factor)[0], f32(out), out.numel());
+    scale(x, f32(factor)[0], out);
   }
   void fill_with(const Tensor& value, Tensor& out) override {
-    std::fill_n(f32(out), out.numel(), f32(value)[0]);
+    if (is_bf16(out)) {
+      std::fill_n(out.data<bf16>(), out.numel(), bf16::from_float(f32(value)[0]));
+    } else {
+      std::fill_n(f32(out), out.numel(), f32(value)[0]);
+    }
   }
   void gelu_forward(const Tensor& x, Tensor& y) override {
-    cpu::gelu_forward(f32(x), f32(y), y.numel());
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::gelu_forward(x.data<T>(), o, y.numel());
+    });
   }
   void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) override {
-    cpu::gelu_backward(f32(x), f32(dy), f32(dx), dx.numel());
+    with_data(dx, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::gelu_backward(x.data<T>(), dy.data<T>(), o, dx.numel());
+    });
   }
   void relu_forward(const Tensor& x, Tensor& y) override {
-    cpu::relu_forward(f32(x), f32(y), y.numel());
+    Tensor result = f32_result(y);
+    cpu::relu_forward(f32(as_f32(x)), f32(result), y.numel());
+    store_result(result, y);
   }
   void relu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) override {
-    cpu::relu_backward(f32(x), f32(dy), f32(dx), dx.numel());
+    Tensor result = f32_result(dx);
+    cpu::relu_backward(f32(as_f32(x)), f32(as_f32(dy)), f32(result), dx.numel());
+    store_result(result, dx);
   }
   void sum(const Tensor& x, Tensor& out) override {
-    f32(out)[0] = static_cast<float>(cpu::sum(f32(x), x.numel()));
+    f32(out)[0] = static_cast<float>(cpu::sum(f32(as_f32(x)), x.numel()));
   }
   std::vector<double> squared_norms(const std::vector<Tensor>& xs) override {
     std::vector<double> out;
@@ -83,24 +145,35 @@ class CpuOps final : public DeviceOps {
   }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {
-    cpu::transpose_batched(f32(in), batch, rows, cols, f32(out));
+    Tensor result = f32_result(out);
+    cpu::transpose_batched(f32(as_f32(in)), batch, rows, cols, f32(result));
+    store_result(result, out);
   }
 
   void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
                       Tensor& y) override {
-    cpu::conv2d_forward(s, f32(x), f32(weight), f32(bias), f32(y));
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::conv2d_forward(s, x.data<T>(), f32(weight), f32(bias), o);
+    });
   }
   void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
                             Tensor& dx) override {
-    cpu::conv2d_backward_data(s, f32(dy), f32(weight), f32(dx));
+    with_data(dx, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::conv2d_backward_data(s, dy.data<T>(), f32(weight), o);
+    });
   }
   void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
                               Tensor& dbias) override {
-    if (dweight.defined()) {
-      cpu::conv2d_backward_weight(s, f32(dy), f32(x), f32(dweight), f32(dbias));
-    } else {
-      cpu::sum_rows(f32(dy), dy.numel() / s.c_out, s.c_out, f32(dbias));
-    }
+    with_data(dy, [&](auto* g) {
+      using T = std::remove_pointer_t<decltype(g)>;
+      if (dweight.defined()) {
+        cpu::conv2d_backward_weight(s, g, x.data<T>(), f32(dweight), f32(dbias));
+      } else {
+        cpu::sum_rows(g, dy.numel() / s.c_out, s.c_out, f32(dbias));
+      }
+    });
   }
 
   void batchnorm_forward_train(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
@@ -108,16 +181,22 @@ class CpuOps final : public DeviceOps {
                                Tensor& save_mean, Tensor& save_invstd,
                                const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
-    cpu::batchnorm_forward_train(f32(x), x.numel() / c, c, f32(gamma), f32(beta), eps, momentum,
-                                 f32(running_mean), f32(running_var), f32(y), f32(save_mean),
-                                 f32(save_invstd), sum_over_ranks);
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::batchnorm_forward_train(x.data<T>(), x.numel() / c, c, f32(gamma), f32(beta), eps,
+                                   momentum, f32(running_mean), f32(running_var), o, f32(save_mean),
+                                   f32(save_invstd), sum_over_ranks);
+    });
   }
   void batchnorm_forward_eval(const Tensor& x, const Tensor& gamma, const Tensor& beta,
                               const Tensor& running_mean, const Tensor& running_var, float eps,
                               Tensor& y, Tensor& save_mean, Tensor& save_invstd) override {
     const int64_t c = x.size(-1);
-    cpu::batchnorm_forward_eval(f32(x), x.numel() / c, c, f32(gamma), f32(beta), f32(running_mean),
-                                f32(running_var), eps, f32(y));
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::batchnorm_forward_eval(x.data<T>(), x.numel() / c, c, f32(gamma), f32(beta),
+                                  f32(running_mean), f32(running_var), eps, o);
+    });
     const float* rm = f32(running_mean);
     const float* rv = f32(running_var);
     float* m = f32(save_mean);
@@ -132,8 +211,11 @@ class CpuOps final : public DeviceOps {
                           Tensor& dgamma, Tensor& dbeta,
                           const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
-    cpu::batchnorm_backward(f32(dy), f32(x), x.numel() / c, c, f32(gamma), f32(mean), f32(invstd),
-                            batch_stats, f32(dx), f32(dgamma), f32(dbeta), sum_over_ranks);
+    with_data(dx, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::batchnorm_backward(dy.data<T>(), x.data<T>(), x.numel() / c, c, f32(gamma), f32(mean),
+                              f32(invstd), batch_stats, o, f32(dgamma), f32(dbeta), sum_over_ranks);
+    });
   }
 
   // The unfused sequence (GELU, BatchNorm, add), so the result is bit-identical to the three
@@ -143,7 +225,7 @@ class CpuOps final : public DeviceOps {
                                     Tensor& running_var, const Tensor& residual, Tensor& y,
                                     Tensor& save_mean, Tensor& save_invstd,
                                     const SumOverRanks& sum_over_ranks) override {
-    Tensor g = Tensor::empty(h.shape());
+    Tensor g = Tensor::empty(h.shape(), h.dtype());
     gelu_forward(h, g);
     batchnorm_forward_train(g, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
                             save_invstd, sum_over_ranks);
@@ -153,7 +235,7 @@ class CpuOps final : public DeviceOps {
                                    const Tensor& running_mean, const Tensor& running_var, float eps,
                                    const Tensor& residual, Tensor& y, Tensor& save_mean,
                                    Tensor& save_invstd) override {
-    Tensor g = Tensor::empty(h.shape());
+    Tensor g = Tensor::empty(h.shape(), h.dtype());
     gelu_forward(h, g);
     batchnorm_forward_eval(g, gamma, beta, running_mean, running_var, eps, y, save_mean,
                            save_invstd);
@@ -163,47 +245,62 @@ class CpuOps final : public DeviceOps {
                                const Tensor& mean, const Tensor& invstd, bool batch_stats,
                                Tensor& dh, Tensor& dgamma, Tensor& dbeta,
                                const SumOverRanks& sum_over_ranks) override {
-    Tensor g = Tensor::empty(h.shape()), dg = Tensor::empty(h.shape());
+    Tensor g = Tensor::empty(h.shape(), h.dtype()), dg = Tensor::empty(h.shape(), h.dtype());
     gelu_forward(h, g);
     batchnorm_backward(dy, g, gamma, mean, invstd, batch_stats, dg, dgamma, dbeta, sum_over_ranks);
     gelu_backward(h, dg, dh);
   }
 
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {
-    cpu::global_avg_pool_forward(f32(x), x.size(0), x.size(1) * x.size(2), x.size(3), f32(y));
+    Tensor result = f32_result(y);
+    cpu::global_avg_pool_forward(f32(as_f32(x)), x.size(0), x.size(1) * x.size(2), x.size(3),
+                                 f32(result));
+    store_result(result, y);
   }
   void global_avg_pool_backward(const Tensor& dy, Tensor& dx) override {
-    cpu::global_avg_pool_backward(f32(dy), dx.size(0), dx.size(1) * dx.size(2), dx.size(3),
-                                  f32(dx));
+    Tensor result = f32_result(dx);
+    cpu::global_avg_pool_backward(f32(as_f32(dy)), dx.size(0), dx.size(1) * dx.size(2), dx.size(3),
+                                  f32(result));
+    store_result(result, dx);
   }
   void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y, Tensor& argmax) override {
-    cpu::max_pool2d_forward(s, f32(x), f32(y), argmax.data<int32_t>());
+    Tensor result = f32_result(y);
+    cpu::max_pool2d_forward(s, f32(as_f32(x)), f32(result), argmax.data<int32_t>());
+    store_result(result, y);
   }
   void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
                            Tensor& dx) override {
-    cpu::max_pool2d_backward(s, f32(dy), argmax.data<int32_t>(), f32(dx));
+    Tensor result = f32_result(dx);
+    cpu::max_pool2d_backward(s, f32(as_f32(dy)), argmax.data<int32_t>(), f32(result));
+    store_result(result, dx);
   }
 
   void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias,
                       Tensor& y) override {
     const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
-    float* out = f32(y);
+    Tensor result = f32_result(y);
+    float* out = f32(result);
     if (bias.defined()) {
       for (int64_t i = 0; i < m; ++i) std::copy(f32(bias), f32(bias) + n, out + i * n);
     }
-    cpu::gemm(false, true, m, n, k, 1.0f, f32(x), k, f32(weight), k, bias.defined() ? 1.0f : 0.0f,
-              out, n);
+    cpu::gemm(false, true, m, n, k, 1.0f, f32(as_f32(x)), k, f32(weight), k,
+              bias.defined() ? 1.0f : 0.0f, out, n);
+    store_result(result, y);
   }
   void linear_backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override {
     const int64_t m = dy.size(0), n = dy.size(1), k = weight.size(1);
-    cpu::gemm(false, false, m, k, n, 1.0f, f32(dy), n, f32(weight), k, 0.0f, f32(dx), k);
+    Tensor result = f32_result(dx);
+    cpu::gemm(false, false, m, k, n, 1.0f, f32(as_f32(dy)), n, f32(weight), k, 0.0f, f32(result),
+              k);
+    store_result(result, dx);
   }
   void linear_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dweight,
                               Tensor& dbias) override {
     const int64_t m = dy.size(0), n = dy.size(1), k = x.size(1);
+    const Tensor dyf = as_f32(dy);
     if (dweight.defined())
-      cpu::gemm(true, false, n, k, m, 1.0f, f32(dy), n, f32(x), k, 0.0f, f32(dweight), k);
-    if (dbias.defined()) cpu::sum_rows(f32(dy), m, n, f32(dbias));
+      cpu::gemm(true, false, n, k, m, 1.0f, f32(dyf), n, f32(as_f32(x)), k, 0.0f, f32(dweight), k);
+    if (dbias.defined()) cpu::sum_rows(f32(dyf), m, n, f32(dbias));
   }
 
   // Labels on the CPU are always checked by the caller (ops.cpp), so labels_checked holds.
@@ -212,14 +309,17 @@ class CpuOps final : public DeviceOps {
     const int64_t n = logits.size(0), classes = logits.size(1);
     const int64_t* y = labels.data<int64_t>();
     // The softmax goes into dlogits, which the backward then overwrites in place.
-    f32(loss)[0] = static_cast<float>(
-        cpu::cross_entropy_forward(f32(logits), y, n, classes, label_smoothing, f32(dlogits)));
-    cpu::cross_entropy_backward(f32(dlogits), y, n, classes, label_smoothing, 1.0f, f32(dlogits));
+    Tensor result = f32_result(dlogits);
+    f32(loss)[0] = static_cast<float>(cpu::cross_entropy_forward(f32(as_f32(logits)), y, n, classes,
+                                                                 label_smoothing, f32(result)));
+    cpu::cross_entropy_backward(f32(result), y, n, classes, label_smoothing, 1.0f, f32(result));
+    store_result(result, dlogits);
   }
 
   void count_correct(const Tensor& logits, const Tensor& labels, Tensor& count) override {
     const int64_t n = logits.size(0), classes = logits.size(1);
-    const float* z = f32(logits);
+    const Tensor logits_f32 = as_f32(logits);
+    const float* z = f32(logits_f32);
     const int64_t* y = labels.data<int64_t>();
     int32_t correct = 0;
     for (int64_t i = 0; i < n; ++i) {

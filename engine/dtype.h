@@ -1,8 +1,9 @@
 // Element types and devices.
 #pragma once
 #include <cstdint>
-#include <cstring>
 #include <string>
+
+#include "kernels/cpu/bf16.h"
 
 namespace dl {
 
@@ -14,23 +15,8 @@ const char* dtype_name(DType t);
 // Inverse of dtype_name; throws dl::Error naming the unknown string.
 DType dtype_from_name(const std::string& name);
 
-// bfloat16 storage: the top 16 bits of an IEEE float, rounded to nearest even.
-struct bf16 {
-  uint16_t bits = 0;
-  static bf16 from_float(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return bf16{static_cast<uint16_t>(u >> 16)};
-  }
-  float to_float() const {
-    const uint32_t u = static_cast<uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-};
+// bfloat16 storage (kernels/cpu/bf16.h): the top 16 bits of an IEEE float.
+using bf16 = cpu::bf16;
 
 template <class T>
 constexpr DType dtype_of();

@@ -14,7 +14,9 @@ void check_activation(const char* op, const Tensor& t, const char* what) {
   DL_CHECK(t.defined(), op, ": ", what, " is undefined");
   const bool bf16_ok = t.dtype() == DType::bf16 && device_ops(t.device()).supports_bf16();
   DL_CHECK(t.dtype() == DType::f32 || bf16_ok, op, ": ", what, " has dtype ", dtype_name(t.dtype()),
-           ", expected F32", t.device().is_cpu() ? " (BF16 activations need the GPU)" : " or BF16");
+           ", expected F32",
+           t.device().is_cpu() ? " (BF16 activations need a GPU or a CPU with AVX512-BF16)"
+                               : " or BF16");
 }
 
 // A parameter or statistic: f32, on the activation's device. Undefined passes (optional).

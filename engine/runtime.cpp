@@ -32,6 +32,10 @@ void select_gpu([[maybe_unused]] int index) {
 #endif
 }
 
+bool supports_bf16(Device device) {
+  return device_ops(device).supports_bf16();
+}
+
 void synchronize(Device device) {
   device_ops(device).synchronize();
 }

@@ -22,6 +22,10 @@ void set_allow_tf32(bool allow);
 // work; nothing without CUDA.
 void select_gpu(int index);
 
+// Whether `device` computes with bf16 activations (bf16 mixed precision): the GPU, and a CPU with
+// bf16 dot-product instructions (AVX512-BF16). Throws dl::Error when the device is not available.
+bool supports_bf16(Device device);
+
 // Waits until the work queued on `device` is done; the CPU's is done when its op returns.
 // Throws dl::Error when the device is not available.
 void synchronize(Device device);

@@ -1,6 +1,7 @@
 // Times ConvMixer training steps (forward, backward, AdamW), or with --eval evaluation batches
 // (the forward in eval mode, without gradients), on synthetic data, in fp32 or bf16
-// mixed precision (bf16 activations, fp32 parameters and optimizer state; the CUDA path). On the
+// mixed precision (bf16 activations, fp32 parameters and optimizer state; the GPU, or a CPU with
+// AVX512-BF16). On the
 // CUDA path it also prints peak_mem_mb=<peak device memory of the caching allocator, MiB>. With
 // --profile it then runs --profile-steps more steps under an OpProfiler (engine/profile.h) and
 // prints the time of each op per step. The last line is train_img_per_s=<number> (of the timed
@@ -36,7 +37,7 @@ int run(int argc, char** argv) {
   flags.add("threads", "2", "CPU threads");
   flags.add("device", "cpu", "cpu, cuda or auto");
   flags.add("seed", "0", "random seed");
-  flags.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision needs the CUDA path)");
+  flags.add("precision", "fp32", "fp32 or bf16 (bf16 mixed precision: the GPU, or a CPU with AVX512-BF16)");
   flags.add("tf32", "false", "allow TF32 in fp32 GEMMs and convolutions (CUDA path)");
   flags.add("profile", "false",
             "after the timed steps, print each op's time per step (device synchronized around "

@@ -26,8 +26,9 @@ Device resolve_device(const std::string& device) {
 
 Runtime setup_runtime(const std::string& device_name, int threads, Precision precision, bool tf32) {
   const Device device = resolve_device(device_name);
-  DL_CHECK(precision == Precision::fp32 || device.is_cuda(),
-           "--precision bf16 needs the CUDA path; on the CPU use --precision fp32");
+  DL_CHECK(precision == Precision::fp32 || supports_bf16(device),
+           "--precision bf16 needs the GPU or a CPU with AVX512-BF16 instructions, which this one "
+           "lacks; use --precision fp32");
   DL_CHECK(!tf32 || device.is_cuda(), "--tf32 applies to the CUDA path only");
   if (device.is_cuda()) set_allow_tf32(tf32);
   set_num_threads(threads);

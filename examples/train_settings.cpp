@@ -340,7 +340,7 @@ std::vector<Setting> make_table() {
           [](auto& c) -> auto& { return c.ema; },
           {0, std::nextafter(1.0, 0.0), "must be 0 (off) or in (0, 1)"}),
       Setting{"precision",
-              "fp32 or bf16 (bf16 mixed precision needs the CUDA path)",
+              "fp32 or bf16 (bf16 mixed precision: the GPU, or a CPU with AVX512-BF16)",
               S::run,
               [](const TrainConfig& c) { return to_string(c.precision); },
               [](TrainConfig& c, const std::string& text) {

@@ -8,7 +8,8 @@
 # On this workplace's lent GPU (a bare image: no Catch2, stb, OpenBLAS or system cuDNN), from the
 # repository root with .carry/ holding the Debian packages (catch2 libstb-dev libstb0
 # libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libgfortran5 zlib1g-dev
-# libjpeg62-turbo-dev libjpeg62-turbo, from `apt-get download`) and cifar10-jpeg.tar.gz:
+# libjpeg62-turbo-dev libjpeg62-turbo libdnnl-dev libdnnl2 ocl-icd-libopencl1, from
+# `apt-get download`) and cifar10-jpeg.tar.gz:
 #   mkdir -p /tmp/deps /tmp/data && for f in .carry/*.deb; do dpkg -x $f /tmp/deps; done
 #   tar xzf .carry/cifar10-jpeg.tar.gz -C /tmp/data
 #   DEPS_PREFIX=/tmp/deps DATA=/tmp/data/cifar10 EPOCHS=25 OUT=/tmp/gc scripts/gpu_check.sh

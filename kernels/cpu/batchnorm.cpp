@@ -26,25 +26,23 @@ void channel_sums(int64_t rows, int64_t c, F&& f, double* out) {
     for (int64_t i = 0; i < Terms * c; ++i) out[i] += partial[k * Terms * c + i];
 }
 
-void affine(const float* x, int64_t rows, int64_t c, const float* scale, const float* shift,
-            float* y) {
+template <class T>
+void affine(const T* x, int64_t rows, int64_t c, const float* scale, const float* shift, T* y) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < c; ++j) y[r * c + j] = x[r * c + j] * scale[j] + shift[j];
+    for (int64_t j = 0; j < c; ++j) store(y + r * c + j, load(x[r * c + j]) * scale[j] + shift[j]);
 }
 
-}  // namespace
-
-void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
-                             const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, float* y, float* save_mean, float* save_invstd,
-                             const SumOverRanks& sum_over_ranks) {
+template <class T>
+void forward_train(const T* x, int64_t rows, int64_t c, const float* gamma, const float* beta,
+                   float eps, float momentum, float* running_mean, float* running_var, T* y,
+                   float* save_mean, float* save_invstd, const SumOverRanks& sum_over_ranks) {
   // sums[0:c] = sum x, sums[c] = rows (over the ranks with sum_over_ranks)
   std::vector<double> sums(static_cast<size_t>(c + 1));
   channel_sums<1>(
       rows, c,
       [&](int64_t r, double* acc) {
-        for (int64_t j = 0; j < c; ++j) acc[j] += x[r * c + j];
+        for (int64_t j = 0; j < c; ++j) acc[j] += load(x[r * c + j]);
       },
       sums.data());
   sums[c] = static_cast<double>(rows);
@@ -58,7 +56,7 @@ void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const floa
       rows, c,
       [&](int64_t r, double* acc) {
         for (int64_t j = 0; j < c; ++j) {
-          const double d = x[r * c + j] - mean[j];
+          const double d = load(x[r * c + j]) - mean[j];
           acc[j] += d * d;
         }
       },
@@ -81,9 +79,9 @@ void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const floa
   affine(x, rows, c, scale.data(), shift.data(), y);
 }
 
-void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
-                            const float* beta, const float* running_mean, const float* running_var,
-                            float eps, float* y) {
+template <class T>
+void forward_eval(const T* x, int64_t rows, int64_t c, const float* gamma, const float* beta,
+                  const float* running_mean, const float* running_var, float eps, T* y) {
   std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) {
     const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[j]) + eps);
@@ -93,19 +91,19 @@ void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float
   affine(x, rows, c, scale.data(), shift.data(), y);
 }
 
-void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
-                        const float* gamma, const float* mean, const float* invstd,
-                        bool batch_stats, float* dx, float* dgamma, float* dbeta,
-                        const SumOverRanks& sum_over_ranks) {
+template <class T>
+void backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gamma,
+              const float* mean, const float* invstd, bool batch_stats, T* dx, float* dgamma,
+              float* dbeta, const SumOverRanks& sum_over_ranks) {
   // sums[0:c] = sum dy, sums[c:2c] = sum dy * (x - mean), sums[2c] = rows
   std::vector<double> sums(static_cast<size_t>(2 * c + 1));
   channel_sums<2>(
       rows, c,
       [&](int64_t r, double* acc) {
         for (int64_t j = 0; j < c; ++j) {
-          const float g = dy[r * c + j];
+          const float g = load(dy[r * c + j]);
           acc[j] += g;
-          acc[c + j] += g * (x[r * c + j] - mean[j]);
+          acc[c + j] += g * (load(x[r * c + j]) - mean[j]);
         }
       },
       sums.data());
@@ -133,7 +131,48 @@ void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < c; ++j)
-      dx[r * c + j] = a[j] * dy[r * c + j] + k[j] * (x[r * c + j] - mean[j]) + b[j];
+      store(dx + r * c + j,
+            a[j] * load(dy[r * c + j]) + k[j] * (load(x[r * c + j]) - mean[j]) + b[j]);
+}
+
+}  // namespace
+
+void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, float* y, float* save_mean, float* save_invstd,
+                             const SumOverRanks& sum_over_ranks) {
+  forward_train(x, rows, c, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
+                save_invstd, sum_over_ranks);
+}
+void batchnorm_forward_train(const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, bf16* y, float* save_mean, float* save_invstd,
+                             const SumOverRanks& sum_over_ranks) {
+  forward_train(x, rows, c, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
+                save_invstd, sum_over_ranks);
+}
+
+void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            float eps, float* y) {
+  forward_eval(x, rows, c, gamma, beta, running_mean, running_var, eps, y);
+}
+void batchnorm_forward_eval(const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            float eps, bf16* y) {
+  forward_eval(x, rows, c, gamma, beta, running_mean, running_var, eps, y);
+}
+
+void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
+                        const float* gamma, const float* mean, const float* invstd,
+                        bool batch_stats, float* dx, float* dgamma, float* dbeta,
+                        const SumOverRanks& sum_over_ranks) {
+  backward(dy, x, rows, c, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta, sum_over_ranks);
+}
+void batchnorm_backward(const bf16* dy, const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                        const float* mean, const float* invstd, bool batch_stats, bf16* dx,
+                        float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks) {
+  backward(dy, x, rows, c, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta, sum_over_ranks);
 }
 
 }  // namespace dl::cpu

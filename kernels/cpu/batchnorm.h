@@ -1,10 +1,13 @@
 // BatchNorm over the channel axis of a [rows, c] matrix (rows = N*H*W of an NHWC activation),
 // with PyTorch's semantics: training normalises with the biased batch variance and moves the
 // running variance toward the unbiased one; evaluation uses the running statistics.
-// Gradient rule: outputs are overwritten (=).
+// Activations (x, y, dy, dx) are float or bf16 (computed in float, rounded once when stored);
+// parameters and statistics are float. Gradient rule: outputs are overwritten (=).
 #pragma once
 #include <cstdint>
 #include <functional>
+
+#include "kernels/cpu/bf16.h"
 
 namespace dl::cpu {
 
@@ -19,10 +22,17 @@ void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const floa
                              const float* beta, float eps, float momentum, float* running_mean,
                              float* running_var, float* y, float* save_mean, float* save_invstd,
                              const SumOverRanks& sum_over_ranks = {});
+void batchnorm_forward_train(const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                             const float* beta, float eps, float momentum, float* running_mean,
+                             float* running_var, bf16* y, float* save_mean, float* save_invstd,
+                             const SumOverRanks& sum_over_ranks = {});
 // y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta.
 void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
                             float eps, float* y);
+void batchnorm_forward_eval(const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                            const float* beta, const float* running_mean, const float* running_var,
+                            float eps, bf16* y);
 // Backward of the training forward: dbeta = sum dy, dgamma = sum dy * xhat,
 // dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)).
 // With batch_stats false (evaluation mode), mean/invstd are constants: dx = gamma * invstd * dy.
@@ -32,5 +42,8 @@ void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c
                         const float* gamma, const float* mean, const float* invstd,
                         bool batch_stats, float* dx, float* dgamma, float* dbeta,
                         const SumOverRanks& sum_over_ranks = {});
+void batchnorm_backward(const bf16* dy, const bf16* x, int64_t rows, int64_t c, const float* gamma,
+                        const float* mean, const float* invstd, bool batch_stats, bf16* dx,
+                        float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks = {});
 
 }  // namespace dl::cpu

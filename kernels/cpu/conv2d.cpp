@@ -10,6 +10,38 @@ namespace dl::cpu {
 
 namespace {
 
+// A row of c floats to accumulate an output row of T in: the row itself when T is float, else a
+// per-thread buffer whose sums finish() rounds into the row once.
+template <class T>
+struct Accumulator;
+template <>
+struct Accumulator<float> {
+  static float* row(float* out, int64_t) { return out; }
+  static void finish(const float*, float*, int64_t) {}
+};
+template <>
+struct Accumulator<bf16> {
+  static float* row(bf16*, int64_t c) {
+    thread_local std::vector<float> buffer;
+    buffer.resize(static_cast<size_t>(c));
+    return buffer.data();
+  }
+  static void finish(const float* acc, bf16* out, int64_t c) {
+    for (int64_t k = 0; k < c; ++k) out[k] = bf16::from_float(acc[k]);
+  }
+};
+
+// The row of c values at p as floats: p itself, or a converted copy in a per-thread buffer.
+const float* float_row(const float* p, int64_t) {
+  return p;
+}
+const float* float_row(const bf16* p, int64_t c) {
+  thread_local std::vector<float> buffer;
+  buffer.resize(static_cast<size_t>(c));
+  for (int64_t k = 0; k < c; ++k) buffer[k] = p[k].to_float();
+  return buffer.data();
+}
+
 // [c, 1, kh, kw] -> [kh * kw, c]: a tap's weights become a contiguous channel vector.
 std::vector<float> taps_by_channel(const Conv2dShape& s, const float* weight) {
   const int64_t taps = s.kh * s.kw;
@@ -21,62 +53,69 @@ std::vector<float> taps_by_channel(const Conv2dShape& s, const float* weight) {
 
 // Depthwise forward: for each output pixel, y[:] = bias + sum over taps x[tap pixel, :] * w[tap,
 // :].
-void depthwise_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,
-                       float* y) {
+template <class T>
+void depthwise_forward(const Conv2dShape& s, const T* x, const float* weight, const float* bias,
+                       T* y) {
   const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out();
   const std::vector<float> w = taps_by_channel(s, weight);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < s.n; ++n)
     for (int64_t oh = 0; oh < ho; ++oh)
       for (int64_t ow = 0; ow < wo; ++ow) {
-        float* out = y + ((n * ho + oh) * wo + ow) * c;
+        // Accumulated in float in y itself (f32) or in a row of its own (bf16, rounded once).
+        T* out = y + ((n * ho + oh) * wo + ow) * c;
+        float* acc = Accumulator<T>::row(out, c);
         if (bias)
-          std::copy(bias, bias + c, out);
+          std::copy(bias, bias + c, acc);
         else
-          std::fill(out, out + c, 0.0f);
+          std::fill(acc, acc + c, 0.0f);
         for (int64_t i = 0; i < s.kh; ++i) {
           const int64_t ih = oh * s.stride - s.pad + i;
           if (ih < 0 || ih >= s.h) continue;
           for (int64_t j = 0; j < s.kw; ++j) {
             const int64_t iw = ow * s.stride - s.pad + j;
             if (iw < 0 || iw >= s.w) continue;
-            const float* in = x + ((n * s.h + ih) * s.w + iw) * c;
+            const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
             const float* wt = w.data() + (i * s.kw + j) * c;
-            for (int64_t k = 0; k < c; ++k) out[k] += in[k] * wt[k];
+            for (int64_t k = 0; k < c; ++k) acc[k] += load(in[k]) * wt[k];
           }
         }
+        Accumulator<T>::finish(acc, out, c);
       }
 }
 
 // Depthwise backward-data: dx[pixel, :] = sum over the output pixels that read it of dy * w[tap].
-void depthwise_backward_data(const Conv2dShape& s, const float* dy, const float* weight,
-                             float* dx) {
+template <class T>
+void depthwise_backward_data(const Conv2dShape& s, const T* dy, const float* weight, T* dx) {
   const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out();
   const std::vector<float> w = taps_by_channel(s, weight);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t n = 0; n < s.n; ++n)
     for (int64_t ih = 0; ih < s.h; ++ih)
       for (int64_t iw = 0; iw < s.w; ++iw) {
-        float* out = dx + ((n * s.h + ih) * s.w + iw) * c;
-        std::fill(out, out + c, 0.0f);
+        T* out = dx + ((n * s.h + ih) * s.w + iw) * c;
+        float* acc = Accumulator<T>::row(out, c);
+        std::fill(acc, acc + c, 0.0f);
         for (int64_t i = 0; i < s.kh; ++i) {
           const int64_t oh_s = ih + s.pad - i;
           if (oh_s < 0 || oh_s % s.stride != 0 || oh_s / s.stride >= ho) continue;
           for (int64_t j = 0; j < s.kw; ++j) {
             const int64_t ow_s = iw + s.pad - j;
             if (ow_s < 0 || ow_s % s.stride != 0 || ow_s / s.stride >= wo) continue;
-            const float* g = dy + ((n * ho + oh_s / s.stride) * wo + ow_s / s.stride) * c;
+            const T* g = dy + ((n * ho + oh_s / s.stride) * wo + ow_s / s.stride) * c;
             const float* wt = w.data() + (i * s.kw + j) * c;
-            for (int64_t k = 0; k < c; ++k) out[k] += g[k] * wt[k];
+            for (int64_t k = 0; k < c; ++k) acc[k] += load(g[k]) * wt[k];
           }
         }
+        Accumulator<T>::finish(acc, out, c);
       }
 }
 
 // Depthwise backward-weight: one partial [taps, c] (+ bias [c]) per image, summed in image order,
 // so the result does not depend on the thread count.
-void depthwise_backward_weight(const Conv2dShape& s, const float* dy, const float* x,
-                               float* dweight, float* dbias) {
+template <class T>
+void depthwise_backward_weight(const Conv2dShape& s, const T* dy, const T* x, float* dweight,
+                               float* dbias) {
   const int64_t c = s.c_in, ho = s.h_out(), wo = s.w_out(), taps = s.kh * s.kw;
   const int64_t per_image = (taps + 1) * c;
   std::vector<float> partial(static_cast<size_t>(s.n * per_image), 0.0f);
@@ -86,7 +125,7 @@ void depthwise_backward_weight(const Conv2dShape& s, const float* dy, const floa
     float* acc_b = acc_w + taps * c;
     for (int64_t oh = 0; oh < ho; ++oh)
       for (int64_t ow = 0; ow < wo; ++ow) {
-        const float* g = dy + ((n * ho + oh) * wo + ow) * c;
+        const float* g = float_row(dy + ((n * ho + oh) * wo + ow) * c, c);
         for (int64_t k = 0; k < c; ++k) acc_b[k] += g[k];
         for (int64_t i = 0; i < s.kh; ++i) {
           const int64_t ih = oh * s.stride - s.pad + i;
@@ -94,9 +133,9 @@ void depthwise_backward_weight(const Conv2dShape& s, const float* dy, const floa
           for (int64_t j = 0; j < s.kw; ++j) {
             const int64_t iw = ow * s.stride - s.pad + j;
             if (iw < 0 || iw >= s.w) continue;
-            const float* in = x + ((n * s.h + ih) * s.w + iw) * c;
+            const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
             float* a = acc_w + (i * s.kw + j) * c;
-            for (int64_t k = 0; k < c; ++k) a[k] += g[k] * in[k];
+            for (int64_t k = 0; k < c; ++k) a[k] += g[k] * load(in[k]);
           }
         }
       }
@@ -230,6 +269,67 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
         for (int64_t t = 0; t < taps; ++t)
           dweight[((g * og + o) * cg + ci) * taps + t] = w[(o * taps + t) * cg + ci];
   }
+}
+
+namespace {
+// The bf16 weight of a 1x1 convolution (its GEMM operand), rounded from the f32 master weight.
+std::vector<bf16> rounded(const float* weight, int64_t count) {
+  std::vector<bf16> out(static_cast<size_t>(count));
+  convert(weight, out.data(), count);
+  return out;
+}
+
+// A bf16 activation's f32 copy, for the convolutions without a bf16 kernel (the patch embedding
+// and other im2col convolutions, whose inputs are small).
+std::vector<float> widened(const bf16* x, int64_t count) {
+  std::vector<float> out(static_cast<size_t>(count));
+  convert(x, out.data(), count);
+  return out;
+}
+}  // namespace
+
+void conv2d_forward(const Conv2dShape& s, const bf16* x, const float* weight, const float* bias,
+                    bf16* y) {
+  if (s.depthwise()) return depthwise_forward(s, x, weight, bias, y);
+  const int64_t rows = s.n * s.h_out() * s.w_out();
+  if (is_pointwise(s)) {
+    const std::vector<bf16> w = rounded(weight, s.c_out * s.c_in);
+    gemm_bf16(false, true, rows, s.c_out, s.c_in, x, s.c_in, w.data(), s.c_in, bias, y, s.c_out);
+    return;
+  }
+  const std::vector<float> xf = widened(x, s.n * s.h * s.w * s.c_in);
+  std::vector<float> yf(static_cast<size_t>(rows * s.c_out));
+  conv2d_forward(s, xf.data(), weight, bias, yf.data());
+  convert(yf.data(), y, rows * s.c_out);
+}
+
+void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const float* weight, bf16* dx) {
+  if (s.depthwise()) return depthwise_backward_data(s, dy, weight, dx);
+  const int64_t rows = s.n * s.h_out() * s.w_out(), pixels = s.n * s.h * s.w;
+  if (is_pointwise(s)) {
+    const std::vector<bf16> w = rounded(weight, s.c_out * s.c_in);
+    gemm_bf16(false, false, rows, s.c_in, s.c_out, dy, s.c_out, w.data(), s.c_in, nullptr, dx,
+              s.c_in);
+    return;
+  }
+  const std::vector<float> dyf = widened(dy, rows * s.c_out);
+  std::vector<float> dxf(static_cast<size_t>(pixels * s.c_in));
+  conv2d_backward_data(s, dyf.data(), weight, dxf.data());
+  convert(dxf.data(), dx, pixels * s.c_in);
+}
+
+void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x, float* dweight,
+                            float* dbias) {
+  if (s.depthwise()) return depthwise_backward_weight(s, dy, x, dweight, dbias);
+  const int64_t rows = s.n * s.h_out() * s.w_out();
+  if (is_pointwise(s)) {
+    if (dbias) sum_rows(dy, rows, s.c_out, dbias);
+    gemm_bf16(true, false, s.c_out, s.c_in, rows, dy, s.c_out, x, s.c_in, nullptr, dweight, s.c_in);
+    return;
+  }
+  const std::vector<float> dyf = widened(dy, rows * s.c_out);
+  const std::vector<float> xf = widened(x, s.n * s.h * s.w * s.c_in);
+  conv2d_backward_weight(s, dyf.data(), xf.data(), dweight, dbias);
 }
 
 }  // namespace dl::cpu

@@ -52,19 +52,57 @@ inline float exp_nonpositive(float x) {
 }
 }  // namespace
 
-void gelu_forward(const float* x, float* y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) y[i] = 0.5f * x[i] * (1.0f + erf_approx(x[i] * kInvSqrt2));
-}
-
-void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
+namespace {
+template <class T>
+void gelu_forward_impl(const T* x, T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
+    const float v = load(x[i]);
+    store(y + i, 0.5f * v * (1.0f + erf_approx(v * kInvSqrt2)));
+  }
+}
+
+template <class T>
+void gelu_backward_impl(const T* x, const T* dy, T* dx, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 32768)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = load(x[i]);
     const float cdf = 0.5f * (1.0f + erf_approx(v * kInvSqrt2));
     const float pdf = kInvSqrt2Pi * exp_nonpositive(-0.5f * v * v);
-    dx[i] = dy[i] * (cdf + v * pdf);
+    store(dx + i, load(dy[i]) * (cdf + v * pdf));
   }
+}
+
+template <class T>
+void add_impl(const T* a, const T* b, T* out, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) store(out + i, load(a[i]) + load(b[i]));
+}
+
+template <class T>
+void scale_impl(const T* x, float alpha, T* out, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) store(out + i, alpha * load(x[i]));
+}
+
+template <class T>
+void axpy_impl(float alpha, const T* x, T* y, int64_t n) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) store(y + i, load(y[i]) + alpha * load(x[i]));
+}
+}  // namespace
+
+void gelu_forward(const float* x, float* y, int64_t n) {
+  gelu_forward_impl(x, y, n);
+}
+void gelu_forward(const bf16* x, bf16* y, int64_t n) {
+  gelu_forward_impl(x, y, n);
+}
+void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
+  gelu_backward_impl(x, dy, dx, n);
+}
+void gelu_backward(const bf16* x, const bf16* dy, bf16* dx, int64_t n) {
+  gelu_backward_impl(x, dy, dx, n);
 }
 
 void relu_forward(const float* x, float* y, int64_t n) {
@@ -78,8 +116,10 @@ void relu_backward(const float* x, const float* dy, float* dx, int64_t n) {
 }
 
 void add(const float* a, const float* b, float* out, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+  add_impl(a, b, out, n);
+}
+void add(const bf16* a, const bf16* b, bf16* out, int64_t n) {
+  add_impl(a, b, out, n);
 }
 
 void mul(const float* a, const float* b, float* out, int64_t n) {
@@ -88,13 +128,17 @@ void mul(const float* a, const float* b, float* out, int64_t n) {
 }
 
 void scale(const float* x, float alpha, float* out, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) out[i] = alpha * x[i];
+  scale_impl(x, alpha, out, n);
+}
+void scale(const bf16* x, float alpha, bf16* out, int64_t n) {
+  scale_impl(x, alpha, out, n);
 }
 
 void axpy(float alpha, const float* x, float* y, int64_t n) {
-#pragma omp parallel for schedule(static) if (n > 65536)
-  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+  axpy_impl(alpha, x, y, n);
+}
+void axpy(float alpha, const bf16* x, bf16* y, int64_t n) {
+  axpy_impl(alpha, x, y, n);
 }
 
 namespace {
@@ -133,7 +177,9 @@ void transpose_batched(const float* in, int64_t batch, int64_t rows, int64_t col
         out[(b * cols + j) * rows + i] = in[(b * rows + i) * cols + j];
 }
 
-void sum_rows(const float* x, int64_t rows, int64_t cols, float* out) {
+namespace {
+template <class T>
+void sum_rows_impl(const T* x, int64_t rows, int64_t cols, float* out) {
   const int64_t rows_per_chunk = std::max<int64_t>(1, kReduceChunk / std::max<int64_t>(cols, 1));
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<double> partial(static_cast<size_t>(chunks * cols), 0.0);
@@ -142,13 +188,21 @@ void sum_rows(const float* x, int64_t rows, int64_t cols, float* out) {
     double* acc = partial.data() + c * cols;
     const int64_t end = std::min(rows, (c + 1) * rows_per_chunk);
     for (int64_t r = c * rows_per_chunk; r < end; ++r)
-      for (int64_t j = 0; j < cols; ++j) acc[j] += x[r * cols + j];
+      for (int64_t j = 0; j < cols; ++j) acc[j] += load(x[r * cols + j]);
   }
   for (int64_t j = 0; j < cols; ++j) {
     double s = 0.0;
     for (int64_t c = 0; c < chunks; ++c) s += partial[c * cols + j];
     out[j] = static_cast<float>(s);
   }
+}
+}  // namespace
+
+void sum_rows(const float* x, int64_t rows, int64_t cols, float* out) {
+  sum_rows_impl(x, rows, cols, out);
+}
+void sum_rows(const bf16* x, int64_t rows, int64_t cols, float* out) {
+  sum_rows_impl(x, rows, cols, out);
 }
 
 }  // namespace dl::cpu
