@@ -62,6 +62,20 @@ void store_result(const Tensor& result, Tensor& out) {
   if (is_bf16(out)) cpu::convert(result.data<float>(), out.data<bf16>(), out.numel());
 }
 
+// Evaluation-mode BatchNorm's saved statistics: save_mean = running_mean, save_invstd =
+// 1 / sqrt(running_var + eps).
+void eval_statistics(const Tensor& running_mean, const Tensor& running_var, float eps,
+                     Tensor& save_mean, Tensor& save_invstd) {
+  const float* rm = f32(running_mean);
+  const float* rv = f32(running_var);
+  float* m = f32(save_mean);
+  float* is = f32(save_invstd);
+  for (int64_t j = 0; j < running_mean.numel(); ++j) {
+    m[j] = rm[j];
+    is[j] = static_cast<float>(1.0 / std::sqrt(double(rv[j]) + eps));
+  }
+}
+
 class CpuOps final : public DeviceOps {
  public:
   bool supports_bf16() const override { return cpu::has_native_bf16(); }
@@ -197,14 +211,7 @@ class CpuOps final : public DeviceOps {
       cpu::batchnorm_forward_eval(x.data<T>(), x.numel() / c, c, f32(gamma), f32(beta),
                                   f32(running_mean), f32(running_var), eps, o);
     });
-    const float* rm = f32(running_mean);
-    const float* rv = f32(running_var);
-    float* m = f32(save_mean);
-    float* is = f32(save_invstd);
-    for (int64_t j = 0; j < c; ++j) {
-      m[j] = rm[j];
-      is[j] = static_cast<float>(1.0 / std::sqrt(double(rv[j]) + eps));
-    }
+    eval_statistics(running_mean, running_var, eps, save_mean, save_invstd);
   }
   void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
@@ -218,37 +225,44 @@ class CpuOps final : public DeviceOps {
     });
   }
 
-  // The unfused sequence (GELU, BatchNorm, add), so the result is bit-identical to the three
-  // separate ops; GELU(h) is recomputed in the backward.
   void gelu_batchnorm_forward_train(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                     float eps, float momentum, Tensor& running_mean,
                                     Tensor& running_var, const Tensor& residual, Tensor& y,
                                     Tensor& save_mean, Tensor& save_invstd,
                                     const SumOverRanks& sum_over_ranks) override {
-    Tensor g = Tensor::empty(h.shape(), h.dtype());
-    gelu_forward(h, g);
-    batchnorm_forward_train(g, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
-                            save_invstd, sum_over_ranks);
-    if (residual.defined()) add(y, residual, y);
+    const int64_t c = h.size(-1);
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::gelu_batchnorm_forward_train(h.data<T>(), h.numel() / c, c, f32(gamma), f32(beta), eps,
+                                        momentum, f32(running_mean), f32(running_var),
+                                        residual.defined() ? residual.data<T>() : nullptr, o,
+                                        f32(save_mean), f32(save_invstd), sum_over_ranks);
+    });
   }
   void gelu_batchnorm_forward_eval(const Tensor& h, const Tensor& gamma, const Tensor& beta,
                                    const Tensor& running_mean, const Tensor& running_var, float eps,
                                    const Tensor& residual, Tensor& y, Tensor& save_mean,
                                    Tensor& save_invstd) override {
-    Tensor g = Tensor::empty(h.shape(), h.dtype());
-    gelu_forward(h, g);
-    batchnorm_forward_eval(g, gamma, beta, running_mean, running_var, eps, y, save_mean,
-                           save_invstd);
-    if (residual.defined()) add(y, residual, y);
+    const int64_t c = h.size(-1);
+    with_data(y, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::gelu_batchnorm_forward_eval(h.data<T>(), h.numel() / c, c, f32(gamma), f32(beta),
+                                       f32(running_mean), f32(running_var), eps,
+                                       residual.defined() ? residual.data<T>() : nullptr, o);
+    });
+    eval_statistics(running_mean, running_var, eps, save_mean, save_invstd);
   }
   void gelu_batchnorm_backward(const Tensor& dy, const Tensor& h, const Tensor& gamma,
                                const Tensor& mean, const Tensor& invstd, bool batch_stats,
                                Tensor& dh, Tensor& dgamma, Tensor& dbeta,
                                const SumOverRanks& sum_over_ranks) override {
-    Tensor g = Tensor::empty(h.shape(), h.dtype()), dg = Tensor::empty(h.shape(), h.dtype());
-    gelu_forward(h, g);
-    batchnorm_backward(dy, g, gamma, mean, invstd, batch_stats, dg, dgamma, dbeta, sum_over_ranks);
-    gelu_backward(h, dg, dh);
+    const int64_t c = h.size(-1);
+    with_data(dh, [&](auto* o) {
+      using T = std::remove_pointer_t<decltype(o)>;
+      cpu::gelu_batchnorm_backward(dy.data<T>(), h.data<T>(), h.numel() / c, c, f32(gamma),
+                                   f32(mean), f32(invstd), batch_stats, o, f32(dgamma), f32(dbeta),
+                                   sum_over_ranks);
+    });
   }
 
   void global_avg_pool_forward(const Tensor& x, Tensor& y) override {

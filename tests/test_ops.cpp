@@ -467,6 +467,23 @@ TEST_CASE("conv2d depthwise, same padding, stride 1 and 2", "[ops][conv]") {
       }
 }
 
+// Channel counts of whole 16-channel vectors and a remainder, rows wider than the CPU kernels'
+// 8-pixel register blocks, kernels up to 11 (the backward-weight blocking keeps 9), no padding and
+// padding beyond the kernel (backward-data's flipped-forward form does not apply).
+TEST_CASE("conv2d depthwise: channel vectors, wide rows, any padding (blocked CPU loops)",
+          "[ops][conv]") {
+  const uint64_t seed = test::fresh_seed();
+  INFO("seed " << seed);
+  Generator gen(seed);
+  for (int64_t k : {1, 3, 5, 9, 11})
+    for (int64_t stride : {1, 2})
+      for (int64_t pad : {(k - 1) / 2, int64_t{0}, k}) {
+        const int64_t c = pick(gen, {16, 35, 48});
+        const int64_t h = rand_int(gen, k, k + 4), w = rand_int(gen, std::max<int64_t>(k, 9), 20);
+        check_conv({2, h, w, c, c, k, stride, pad, c, stride == 1}, gen);
+      }
+}
+
 TEST_CASE("conv2d patch embedding: kernel = stride, no padding", "[ops][conv]") {
   const uint64_t seed = test::fresh_seed();
   INFO("seed " << seed);

@@ -26,7 +26,10 @@ TEST_CASE("A tiny ConvMixer overfits 64 random images") {
   constexpr int kMaxSteps = 150;
   int steps_to_memorise = -1;
   float first_loss = 0.0f, last_loss = 0.0f;
-  for (int step = 0; step < kMaxSteps && steps_to_memorise < 0; ++step) {
+  // Until every image is classified right and the loss has halved (memorised images may still
+  // have a high loss: seed 14111445659589091428 memorised them at loss 1.26 of 2.34).
+  for (int step = 0; step < kMaxSteps && (steps_to_memorise < 0 || last_loss >= 0.5f * first_loss);
+       ++step) {
     const Tensor logits = model.forward(images);
     const Tensor loss = cross_entropy(logits, labels);
     last_loss = loss.item();
@@ -39,7 +42,7 @@ TEST_CASE("A tiny ConvMixer overfits 64 random images") {
         if (z[i * 10 + c] > z[i * 10 + best]) best = c;
       correct += best == label_values[i];
     }
-    if (correct == n) steps_to_memorise = step;
+    if (correct == n && steps_to_memorise < 0) steps_to_memorise = step;
     opt.zero_grad();
     loss.backward();
     opt.step();

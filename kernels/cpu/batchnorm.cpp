@@ -3,6 +3,8 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/gelu_math.h"
+
 namespace dl::cpu {
 
 namespace {
@@ -26,23 +28,33 @@ void channel_sums(int64_t rows, int64_t c, F&& f, double* out) {
     for (int64_t i = 0; i < Terms * c; ++i) out[i] += partial[k * Terms * c + i];
 }
 
-template <class T>
-void affine(const T* x, int64_t rows, int64_t c, const float* scale, const float* shift, T* y) {
+// The kernels below read BatchNorm's input through `input(i)` (element i of the [rows, c] matrix,
+// as a float), except their first pass, which reads it through `first_input(i)`, and hand each
+// result to `output(i, value)`. Plain BatchNorm loads x in both and stores y. The GELU+BatchNorm
+// forms compute GELU(h) in the first pass and keep it in their output tensor (y, or dh), which
+// the later passes read it from and then overwrite: the separate GELU op's pass is folded into
+// BatchNorm's first, and the residual add (forward) or GELU's backward (backward) into its last.
+// Evaluation, a single pass, computes GELU(h) in it.
+
+template <class Input, class Output>
+void affine(Input input, int64_t rows, int64_t c, const float* scale, const float* shift,
+            Output output) {
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t j = 0; j < c; ++j) store(y + r * c + j, load(x[r * c + j]) * scale[j] + shift[j]);
+    for (int64_t j = 0; j < c; ++j) output(r * c + j, input(r * c + j) * scale[j] + shift[j]);
 }
 
-template <class T>
-void forward_train(const T* x, int64_t rows, int64_t c, const float* gamma, const float* beta,
-                   float eps, float momentum, float* running_mean, float* running_var, T* y,
-                   float* save_mean, float* save_invstd, const SumOverRanks& sum_over_ranks) {
+template <class FirstInput, class Input, class Output>
+void forward_train(FirstInput first_input, Input input, int64_t rows, int64_t c, const float* gamma,
+                   const float* beta, float eps, float momentum, float* running_mean,
+                   float* running_var, Output output, float* save_mean, float* save_invstd,
+                   const SumOverRanks& sum_over_ranks) {
   // sums[0:c] = sum x, sums[c] = rows (over the ranks with sum_over_ranks)
   std::vector<double> sums(static_cast<size_t>(c + 1));
   channel_sums<1>(
       rows, c,
       [&](int64_t r, double* acc) {
-        for (int64_t j = 0; j < c; ++j) acc[j] += load(x[r * c + j]);
+        for (int64_t j = 0; j < c; ++j) acc[j] += first_input(r * c + j);
       },
       sums.data());
   sums[c] = static_cast<double>(rows);
@@ -56,7 +68,7 @@ void forward_train(const T* x, int64_t rows, int64_t c, const float* gamma, cons
       rows, c,
       [&](int64_t r, double* acc) {
         for (int64_t j = 0; j < c; ++j) {
-          const double d = load(x[r * c + j]) - mean[j];
+          const double d = input(r * c + j) - mean[j];
           acc[j] += d * d;
         }
       },
@@ -76,25 +88,25 @@ void forward_train(const T* x, int64_t rows, int64_t c, const float* gamma, cons
       running_var[j] = static_cast<float>((1.0 - momentum) * running_var[j] + momentum * unbiased);
     }
   }
-  affine(x, rows, c, scale.data(), shift.data(), y);
+  affine(input, rows, c, scale.data(), shift.data(), output);
 }
 
-template <class T>
-void forward_eval(const T* x, int64_t rows, int64_t c, const float* gamma, const float* beta,
-                  const float* running_mean, const float* running_var, float eps, T* y) {
+template <class Input, class Output>
+void forward_eval(Input input, int64_t rows, int64_t c, const float* gamma, const float* beta,
+                  const float* running_mean, const float* running_var, float eps, Output output) {
   std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
   for (int64_t j = 0; j < c; ++j) {
     const double invstd = 1.0 / std::sqrt(static_cast<double>(running_var[j]) + eps);
     scale[j] = static_cast<float>(gamma[j] * invstd);
     shift[j] = static_cast<float>(beta[j] - running_mean[j] * gamma[j] * invstd);
   }
-  affine(x, rows, c, scale.data(), shift.data(), y);
+  affine(input, rows, c, scale.data(), shift.data(), output);
 }
 
-template <class T>
-void backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gamma,
-              const float* mean, const float* invstd, bool batch_stats, T* dx, float* dgamma,
-              float* dbeta, const SumOverRanks& sum_over_ranks) {
+template <class T, class FirstInput, class Input, class Output>
+void backward(const T* dy, FirstInput first_input, Input input, int64_t rows, int64_t c,
+              const float* gamma, const float* mean, const float* invstd, bool batch_stats,
+              Output output, float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks) {
   // sums[0:c] = sum dy, sums[c:2c] = sum dy * (x - mean), sums[2c] = rows
   std::vector<double> sums(static_cast<size_t>(2 * c + 1));
   channel_sums<2>(
@@ -103,7 +115,7 @@ void backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gam
         for (int64_t j = 0; j < c; ++j) {
           const float g = load(dy[r * c + j]);
           acc[j] += g;
-          acc[c + j] += g * (load(x[r * c + j]) - mean[j]);
+          acc[c + j] += g * (first_input(r * c + j) - mean[j]);
         }
       },
       sums.data());
@@ -131,8 +143,55 @@ void backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gam
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t j = 0; j < c; ++j)
-      store(dx + r * c + j,
-            a[j] * load(dy[r * c + j]) + k[j] * (load(x[r * c + j]) - mean[j]) + b[j]);
+      output(r * c + j, a[j] * load(dy[r * c + j]) + k[j] * (input(r * c + j) - mean[j]) + b[j]);
+}
+
+// BatchNorm's input and output as tensors of T.
+template <class T>
+auto loads(const T* x) {
+  return [x](int64_t i) { return load(x[i]); };
+}
+template <class T>
+auto stores(T* y) {
+  return [y](int64_t i, float v) { store(y + i, v); };
+}
+
+// v as a tensor of T holds it: rounded to bf16, or f32 itself.
+template <class T>
+float stored(float v) {
+  T t;
+  store(&t, v);
+  return load(t);
+}
+
+// GELU(h) as the separate GELU op stores it (evaluation's input).
+template <class T>
+auto gelu_of(const T* h) {
+  return [h](int64_t i) { return stored<T>(gelu_math::gelu(load(h[i]))); };
+}
+
+// GELU(h) as the separate GELU op stores it, kept in `keep` for the later passes: the first
+// input of the fused forms.
+template <class T>
+auto gelu_kept_in(T* keep, const T* h) {
+  return [keep, h](int64_t i) {
+    store(keep + i, gelu_math::gelu(load(h[i])));
+    return load(keep[i]);
+  };
+}
+
+// y = BatchNorm's result as stored, plus the residual: the separate add.
+template <class T>
+auto stores_plus(T* y, const T* residual) {
+  return [y, residual](int64_t i, float v) { store(y + i, stored<T>(v) + load(residual[i])); };
+}
+
+// dh = dg as stored, times GELU'(h): the separate GELU backward.
+template <class T>
+auto stores_gelu_backward(T* dh, const T* h) {
+  return [dh, h](int64_t i, float dg) {
+    store(dh + i, stored<T>(dg) * gelu_math::gelu_derivative(load(h[i])));
+  };
 }
 
 }  // namespace
@@ -141,38 +200,115 @@ void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const floa
                              const float* beta, float eps, float momentum, float* running_mean,
                              float* running_var, float* y, float* save_mean, float* save_invstd,
                              const SumOverRanks& sum_over_ranks) {
-  forward_train(x, rows, c, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
-                save_invstd, sum_over_ranks);
+  forward_train(loads(x), loads(x), rows, c, gamma, beta, eps, momentum, running_mean, running_var,
+                stores(y), save_mean, save_invstd, sum_over_ranks);
 }
 void batchnorm_forward_train(const bf16* x, int64_t rows, int64_t c, const float* gamma,
                              const float* beta, float eps, float momentum, float* running_mean,
                              float* running_var, bf16* y, float* save_mean, float* save_invstd,
                              const SumOverRanks& sum_over_ranks) {
-  forward_train(x, rows, c, gamma, beta, eps, momentum, running_mean, running_var, y, save_mean,
-                save_invstd, sum_over_ranks);
+  forward_train(loads(x), loads(x), rows, c, gamma, beta, eps, momentum, running_mean, running_var,
+                stores(y), save_mean, save_invstd, sum_over_ranks);
 }
 
 void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
                             float eps, float* y) {
-  forward_eval(x, rows, c, gamma, beta, running_mean, running_var, eps, y);
+  forward_eval(loads(x), rows, c, gamma, beta, running_mean, running_var, eps, stores(y));
 }
 void batchnorm_forward_eval(const bf16* x, int64_t rows, int64_t c, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
                             float eps, bf16* y) {
-  forward_eval(x, rows, c, gamma, beta, running_mean, running_var, eps, y);
+  forward_eval(loads(x), rows, c, gamma, beta, running_mean, running_var, eps, stores(y));
 }
 
 void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
                         const float* gamma, const float* mean, const float* invstd,
                         bool batch_stats, float* dx, float* dgamma, float* dbeta,
                         const SumOverRanks& sum_over_ranks) {
-  backward(dy, x, rows, c, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta, sum_over_ranks);
+  backward(dy, loads(x), loads(x), rows, c, gamma, mean, invstd, batch_stats, stores(dx), dgamma,
+           dbeta, sum_over_ranks);
 }
 void batchnorm_backward(const bf16* dy, const bf16* x, int64_t rows, int64_t c, const float* gamma,
                         const float* mean, const float* invstd, bool batch_stats, bf16* dx,
                         float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks) {
-  backward(dy, x, rows, c, gamma, mean, invstd, batch_stats, dx, dgamma, dbeta, sum_over_ranks);
+  backward(dy, loads(x), loads(x), rows, c, gamma, mean, invstd, batch_stats, stores(dx), dgamma,
+           dbeta, sum_over_ranks);
+}
+
+namespace {
+
+template <class T>
+void gelu_forward_train(const T* h, int64_t rows, int64_t c, const float* gamma, const float* beta,
+                        float eps, float momentum, float* running_mean, float* running_var,
+                        const T* residual, T* y, float* save_mean, float* save_invstd,
+                        const SumOverRanks& sum_over_ranks) {
+  if (residual) {
+    forward_train(gelu_kept_in(y, h), loads(y), rows, c, gamma, beta, eps, momentum, running_mean,
+                  running_var, stores_plus(y, residual), save_mean, save_invstd, sum_over_ranks);
+  } else {
+    forward_train(gelu_kept_in(y, h), loads(y), rows, c, gamma, beta, eps, momentum, running_mean,
+                  running_var, stores(y), save_mean, save_invstd, sum_over_ranks);
+  }
+}
+
+template <class T>
+void gelu_forward_eval(const T* h, int64_t rows, int64_t c, const float* gamma, const float* beta,
+                       const float* running_mean, const float* running_var, float eps,
+                       const T* residual, T* y) {
+  if (residual) {
+    forward_eval(gelu_of(h), rows, c, gamma, beta, running_mean, running_var, eps,
+                 stores_plus(y, residual));
+  } else {
+    forward_eval(gelu_of(h), rows, c, gamma, beta, running_mean, running_var, eps, stores(y));
+  }
+}
+
+}  // namespace
+
+void gelu_batchnorm_forward_train(const float* h, int64_t rows, int64_t c, const float* gamma,
+                                  const float* beta, float eps, float momentum, float* running_mean,
+                                  float* running_var, const float* residual, float* y,
+                                  float* save_mean, float* save_invstd,
+                                  const SumOverRanks& sum_over_ranks) {
+  gelu_forward_train(h, rows, c, gamma, beta, eps, momentum, running_mean, running_var, residual, y,
+                     save_mean, save_invstd, sum_over_ranks);
+}
+void gelu_batchnorm_forward_train(const bf16* h, int64_t rows, int64_t c, const float* gamma,
+                                  const float* beta, float eps, float momentum, float* running_mean,
+                                  float* running_var, const bf16* residual, bf16* y,
+                                  float* save_mean, float* save_invstd,
+                                  const SumOverRanks& sum_over_ranks) {
+  gelu_forward_train(h, rows, c, gamma, beta, eps, momentum, running_mean, running_var, residual, y,
+                     save_mean, save_invstd, sum_over_ranks);
+}
+
+void gelu_batchnorm_forward_eval(const float* h, int64_t rows, int64_t c, const float* gamma,
+                                 const float* beta, const float* running_mean,
+                                 const float* running_var, float eps, const float* residual,
+                                 float* y) {
+  gelu_forward_eval(h, rows, c, gamma, beta, running_mean, running_var, eps, residual, y);
+}
+void gelu_batchnorm_forward_eval(const bf16* h, int64_t rows, int64_t c, const float* gamma,
+                                 const float* beta, const float* running_mean,
+                                 const float* running_var, float eps, const bf16* residual,
+                                 bf16* y) {
+  gelu_forward_eval(h, rows, c, gamma, beta, running_mean, running_var, eps, residual, y);
+}
+
+void gelu_batchnorm_backward(const float* dy, const float* h, int64_t rows, int64_t c,
+                             const float* gamma, const float* mean, const float* invstd,
+                             bool batch_stats, float* dh, float* dgamma, float* dbeta,
+                             const SumOverRanks& sum_over_ranks) {
+  backward(dy, gelu_kept_in(dh, h), loads(dh), rows, c, gamma, mean, invstd, batch_stats,
+           stores_gelu_backward(dh, h), dgamma, dbeta, sum_over_ranks);
+}
+void gelu_batchnorm_backward(const bf16* dy, const bf16* h, int64_t rows, int64_t c,
+                             const float* gamma, const float* mean, const float* invstd,
+                             bool batch_stats, bf16* dh, float* dgamma, float* dbeta,
+                             const SumOverRanks& sum_over_ranks) {
+  backward(dy, gelu_kept_in(dh, h), loads(dh), rows, c, gamma, mean, invstd, batch_stats,
+           stores_gelu_backward(dh, h), dgamma, dbeta, sum_over_ranks);
 }
 
 }  // namespace dl::cpu

@@ -14,9 +14,10 @@ struct bf16 {
   static bf16 from_float(float f) {
     uint32_t u;
     std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return bf16{static_cast<uint16_t>(u >> 16)};
+    // A select, not a branch, so that loops storing bf16 vectorise.
+    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    const uint32_t quiet_nan = (u >> 16) | 0x40u;
+    return bf16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
   }
   float to_float() const {
     const uint32_t u = static_cast<uint32_t>(bits) << 16;

@@ -1,76 +1,31 @@
 #include "kernels/cpu/elementwise.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "kernels/cpu/gelu_math.h"
+
 namespace dl::cpu {
 
+using gelu_math::gelu;
+using gelu_math::gelu_derivative;
+
 namespace {
-constexpr float kInvSqrt2 = 0.70710678118654752440f;
-constexpr float kInvSqrt2Pi = 0.39894228040143267794f;
 // Fixed chunk for reductions: results do not depend on the thread count.
 constexpr int64_t kReduceChunk = 1 << 14;
 
-// erf and exp written with plain float arithmetic so that the GELU loops vectorise (libm's erff
-// and expf are scalar calls, and they were a third of a CPU training step).
-//
-// erf(x) = x P(x^2) / Q(x^2) on [-4, 4] (|erf| rounds to 1 in float beyond), a rational
-// least-squares fit made for this file: max error 6e-8 in exact arithmetic, 4e-7 evaluated in
-// float (libm: 1e-7).
-inline float erf_approx(float x) {
-  x = x < -4.0f ? -4.0f : (x > 4.0f ? 4.0f : x);
-  const float t = x * x;
-  const float p =
-      ((((((1.9215877e-08f * t - 1.9907034e-06f) * t + 1.5562648e-04f) * t + 4.2966488e-03f) * t +
-         5.2444711e-02f) *
-            t +
-        2.1402769e-01f) *
-           t +
-       1.1283786f);
-  const float q =
-      (((1.0989212e-03f * t + 1.5558333e-02f) * t + 1.2083416e-01f) * t + 5.2300477e-01f) * t +
-      1.0f;
-  return x * p / q;
-}
-
-// exp(x) for x <= 0 (all GELU needs): 2^k e^r with k = round(x / ln 2), |r| <= ln 2 / 2, e^r
-// by its degree-6 Taylor polynomial (relative error 1.2e-7); results below 2^-126 flush to 0.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693145751953125f,
-                  kLn2Lo = 1.42860682030941723212e-6f, kRound = 12582912.0f;  // 1.5 * 2^23
-  const float k = (x * kLog2e + kRound) - kRound;
-  const float r = (x - k * kLn2Hi) - k * kLn2Lo;
-  const float e =
-      1.0f +
-      r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r / 720)))));
-  const int32_t exponent = static_cast<int32_t>(k) + 127;
-  return e * std::bit_cast<float>(exponent << 23);
-}
-}  // namespace
-
-namespace {
 template <class T>
 void gelu_forward_impl(const T* x, T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load(x[i]);
-    store(y + i, 0.5f * v * (1.0f + erf_approx(v * kInvSqrt2)));
-  }
+  for (int64_t i = 0; i < n; ++i) store(y + i, gelu(load(x[i])));
 }
 
 template <class T>
 void gelu_backward_impl(const T* x, const T* dy, T* dx, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = load(x[i]);
-    const float cdf = 0.5f * (1.0f + erf_approx(v * kInvSqrt2));
-    const float pdf = kInvSqrt2Pi * exp_nonpositive(-0.5f * v * v);
-    store(dx + i, load(dy[i]) * (cdf + v * pdf));
-  }
+  for (int64_t i = 0; i < n; ++i) store(dx + i, load(dy[i]) * gelu_derivative(load(x[i])));
 }
 
 template <class T>
