@@ -4,7 +4,7 @@
 #   cmake --install, then find_package(convmixer_engine): the same names, imported from
 #     <prefix>/lib/cmake/convmixer_engine, with the headers under <prefix>/include as they are
 #     included here ("engine/tensor.h", "models/convmixer.h", "kernels/cpu/conv2d.h").
-# The package config finds again what the targets link (OpenMP, OpenBLAS, zlib, libjpeg, and with
+# The package config finds again what the targets link (OpenMP, oneDNN, zlib, libjpeg, and with
 # the CUDA path the CUDA toolkit and cuDNN; MPI and NCCL where built) and sets
 # convmixer_engine_HAS_CUDA, _HAS_MPI and _HAS_NCCL.
 include(GNUInstallDirs)
@@ -41,6 +41,5 @@ write_basic_package_version_file(${PROJECT_BINARY_DIR}/convmixer_engineConfigVer
                                  COMPATIBILITY SameMinorVersion)
 install(FILES ${PROJECT_BINARY_DIR}/convmixer_engineConfig.cmake
               ${PROJECT_BINARY_DIR}/convmixer_engineConfigVersion.cmake
-              cmake/Finddl_openblas.cmake cmake/Finddl_dnnl.cmake cmake/Finddl_cudnn.cmake
-              cmake/Finddl_nccl.cmake
+              cmake/Finddl_dnnl.cmake cmake/Finddl_cudnn.cmake cmake/Finddl_nccl.cmake
         DESTINATION ${dl_package_dir})

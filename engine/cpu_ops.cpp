@@ -293,19 +293,13 @@ class CpuOps final : public DeviceOps {
                       Tensor& y) override {
     const int64_t m = x.size(0), k = x.size(1), n = weight.size(0);
     Tensor result = f32_result(y);
-    float* out = f32(result);
-    if (bias.defined()) {
-      for (int64_t i = 0; i < m; ++i) std::copy(f32(bias), f32(bias) + n, out + i * n);
-    }
-    cpu::gemm(false, true, m, n, k, 1.0f, f32(as_f32(x)), k, f32(weight), k,
-              bias.defined() ? 1.0f : 0.0f, out, n);
+    cpu::gemm(false, true, m, n, k, f32(as_f32(x)), k, f32(weight), k, f32(bias), f32(result), n);
     store_result(result, y);
   }
   void linear_backward_data(const Tensor& dy, const Tensor& weight, Tensor& dx) override {
     const int64_t m = dy.size(0), n = dy.size(1), k = weight.size(1);
     Tensor result = f32_result(dx);
-    cpu::gemm(false, false, m, k, n, 1.0f, f32(as_f32(dy)), n, f32(weight), k, 0.0f, f32(result),
-              k);
+    cpu::gemm(false, false, m, k, n, f32(as_f32(dy)), n, f32(weight), k, nullptr, f32(result), k);
     store_result(result, dx);
   }
   void linear_backward_weight(const Tensor& dy, const Tensor& x, Tensor& dweight,
@@ -313,7 +307,7 @@ class CpuOps final : public DeviceOps {
     const int64_t m = dy.size(0), n = dy.size(1), k = x.size(1);
     const Tensor dyf = as_f32(dy);
     if (dweight.defined())
-      cpu::gemm(true, false, n, k, m, 1.0f, f32(dyf), n, f32(as_f32(x)), k, 0.0f, f32(dweight), k);
+      cpu::gemm(true, false, n, k, m, f32(dyf), n, f32(as_f32(x)), k, nullptr, f32(dweight), k);
     if (dbias.defined()) cpu::sum_rows(f32(dyf), m, n, f32(dbias));
   }
 

@@ -5,10 +5,9 @@
 # PyTorch, train the recipe with both when DATA names CIFAR-10, and print a short summary last.
 # SKIP_SANITIZER=1, SKIP_KERNEL_BENCH=1 and SKIP_STEP_BENCH=1 leave those parts out.
 #
-# On this workplace's lent GPU (a bare image: no Catch2, stb, OpenBLAS or system cuDNN), from the
-# repository root with .carry/ holding the Debian packages (catch2 libstb-dev libstb0
-# libopenblas-openmp-dev libopenblas0-openmp libopenblas-dev libgfortran5 zlib1g-dev
-# libjpeg62-turbo-dev libjpeg62-turbo libdnnl-dev libdnnl2 ocl-icd-libopencl1, from
+# On this workplace's lent GPU (a bare image: no Catch2, stb, oneDNN or system cuDNN), from the
+# repository root with .carry/ holding the Debian packages (catch2 libstb-dev libstb0 libdnnl-dev
+# libdnnl2 ocl-icd-libopencl1 zlib1g-dev libjpeg62-turbo-dev libjpeg62-turbo, from
 # `apt-get download`) and cifar10-jpeg.tar.gz:
 #   mkdir -p /tmp/deps /tmp/data && for f in .carry/*.deb; do dpkg -x $f /tmp/deps; done
 #   tar xzf .carry/cifar10-jpeg.tar.gz -C /tmp/data
@@ -44,15 +43,12 @@ build=build-gpu
 cmake_args=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch")
 multiarch=/usr/lib/x86_64-linux-gnu
 if [[ -n ${DEPS_PREFIX:-} ]]; then
-  # Debian packages unpacked with dpkg -x: their alternatives links are not set up, so name the
-  # OpenMP OpenBLAS, its headers and the zlib shared object directly.
-  blas_dir=$DEPS_PREFIX$multiarch/openblas-openmp
-  cmake_args+=(-DCMAKE_PREFIX_PATH="$DEPS_PREFIX/usr" -DCMAKE_INCLUDE_PATH="$DEPS_PREFIX/usr/include"
-               -DDL_OPENBLAS_OPENMP="$blas_dir/libopenblas.so"
-               -DCBLAS_INCLUDE_DIR="$DEPS_PREFIX/usr/include/x86_64-linux-gnu/openblas-openmp")
+  # Debian packages unpacked with dpkg -x: their links to shared objects in /lib are not set up,
+  # so name the zlib shared object directly.
+  cmake_args+=(-DCMAKE_PREFIX_PATH="$DEPS_PREFIX/usr" -DCMAKE_INCLUDE_PATH="$DEPS_PREFIX/usr/include")
   [[ -e $multiarch/libz.so ]] || cmake_args+=(-DZLIB_LIBRARY="$(ls /lib/x86_64-linux-gnu/libz.so.1 $multiarch/libz.so.1 2>/dev/null | head -1)"
                                               -DZLIB_INCLUDE_DIR="$DEPS_PREFIX/usr/include")
-  export LD_LIBRARY_PATH="$blas_dir:$DEPS_PREFIX$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export LD_LIBRARY_PATH="$DEPS_PREFIX$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # Multiarch headers (libjpeg's jconfig.h) beside the plain ones.
   export CPATH="$DEPS_PREFIX/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
 fi

@@ -6,8 +6,8 @@
 #                  without it those tests report "skipped". Other arguments: more packages.
 set -euo pipefail
 
-packages=(build-essential cmake ninja-build catch2 libstb-dev libopenblas-openmp-dev libdnnl-dev
-          zlib1g-dev libjpeg-dev libopenmpi-dev openmpi-bin)
+packages=(build-essential cmake ninja-build catch2 libstb-dev libdnnl-dev zlib1g-dev libjpeg-dev
+          libopenmpi-dev openmpi-bin)
 for arg in "$@"; do
   if [[ $arg == --test-extras ]]; then
     packages+=(python3-torch python3-matplotlib python3-pil)

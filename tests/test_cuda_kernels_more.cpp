@@ -979,14 +979,11 @@ struct GemmRef {
         dx(static_cast<size_t>(g.m * g.k)),
         dw(static_cast<size_t>(g.n * g.k)),
         dbias(static_cast<size_t>(g.n)) {
-    dl::cpu::gemm(false, true, g.m, g.n, g.k, 1.0f, x.data(), g.k, w.data(), g.k, 0.0f, y.data(),
-                  g.n);
-    if (bias)
-      for (int64_t r = 0; r < g.m; ++r)
-        dl::cpu::add(y.data() + r * g.n, bias->data(), y.data() + r * g.n, g.n);
-    dl::cpu::gemm(false, false, g.m, g.k, g.n, 1.0f, dy.data(), g.n, w.data(), g.k, 0.0f, dx.data(),
+    dl::cpu::gemm(false, true, g.m, g.n, g.k, x.data(), g.k, w.data(), g.k,
+                  bias ? bias->data() : nullptr, y.data(), g.n);
+    dl::cpu::gemm(false, false, g.m, g.k, g.n, dy.data(), g.n, w.data(), g.k, nullptr, dx.data(),
                   g.k);
-    dl::cpu::gemm(true, false, g.n, g.k, g.m, 1.0f, dy.data(), g.n, x.data(), g.k, 0.0f, dw.data(),
+    dl::cpu::gemm(true, false, g.n, g.k, g.m, dy.data(), g.n, x.data(), g.k, nullptr, dw.data(),
                   g.k);
     dl::cpu::sum_rows(dy.data(), g.m, g.n, dbias.data());
   }

@@ -76,21 +76,16 @@ void conv2d_forward(const Conv2dShape& s, const float* x, const float* weight, c
   if (s.depthwise()) return depthwise_forward(s, x, weight, bias, y);
   const int64_t rows = s.n * s.h_out() * s.w_out(), og = s.c_out / s.groups;
   const int64_t cols = s.kh * s.kw * (s.c_in / s.groups);
-  if (bias) {
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; ++r) std::copy(bias, bias + s.c_out, y + r * s.c_out);
-  }
-  const float beta = bias ? 1.0f : 0.0f;
   if (is_pointwise(s)) {
-    gemm(false, true, rows, s.c_out, s.c_in, 1.0f, x, s.c_in, weight, s.c_in, beta, y, s.c_out);
+    gemm(false, true, rows, s.c_out, s.c_in, x, s.c_in, weight, s.c_in, bias, y, s.c_out);
     return;
   }
   std::vector<float> col(static_cast<size_t>(rows * cols));
   for (int64_t g = 0; g < s.groups; ++g) {
     im2col(s, x, g, col.data());
     const std::vector<float> w = weight_as_rows(s, weight, g);
-    gemm(false, true, rows, og, cols, 1.0f, col.data(), cols, w.data(), cols, beta, y + g * og,
-         s.c_out);
+    gemm(false, true, rows, og, cols, col.data(), cols, w.data(), cols,
+         bias ? bias + g * og : nullptr, y + g * og, s.c_out);
   }
 }
 
@@ -99,14 +94,14 @@ void conv2d_backward_data(const Conv2dShape& s, const float* dy, const float* we
   const int64_t rows = s.n * s.h_out() * s.w_out(), og = s.c_out / s.groups;
   const int64_t cols = s.kh * s.kw * (s.c_in / s.groups);
   if (is_pointwise(s)) {
-    gemm(false, false, rows, s.c_in, s.c_out, 1.0f, dy, s.c_out, weight, s.c_in, 0.0f, dx, s.c_in);
+    gemm(false, false, rows, s.c_in, s.c_out, dy, s.c_out, weight, s.c_in, nullptr, dx, s.c_in);
     return;
   }
   std::fill(dx, dx + s.n * s.h * s.w * s.c_in, 0.0f);
   std::vector<float> col(static_cast<size_t>(rows * cols));
   for (int64_t g = 0; g < s.groups; ++g) {
     const std::vector<float> w = weight_as_rows(s, weight, g);
-    gemm(false, false, rows, cols, og, 1.0f, dy + g * og, s.c_out, w.data(), cols, 0.0f, col.data(),
+    gemm(false, false, rows, cols, og, dy + g * og, s.c_out, w.data(), cols, nullptr, col.data(),
          cols);
     col2im_add(s, col.data(), g, dx);
   }
@@ -119,14 +114,14 @@ void conv2d_backward_weight(const Conv2dShape& s, const float* dy, const float* 
   const int64_t cg = s.c_in / s.groups, taps = s.kh * s.kw, cols = taps * cg;
   if (dbias) sum_rows(dy, rows, s.c_out, dbias);
   if (is_pointwise(s)) {
-    gemm(true, false, s.c_out, s.c_in, rows, 1.0f, dy, s.c_out, x, s.c_in, 0.0f, dweight, s.c_in);
+    gemm(true, false, s.c_out, s.c_in, rows, dy, s.c_out, x, s.c_in, nullptr, dweight, s.c_in);
     return;
   }
   std::vector<float> col(static_cast<size_t>(rows * cols));
   std::vector<float> w(static_cast<size_t>(og * cols));
   for (int64_t g = 0; g < s.groups; ++g) {
     im2col(s, x, g, col.data());
-    gemm(true, false, og, cols, rows, 1.0f, dy + g * og, s.c_out, col.data(), cols, 0.0f, w.data(),
+    gemm(true, false, og, cols, rows, dy + g * og, s.c_out, col.data(), cols, nullptr, w.data(),
          cols);
     for (int64_t o = 0; o < og; ++o)
       for (int64_t ci = 0; ci < cg; ++ci)
@@ -158,7 +153,7 @@ void conv2d_forward(const Conv2dShape& s, const bf16* x, const float* weight, co
   const int64_t rows = s.n * s.h_out() * s.w_out();
   if (is_pointwise(s)) {
     const std::vector<bf16> w = rounded(weight, s.c_out * s.c_in);
-    gemm_bf16(false, true, rows, s.c_out, s.c_in, x, s.c_in, w.data(), s.c_in, bias, y, s.c_out);
+    gemm(false, true, rows, s.c_out, s.c_in, x, s.c_in, w.data(), s.c_in, bias, y, s.c_out);
     return;
   }
   const std::vector<float> xf = widened(x, s.n * s.h * s.w * s.c_in);
@@ -172,8 +167,7 @@ void conv2d_backward_data(const Conv2dShape& s, const bf16* dy, const float* wei
   const int64_t rows = s.n * s.h_out() * s.w_out(), pixels = s.n * s.h * s.w;
   if (is_pointwise(s)) {
     const std::vector<bf16> w = rounded(weight, s.c_out * s.c_in);
-    gemm_bf16(false, false, rows, s.c_in, s.c_out, dy, s.c_out, w.data(), s.c_in, nullptr, dx,
-              s.c_in);
+    gemm(false, false, rows, s.c_in, s.c_out, dy, s.c_out, w.data(), s.c_in, nullptr, dx, s.c_in);
     return;
   }
   const std::vector<float> dyf = widened(dy, rows * s.c_out);
@@ -188,7 +182,7 @@ void conv2d_backward_weight(const Conv2dShape& s, const bf16* dy, const bf16* x,
   const int64_t rows = s.n * s.h_out() * s.w_out();
   if (is_pointwise(s)) {
     if (dbias) sum_rows(dy, rows, s.c_out, dbias);
-    gemm_bf16(true, false, s.c_out, s.c_in, rows, dy, s.c_out, x, s.c_in, nullptr, dweight, s.c_in);
+    gemm(true, false, s.c_out, s.c_in, rows, dy, s.c_out, x, s.c_in, nullptr, dweight, s.c_in);
     return;
   }
   const std::vector<float> dyf = widened(dy, rows * s.c_out);

@@ -1,6 +1,6 @@
-// bf16 GEMM on oneDNN's matmul (its brgemm kernels use AVX512-BF16 dot products or AMX tiles), in
-// fixed row blocks as the f32 GEMM: each block is one single-threaded matmul, so the result does
-// not depend on the thread count.
+// The CPU's GEMMs on oneDNN's matmul (its brgemm kernels: AVX-512 FMAs in f32; AVX512-BF16 dot
+// products or AMX tiles in bf16), in fixed row blocks of C: each block is one single-threaded
+// matmul, so the result does not depend on the thread count.
 #include <omp.h>
 
 #include <algorithm>
@@ -21,9 +21,11 @@ namespace {
 constexpr int64_t kRowsPerTask = 64;
 
 struct MatmulKey {
-  bool trans_a, trans_b, bias, bf16_out;
+  bool trans_a, trans_b, bias, bf16_in, bf16_out;
   int64_t m, n, k, lda, ldb, ldc;
-  auto tie() const { return std::tie(trans_a, trans_b, bias, bf16_out, m, n, k, lda, ldb, ldc); }
+  auto tie() const {
+    return std::tie(trans_a, trans_b, bias, bf16_in, bf16_out, m, n, k, lda, ldb, ldc);
+  }
   bool operator<(const MatmulKey& o) const { return tie() < o.tie(); }
 };
 
@@ -48,16 +50,13 @@ const Matmul& matmul_for(const MatmulKey& key) {
   auto it = made.find(key);
   if (it != made.end()) return it->second;
   using dt = dnnl::memory::data_type;
+  using dims = dnnl::memory::dims;
+  const dt in = key.bf16_in ? dt::bf16 : dt::f32;
   Matmul mm;
-  mm.a = dnnl::memory::desc(
-      {key.m, key.k}, dt::bf16,
-      key.trans_a ? dnnl::memory::dims{1, key.lda} : dnnl::memory::dims{key.lda, 1});
-  mm.b = dnnl::memory::desc(
-      {key.k, key.n}, dt::bf16,
-      key.trans_b ? dnnl::memory::dims{1, key.ldb} : dnnl::memory::dims{key.ldb, 1});
-  if (key.bias) mm.bias = dnnl::memory::desc({1, key.n}, dt::f32, dnnl::memory::dims{key.n, 1});
-  mm.c = dnnl::memory::desc({key.m, key.n}, key.bf16_out ? dt::bf16 : dt::f32,
-                            dnnl::memory::dims{key.ldc, 1});
+  mm.a = dnnl::memory::desc({key.m, key.k}, in, key.trans_a ? dims{1, key.lda} : dims{key.lda, 1});
+  mm.b = dnnl::memory::desc({key.k, key.n}, in, key.trans_b ? dims{1, key.ldb} : dims{key.ldb, 1});
+  if (key.bias) mm.bias = dnnl::memory::desc({1, key.n}, dt::f32, dims{key.n, 1});
+  mm.c = dnnl::memory::desc({key.m, key.n}, key.bf16_out ? dt::bf16 : dt::f32, dims{key.ldc, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const int threads = omp_get_max_threads();
@@ -74,31 +73,31 @@ const Matmul& matmul_for(const MatmulKey& key) {
   return made.emplace(key, std::move(mm)).first->second;
 }
 
-template <class C>
-void gemm_bf16_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a,
-                      int64_t lda, const bf16* b, int64_t ldb, const float* bias, C* c,
-                      int64_t ldc) {
+template <class In, class C>
+void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const In* a,
+                 int64_t lda, const In* b, int64_t ldb, const float* bias, C* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
-  constexpr bool bf16_out = std::is_same_v<C, bf16>;
-  const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask,
-                tail = m - (tasks - 1) * kRowsPerTask;
-  const Matmul& full = matmul_for({trans_a, trans_b, bias != nullptr, bf16_out,
+  constexpr bool bf16_in = std::is_same_v<In, bf16>, bf16_out = std::is_same_v<C, bf16>;
+  const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tail = m - (tasks - 1) * kRowsPerTask;
+  const bool has_bias = bias != nullptr;
+  const Matmul& full = matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out,
                                    std::min(m, kRowsPerTask), n, k, lda, ldb, ldc});
   const Matmul& last =
-      matmul_for({trans_a, trans_b, bias != nullptr, bf16_out, tail, n, k, lda, ldb, ldc});
+      matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out, tail, n, k, lda, ldb, ldc});
   // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
-  void* b_handle = const_cast<bf16*>(b);
+  void* b_handle = const_cast<In*>(b);
   void* bias_handle = const_cast<float*>(bias);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t t = 0; t < tasks; ++t) {
     const Matmul& mm = t + 1 == tasks ? last : full;
     const int64_t row = t * kRowsPerTask;
-    const bf16* a_block = trans_a ? a + row : a + row * lda;
+    void* a_block = const_cast<In*>(trans_a ? a + row : a + row * lda);
     thread_local std::vector<char> scratch;
     scratch.resize(std::max(scratch.size(), mm.scratchpad.get_size()));
     dnnl::stream stream(cpu_engine());
     std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), const_cast<bf16*>(a_block))},
+        {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), a_block)},
         {DNNL_ARG_WEIGHTS, dnnl::memory(mm.b, cpu_engine(), b_handle)},
         {DNNL_ARG_DST, dnnl::memory(mm.c, cpu_engine(), c + row * ldc)},
         {DNNL_ARG_SCRATCHPAD, dnnl::memory(mm.scratchpad, cpu_engine(), scratch.data())}};
@@ -110,14 +109,19 @@ void gemm_bf16_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t 
 
 }  // namespace
 
-void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a,
-               int64_t lda, const bf16* b, int64_t ldb, const float* bias, float* c, int64_t ldc) {
-  gemm_bf16_blocks(trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+          const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc) {
+  gemm_blocks(trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
 }
 
-void gemm_bf16(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a,
-               int64_t lda, const bf16* b, int64_t ldb, const float* bias, bf16* c, int64_t ldc) {
-  gemm_bf16_blocks(trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda,
+          const bf16* b, int64_t ldb, const float* bias, float* c, int64_t ldc) {
+  gemm_blocks(trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
+}
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda,
+          const bf16* b, int64_t ldb, const float* bias, bf16* c, int64_t ldc) {
+  gemm_blocks(trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
 }
 
 }  // namespace dl::cpu
