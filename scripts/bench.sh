@@ -6,7 +6,8 @@
 #   THREADS (default 2), STEPS (default 5), WARMUP (default 2), ROUNDS (default 3), PYTHON (default
 #   python3: a virtual environment with the current PyTorch from the package index is the anchor);
 #   EVAL=1 times evaluation batches (eval mode, no gradients) instead of training steps; other
-#   arguments (--dim --depth --kernel --patch --batch) go to every side.
+#   arguments (--dim --depth --kernel --patch --batch, --precision bf16: the engine's bf16 path
+#   against PyTorch's bf16 autocast, on a CPU with AVX512-BF16) go to every side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

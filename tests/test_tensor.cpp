@@ -1,4 +1,5 @@
 // Tensor creation, views, conversions and the autograd machinery (accumulation, release, no-grad).
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
@@ -84,6 +85,31 @@ TEST_CASE("creation: zeros, ones, full, empty, from_vector", "[tensor]") {
   REQUIRE(labels.dtype() == DType::i64);
   REQUIRE(labels.data<int64_t>()[1] == -1);
   REQUIRE_THROWS_AS(Tensor().shape(), Error);
+}
+
+// Host blocks of 1 MiB and more are cached for the next tensor of the same size
+// (engine/storage.cpp; not under AddressSanitizer, where a freed block must stay freed to catch a
+// use after free).
+TEST_CASE("large host tensors reuse freed blocks of their size; small ones and others do not",
+          "[tensor]") {
+#ifdef __SANITIZE_ADDRESS__
+  const bool cached = false;
+#else
+  const bool cached = true;
+#endif
+  const Shape large{1 << 18, 3};  // 3 MiB of f32
+  const void* first = nullptr;
+  {
+    Tensor t = Tensor::full(large, 7.0f);
+    first = t.raw_data();
+  }
+  Tensor again = Tensor::empty(large);
+  CHECK((again.raw_data() == first) == cached);
+  // A fresh block of another size, while `again` holds the cached one; creation still fills.
+  Tensor other = Tensor::zeros({1 << 19, 3});
+  CHECK(other.raw_data() != first);
+  const std::vector<float> values = other.to_vector();
+  CHECK(std::all_of(values.begin(), values.end(), [](float v) { return v == 0.0f; }));
 }
 
 TEST_CASE("randn and uniform: seeded, reproducible, right moments", "[tensor]") {
