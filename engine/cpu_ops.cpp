@@ -78,7 +78,7 @@ void eval_statistics(const Tensor& running_mean, const Tensor& running_var, floa
 
 class CpuOps final : public DeviceOps {
  public:
-  bool supports_bf16() const override { return cpu::has_native_bf16(); }
+  bool supports_bf16() const override { return cpu::has_bf16_gemm(); }
   void synchronize() override {}
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {

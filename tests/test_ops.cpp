@@ -1120,6 +1120,29 @@ Vec linear_ref(const Vec& x, const Vec& w, const Vec* b, int64_t n, int64_t in, 
   return y;
 }
 
+// Empty sums (GEMMs with K = 0): no input features give the bias (or zeros) and the bias's
+// gradient is the upstream gradient's column sums; an empty batch gives zero weight gradients.
+TEST_CASE("linear with no input features or an empty batch: empty sums", "[ops][linear]") {
+  Generator gen(test::fresh_seed());
+  const Tensor x = Tensor::zeros({3, 0}), w = Tensor::zeros({4, 0});
+  Tensor b = Tensor::randn({4}, gen);
+  b.requires_grad_();
+  const Tensor y = linear(x, w, b);
+  REQUIRE(y.shape() == Shape{3, 4});
+  const std::vector<float> got = y.to_vector(), bias = b.to_vector();
+  for (int64_t i = 0; i < 3; ++i)
+    for (int64_t j = 0; j < 4; ++j) CHECK(got[i * 4 + j] == bias[j]);
+  CHECK(linear(x, w, Tensor()).to_vector() == std::vector<float>(12, 0.0f));
+  sum(y).backward();
+  CHECK(b.grad().to_vector() == std::vector<float>(4, 3.0f));
+  // An empty batch: the weight's gradient is a sum over no rows (oneDNN 2.6 divided by zero
+  // making that GEMM: the process died of SIGFPE).
+  Tensor w2 = Tensor::zeros({3, 4});
+  w2.requires_grad_();
+  sum(linear(Tensor::zeros({0, 4}), w2, Tensor())).backward();
+  CHECK(w2.grad().to_vector() == std::vector<float>(12, 0.0f));
+}
+
 TEST_CASE("linear: forward and gradients", "[ops][linear]") {
   const uint64_t seed = test::fresh_seed();
   INFO("seed " << seed);

@@ -12,9 +12,4 @@ void convert(const float* in, bf16* out, int64_t n) {
   for (int64_t i = 0; i < n; ++i) out[i] = bf16::from_float(in[i]);
 }
 
-bool has_native_bf16() {
-  static const bool has = __builtin_cpu_supports("avx512bf16");
-  return has;
-}
-
 }  // namespace dl::cpu

@@ -46,8 +46,4 @@ inline void store(bf16* p, float v) {
 void convert(const bf16* in, float* out, int64_t n);
 void convert(const float* in, bf16* out, int64_t n);
 
-// Whether this CPU computes bf16 dot products natively (AVX512-BF16 or AMX-BF16), so that bf16
-// GEMMs run at twice the f32 rate.
-bool has_native_bf16();
-
 }  // namespace dl::cpu

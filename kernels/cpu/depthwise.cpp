@@ -140,6 +140,20 @@ void forward_vectors(const Conv2dShape& s, const T* x, const float* w, const flo
     }
 }
 
+// Calls f(i, j, ih, iw) for each tap (i, j) of output pixel (oh, ow) whose input pixel (ih, iw)
+// is inside the image, in row-major tap order.
+template <class F>
+void for_each_tap(const Conv2dShape& s, int64_t oh, int64_t ow, F&& f) {
+  for (int64_t i = 0; i < s.kh; ++i) {
+    const int64_t ih = oh * s.stride - s.pad + i;
+    if (ih < 0 || ih >= s.h) continue;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      const int64_t iw = ow * s.stride - s.pad + j;
+      if (iw >= 0 && iw < s.w) f(i, j, ih, iw);
+    }
+  }
+}
+
 // Forward over the channels [c0, c): one output pixel at a time.
 template <class T>
 void forward_pixels(const Conv2dShape& s, const T* x, const float* w, const float* bias, T* y,
@@ -152,17 +166,11 @@ void forward_pixels(const Conv2dShape& s, const T* x, const float* w, const floa
         T* out = y + ((n * ho + oh) * wo + ow) * c;
         float* acc = Accumulator<T>::row(out, c);
         for (int64_t k = c0; k < c; ++k) acc[k] = bias ? bias[k] : 0.0f;
-        for (int64_t i = 0; i < s.kh; ++i) {
-          const int64_t ih = oh * s.stride - s.pad + i;
-          if (ih < 0 || ih >= s.h) continue;
-          for (int64_t j = 0; j < s.kw; ++j) {
-            const int64_t iw = ow * s.stride - s.pad + j;
-            if (iw < 0 || iw >= s.w) continue;
-            const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
-            const float* wt = w + (i * s.kw + j) * c;
-            for (int64_t k = c0; k < c; ++k) acc[k] += load(in[k]) * wt[k];
-          }
-        }
+        for_each_tap(s, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+          const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
+          const float* wt = w + (i * s.kw + j) * c;
+          for (int64_t k = c0; k < c; ++k) acc[k] += load(in[k]) * wt[k];
+        });
         Accumulator<T>::finish(acc, out, c0, c);
       }
 }
@@ -243,17 +251,11 @@ void backward_weight_pixels(const Conv2dShape& s, const T* dy, const T* x, int64
       const T* dy_pixel = dy + ((n * ho + oh) * wo + ow) * c;
       for (int64_t k = c0; k < c; ++k) g[k] = load(dy_pixel[k]);
       for (int64_t k = c0; k < c; ++k) acc_b[k] += g[k];
-      for (int64_t i = 0; i < s.kh; ++i) {
-        const int64_t ih = oh * s.stride - s.pad + i;
-        if (ih < 0 || ih >= s.h) continue;
-        for (int64_t j = 0; j < s.kw; ++j) {
-          const int64_t iw = ow * s.stride - s.pad + j;
-          if (iw < 0 || iw >= s.w) continue;
-          const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
-          float* a = partial + (i * s.kw + j) * c;
-          for (int64_t k = c0; k < c; ++k) a[k] += g[k] * load(in[k]);
-        }
-      }
+      for_each_tap(s, oh, ow, [&](int64_t i, int64_t j, int64_t ih, int64_t iw) {
+        const T* in = x + ((n * s.h + ih) * s.w + iw) * c;
+        float* a = partial + (i * s.kw + j) * c;
+        for (int64_t k = c0; k < c; ++k) a[k] += g[k] * load(in[k]);
+      });
     }
 }
 

@@ -9,6 +9,10 @@
 
 namespace dl::cpu {
 
+// Whether bf16 GEMMs run on this CPU at the bf16 dot-product rate: it has AVX512-BF16 and oneDNN
+// uses it (a probe matmul is made once).
+bool has_bf16_gemm();
+
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc);
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const bf16* a, int64_t lda,

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <dnnl.hpp>
+#include <exception>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -39,6 +40,18 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
+// OpenMP's thread count set to 1 for the calling thread while it lives (restored on a throw too).
+class OneThread {
+ public:
+  OneThread() : threads_(omp_get_max_threads()) { omp_set_num_threads(1); }
+  ~OneThread() { omp_set_num_threads(threads_); }
+  OneThread(const OneThread&) = delete;
+  OneThread& operator=(const OneThread&) = delete;
+
+ private:
+  int threads_;
+};
+
 // The matmul of one row block, made once per shape. It is made for one thread: oneDNN fixes its
 // work split (and with it the order of a K-split's sums) when it makes a primitive. Its scratch
 // memory is the caller's, one buffer per thread: the threads run one primitive at once, and
@@ -59,15 +72,13 @@ const Matmul& matmul_for(const MatmulKey& key) {
   mm.c = dnnl::memory::desc({key.m, key.n}, key.bf16_out ? dt::bf16 : dt::f32, dims{key.ldc, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
+  const OneThread one_thread;
 #if DNNL_VERSION_MAJOR >= 3
   const dnnl::matmul::primitive_desc pd(cpu_engine(), mm.a, mm.b, mm.bias, mm.c, attr);
 #else
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(mm.a, mm.b, mm.bias, mm.c), attr,
                                         cpu_engine());
 #endif
-  omp_set_num_threads(threads);
   mm.primitive = dnnl::matmul(pd);
   mm.scratchpad = pd.scratchpad_desc();
   return made.emplace(key, std::move(mm)).first->second;
@@ -77,6 +88,12 @@ template <class In, class C>
 void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const In* a,
                  int64_t lda, const In* b, int64_t ldb, const float* bias, C* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  // An empty sum: C = bias (or 0). oneDNN 2.6 divides by zero making a matmul with K = 0.
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) store(c + i * ldc + j, bias ? bias[j] : 0.0f);
+    return;
+  }
   constexpr bool bf16_in = std::is_same_v<In, bf16>, bf16_out = std::is_same_v<C, bf16>;
   const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t tail = m - (tasks - 1) * kRowsPerTask;
@@ -88,26 +105,51 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
   void* b_handle = const_cast<In*>(b);
   void* bias_handle = const_cast<float*>(bias);
+  // One scratch buffer per thread, allocated here: nothing inside the parallel loop allocates, and
+  // an exception there (oneDNN's) is carried out of it and rethrown, not left to end the process.
+  std::vector<std::vector<char>> scratch(
+      static_cast<size_t>(omp_get_max_threads()),
+      std::vector<char>(std::max(full.scratchpad.get_size(), last.scratchpad.get_size())));
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
 #pragma omp parallel for schedule(dynamic)
   for (int64_t t = 0; t < tasks; ++t) {
-    const Matmul& mm = t + 1 == tasks ? last : full;
-    const int64_t row = t * kRowsPerTask;
-    void* a_block = const_cast<In*>(trans_a ? a + row : a + row * lda);
-    thread_local std::vector<char> scratch;
-    scratch.resize(std::max(scratch.size(), mm.scratchpad.get_size()));
-    dnnl::stream stream(cpu_engine());
-    std::unordered_map<int, dnnl::memory> args{
-        {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), a_block)},
-        {DNNL_ARG_WEIGHTS, dnnl::memory(mm.b, cpu_engine(), b_handle)},
-        {DNNL_ARG_DST, dnnl::memory(mm.c, cpu_engine(), c + row * ldc)},
-        {DNNL_ARG_SCRATCHPAD, dnnl::memory(mm.scratchpad, cpu_engine(), scratch.data())}};
-    if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.bias, cpu_engine(), bias_handle));
-    mm.primitive.execute(stream, args);
-    stream.wait();
+    try {
+      const Matmul& mm = t + 1 == tasks ? last : full;
+      const int64_t row = t * kRowsPerTask;
+      void* a_block = const_cast<In*>(trans_a ? a + row : a + row * lda);
+      dnnl::stream stream(cpu_engine());
+      std::unordered_map<int, dnnl::memory> args{
+          {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), a_block)},
+          {DNNL_ARG_WEIGHTS, dnnl::memory(mm.b, cpu_engine(), b_handle)},
+          {DNNL_ARG_DST, dnnl::memory(mm.c, cpu_engine(), c + row * ldc)},
+          {DNNL_ARG_SCRATCHPAD,
+           dnnl::memory(mm.scratchpad, cpu_engine(), scratch[omp_get_thread_num()].data())}};
+      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.bias, cpu_engine(), bias_handle));
+      mm.primitive.execute(stream, args);
+      stream.wait();
+    } catch (...) {
+      std::lock_guard lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
   }
+  if (failure) std::rethrow_exception(failure);
 }
 
 }  // namespace
+
+bool has_bf16_gemm() {
+  static const bool available = [] {
+    if (!__builtin_cpu_supports("avx512bf16")) return false;
+    try {  // oneDNN may still refuse (e.g. ONEDNN_MAX_CPU_ISA below AVX512-BF16)
+      matmul_for({false, false, false, true, true, 1, 1, 1, 1, 1, 1});
+      return true;
+    } catch (const dnnl::error&) {
+      return false;
+    }
+  }();
+  return available;
+}
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
           const float* b, int64_t ldb, const float* bias, float* c, int64_t ldc) {
