@@ -27,22 +27,9 @@ using dl::Tensor;
 
 constexpr double kRtol = 3e-2;
 
-// max |got - want| / max |want| over two tensors of one shape (got converted to f32).
-double max_rel_error(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  const std::vector<float> g = got.to(DType::f32).to_vector(), w = want.to_vector();
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    if (!std::isfinite(g[i])) return INFINITY;
-    err = std::max(err, std::abs(double(g[i]) - w[i]));
-    scale = std::max(scale, std::abs(double(w[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
-
 #define CHECK_CLOSE(got, want, what)                                 \
   do {                                                               \
-    const double e_ = max_rel_error(got, want);                      \
+    const double e_ = dl::test::max_rel_error(got, want);            \
     INFO(what << ": max error " << e_ << " of the largest |value|"); \
     CHECK(e_ <= kRtol);                                              \
   } while (0)
@@ -80,14 +67,8 @@ void compare_op(const char* name, const OpFn& op, const std::vector<Tensor>& inp
   }
 }
 
-dl::Generator make_gen() {
-  const uint64_t seed = dl::test::fresh_seed();
-  UNSCOPED_INFO("seed " << seed);
-  return dl::Generator(seed);
-}
-
 TEST_CASE("bf16 elementwise ops, reductions and pooling on the CPU match f32", "[bf16][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const Tensor a = Tensor::randn({3, 5, 7, 33}, gen), b = Tensor::randn({3, 5, 7, 33}, gen);
   const std::vector<bool> one{true}, two{true, true};
   compare_op(
@@ -111,7 +92,7 @@ TEST_CASE("bf16 elementwise ops, reductions and pooling on the CPU match f32", "
 
 TEST_CASE("bf16 convolutions on the CPU match f32 (depthwise, pointwise, patch, dense 3x3)",
           "[bf16][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   struct Case {
     int64_t n, h, w, c_in, c_out, k, stride, pad, groups;
   };
@@ -142,7 +123,7 @@ TEST_CASE("bf16 convolutions on the CPU match f32 (depthwise, pointwise, patch, 
 
 TEST_CASE("bf16 BatchNorm, GELU+BatchNorm, linear and cross-entropy on the CPU match f32",
           "[bf16][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const Tensor x = Tensor::randn({4, 9, 7, 37}, gen), residual = Tensor::randn(x.shape(), gen);
   const Tensor gamma = Tensor::randn({37}, gen), beta = Tensor::randn({37}, gen);
   const Tensor rm = Tensor::randn({37}, gen), rv = Tensor::uniform({37}, 0.5f, 2.0f, gen);
@@ -215,7 +196,7 @@ Run train(uint64_t seed, DType activations, const Tensor& images, const Tensor& 
 
 TEST_CASE("a ConvMixer trained with bf16 activations on the CPU stays close to f32",
           "[bf16][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t seed = gen.next_u64();
   const Tensor images = Tensor::randn({8, 16, 16, 3}, gen).to(DType::bf16).to(DType::f32);
   std::vector<int64_t> l(8);
@@ -232,20 +213,14 @@ TEST_CASE("a ConvMixer trained with bf16 activations on the CPU stays close to f
     INFO("parameter " << i);
     CHECK(bf16.params[i].dtype() == DType::f32);
     CHECK(bf16.first_grads[i].dtype() == DType::f32);
-    const std::vector<float> got = bf16.first_grads[i].to_vector();
-    const std::vector<float> want = f32.first_grads[i].to_vector();
-    double err = 0, norm = 0;
-    for (size_t j = 0; j < want.size(); ++j) {
-      err += (double(got[j]) - want[j]) * (double(got[j]) - want[j]);
-      norm += double(want[j]) * want[j];
-    }
-    INFO("relative L2 error of the first step's gradient " << std::sqrt(err / norm));
-    CHECK(std::sqrt(err / norm) < 0.1);
+    const double e = dl::test::l2_rel_error(bf16.first_grads[i], f32.first_grads[i]);
+    INFO("relative L2 error of the first step's gradient " << e);
+    CHECK(e < 0.1);
   }
 }
 
 TEST_CASE("bf16 results on the CPU do not depend on the thread count", "[bf16][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t seed = gen.next_u64();
   const Tensor images = Tensor::randn({8, 16, 16, 3}, gen);
   const Tensor labels = Tensor::from_vector(std::vector<int64_t>{1, 2, 3, 4, 5, 6, 7, 8}, {8});

@@ -33,34 +33,9 @@ using dl::Tensor;
 const Device kGpu = Device::cuda();
 const Device kCpu = Device::cpu();
 
-// max |a - b| / max |b|, over the elements of two tensors of one shape.
-double max_rel_error(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  const std::vector<float> g = got.to_vector(), w = want.to_vector();
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    if (!std::isfinite(g[i])) return INFINITY;
-    err = std::max(err, std::abs(double(g[i]) - w[i]));
-    scale = std::max(scale, std::abs(double(w[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
-
-// ||a - b|| / ||b|| (L2).
-double l2_rel_error(const Tensor& got, const Tensor& want) {
-  REQUIRE(got.shape() == want.shape());
-  const std::vector<float> g = got.to_vector(), w = want.to_vector();
-  double err = 0, norm = 0;
-  for (size_t i = 0; i < w.size(); ++i) {
-    err += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
-    norm += double(w[i]) * w[i];
-  }
-  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
-}
-
 #define CHECK_CLOSE(got, want, rtol, what)                           \
   do {                                                               \
-    const double e_ = max_rel_error(got, want);                      \
+    const double e_ = dl::test::max_rel_error(got, want);            \
     INFO(what << ": max error " << e_ << " of the largest |value|"); \
     CHECK(e_ <= (rtol));                                             \
   } while (0)
@@ -96,14 +71,8 @@ void compare_op(const char* name, const OpFn& op, const std::vector<Tensor>& inp
   }
 }
 
-dl::Generator make_gen() {
-  const uint64_t seed = dl::test::fresh_seed();
-  UNSCOPED_INFO("seed " << seed);
-  return dl::Generator(seed);
-}
-
 TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const Tensor a = Tensor::randn({3, 5, 7, 11}, gen), b = Tensor::randn({3, 5, 7, 11}, gen);
   compare_op(
       "add", [](auto& t) { return dl::add(t[0], t[1]); }, {a, b}, {true, true}, gen);
@@ -160,7 +129,7 @@ TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops
 
 TEST_CASE("convolutions on the GPU match the CPU (depthwise, pointwise, patch, dense 3x3)",
           "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   struct Case {
     int64_t n, h, w, c_in, c_out, k, stride, pad, groups;
     bool bias;
@@ -197,7 +166,7 @@ TEST_CASE("convolutions on the GPU match the CPU (depthwise, pointwise, patch, d
 }
 
 TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CPU", "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const Tensor x = Tensor::randn({4, 5, 3, 19}, gen);
   const Tensor gamma = Tensor::randn({19}, gen), beta = Tensor::randn({19}, gen);
   Tensor rm_cpu = Tensor::randn({19}, gen);
@@ -270,7 +239,7 @@ TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CP
 
 TEST_CASE("fused GELU + BatchNorm over several row blocks, odd channel counts and bf16",
           "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   // 561 rows (more than one block of the statistics kernel) and 45 channels (not a multiple of
   // the kernels' 32-channel tiles).
   const Tensor h = Tensor::randn({3, 17, 11, 45}, gen), residual = Tensor::randn(h.shape(), gen);
@@ -320,7 +289,7 @@ TEST_CASE("fused GELU + BatchNorm over several row blocks, odd channel counts an
 
 TEST_CASE("NaN and infinity on the GPU: sums of squares, clipping and accuracy as on the CPU",
           "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   std::vector<float> v = Tensor::randn({5000}, gen).to_vector(), w = v;
   v[4321] = INFINITY;
   w[17] = NAN;
@@ -416,7 +385,7 @@ StepResult train_steps(const dl::models::ModelSpec& spec, uint64_t seed, Device 
 }
 
 void compare_training(const dl::models::ModelSpec& spec, bool adamw) {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t init_seed = gen.next_u64();
   const Tensor images = Tensor::randn({6, 16, 16, 3}, gen);
   std::vector<int64_t> l(6);
@@ -442,7 +411,7 @@ TEST_CASE("a ResNet trained 3 SGD (Nesterov) steps on the GPU matches the CPU", 
 }
 
 TEST_CASE("bf16 mixed precision on the GPU stays close to the fp32 CPU step", "[cuda][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t init_seed = gen.next_u64();
   const Tensor images = Tensor::randn({8, 16, 16, 3}, gen);
   std::vector<int64_t> l(8);
@@ -457,14 +426,14 @@ TEST_CASE("bf16 mixed precision on the GPU stays close to the fp32 CPU step", "[
   for (size_t i = 0; i < cpu.grads.size(); ++i) {
     INFO("parameter " << i);
     CHECK(gpu.grads[i].dtype() == DType::f32);
-    const double e = l2_rel_error(gpu.grads[i], cpu.grads[i]);
+    const double e = dl::test::l2_rel_error(gpu.grads[i], cpu.grads[i]);
     INFO("relative L2 error of the gradient " << e);
     CHECK(e < 0.1);
   }
 }
 
 TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda][copy]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   // Many more uploads than staging slots, each source freed at once, interleaved with GPU work
   // that reads earlier uploads; and one copy too large for a slot (the pageable path).
   std::vector<std::vector<float>> expected;
@@ -495,7 +464,7 @@ TEST_CASE("host-to-device copies arrive intact through the staging ring", "[cuda
 }
 
 TEST_CASE("count_correct on the GPU matches the CPU, also for bf16 logits", "[cuda][ops]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   for (const int64_t n : {1, 37, 1000}) {
     std::vector<int64_t> l(static_cast<size_t>(n));
     for (auto& v : l) v = static_cast<int64_t>(gen.next_u64() % 10);
@@ -522,7 +491,7 @@ TEST_CASE("a label outside the classes is a clear error on the GPU", "[cuda][ops
 }
 
 TEST_CASE("optimizer state follows a model moved to the GPU after CPU steps", "[cuda][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t init_seed = gen.next_u64();
   const Tensor images = Tensor::randn({4, 16, 16, 3}, gen);
   const Tensor labels = Tensor::from_vector(std::vector<int64_t>{3, 1, 4, 1}, {4});
@@ -551,7 +520,7 @@ TEST_CASE("optimizer state follows a model moved to the GPU after CPU steps", "[
 }
 
 TEST_CASE("a moving average of a model trained on the GPU matches the CPU's", "[cuda][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   const uint64_t init_seed = gen.next_u64();
   const Tensor images = Tensor::randn({4, 16, 16, 3}, gen);
   const Tensor labels = Tensor::from_vector(std::vector<int64_t>{3, 1, 4, 1}, {4});
@@ -585,7 +554,7 @@ TEST_CASE("a moving average of a model trained on the GPU matches the CPU's", "[
 }
 
 TEST_CASE("after a warm-up step, GPU training steps allocate no device memory", "[cuda][model]") {
-  dl::Generator gen = make_gen();
+  dl::Generator gen = dl::test::fresh_generator();
   auto model = dl::models::make_model(convmixer_spec(), gen);
   model->to(kGpu);
   dl::optim::AdamW opt(model->parameters(), {.lr = 0.01});

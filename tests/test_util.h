@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <charconv>
 #include <chrono>
@@ -18,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/random.h"
 #include "engine/tensor.h"
 
 namespace dl::test {
@@ -105,6 +107,41 @@ inline void require_close(const Tensor& actual, const Tensor& expected, double r
   REQUIRE(actual.shape() == expected.shape());
   const std::vector<float> e = expected.to_vector();
   require_close(actual.to_vector(), std::vector<double>(e.begin(), e.end()), rtol, atol, what);
+}
+
+// max |got - want| / max |want| over two tensors of one shape (got converted to f32 where it is
+// bf16 on the CPU); infinity when got has a value that is not finite.
+inline double max_rel_error(const Tensor& got, const Tensor& want) {
+  REQUIRE(got.shape() == want.shape());
+  const std::vector<float> g =
+      got.dtype() == DType::f32 ? got.to_vector() : got.to(DType::f32).to_vector();
+  const std::vector<float> w = want.to_vector();
+  double err = 0, scale = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (!std::isfinite(g[i])) return INFINITY;
+    err = std::max(err, std::abs(double(g[i]) - w[i]));
+    scale = std::max(scale, std::abs(double(w[i])));
+  }
+  return scale > 0 ? err / scale : err;
+}
+
+// ||got - want|| / ||want|| (L2), both f32.
+inline double l2_rel_error(const Tensor& got, const Tensor& want) {
+  REQUIRE(got.shape() == want.shape());
+  const std::vector<float> g = got.to_vector(), w = want.to_vector();
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < w.size(); ++i) {
+    err += (double(g[i]) - w[i]) * (double(g[i]) - w[i]);
+    norm += double(w[i]) * w[i];
+  }
+  return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
+}
+
+// A generator from a fresh seed; the seed is reported with the next failure of the test.
+inline Generator fresh_generator() {
+  const uint64_t seed = fresh_seed();
+  UNSCOPED_INFO("seed " << seed);
+  return Generator(seed);
 }
 
 }  // namespace dl::test
