@@ -4,7 +4,6 @@
 // small tensors) compute in f32 on widened copies and round their outputs once.
 #include <algorithm>
 #include <cmath>
-#include <type_traits>
 
 #include "engine/device_ops.h"
 #include "engine/device_registry.h"
@@ -82,10 +81,7 @@ class CpuOps final : public DeviceOps {
   void synchronize() override {}
 
   void add(const Tensor& a, const Tensor& b, Tensor& out) override {
-    with_data(out, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::add(a.data<T>(), b.data<T>(), o, out.numel());
-    });
+    with_data(out, [&]<class T>(T* o) { cpu::add(a.data<T>(), b.data<T>(), o, out.numel()); });
   }
   void mul(const Tensor& a, const Tensor& b, Tensor& out) override {
     Tensor result = f32_result(out);
@@ -93,16 +89,10 @@ class CpuOps final : public DeviceOps {
     store_result(result, out);
   }
   void scale(const Tensor& x, float factor, Tensor& out) override {
-    with_data(out, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::scale(x.data<T>(), factor, o, out.numel());
-    });
+    with_data(out, [&]<class T>(T* o) { cpu::scale(x.data<T>(), factor, o, out.numel()); });
   }
   void axpy(float alpha, const Tensor& x, Tensor& y) override {
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::axpy(alpha, x.data<T>(), o, y.numel());
-    });
+    with_data(y, [&]<class T>(T* o) { cpu::axpy(alpha, x.data<T>(), o, y.numel()); });
   }
   void scale_by(const Tensor& x, const Tensor& factor, Tensor& out) override {
     scale(x, f32(factor)[0], out);
@@ -115,16 +105,11 @@ class CpuOps final : public DeviceOps {
     }
   }
   void gelu_forward(const Tensor& x, Tensor& y) override {
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::gelu_forward(x.data<T>(), o, y.numel());
-    });
+    with_data(y, [&]<class T>(T* o) { cpu::gelu_forward(x.data<T>(), o, y.numel()); });
   }
   void gelu_backward(const Tensor& x, const Tensor& dy, Tensor& dx) override {
-    with_data(dx, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::gelu_backward(x.data<T>(), dy.data<T>(), o, dx.numel());
-    });
+    with_data(dx,
+              [&]<class T>(T* o) { cpu::gelu_backward(x.data<T>(), dy.data<T>(), o, dx.numel()); });
   }
   void relu_forward(const Tensor& x, Tensor& y) override {
     Tensor result = f32_result(y);
@@ -166,22 +151,17 @@ class CpuOps final : public DeviceOps {
 
   void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
                       Tensor& y) override {
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::conv2d_forward(s, x.data<T>(), f32(weight), f32(bias), o);
-    });
+    with_data(
+        y, [&]<class T>(T* o) { cpu::conv2d_forward(s, x.data<T>(), f32(weight), f32(bias), o); });
   }
   void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
                             Tensor& dx) override {
-    with_data(dx, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
-      cpu::conv2d_backward_data(s, dy.data<T>(), f32(weight), o);
-    });
+    with_data(dx,
+              [&]<class T>(T* o) { cpu::conv2d_backward_data(s, dy.data<T>(), f32(weight), o); });
   }
   void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
                               Tensor& dbias) override {
-    with_data(dy, [&](auto* g) {
-      using T = std::remove_pointer_t<decltype(g)>;
+    with_data(dy, [&]<class T>(T* g) {
       if (dweight.defined()) {
         cpu::conv2d_backward_weight(s, g, x.data<T>(), f32(dweight), f32(dbias));
       } else {
@@ -195,8 +175,7 @@ class CpuOps final : public DeviceOps {
                                Tensor& save_mean, Tensor& save_invstd,
                                const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(y, [&]<class T>(T* o) {
       cpu::batchnorm_forward_train(x.data<T>(), x.numel() / c, c, f32(gamma), f32(beta), eps,
                                    momentum, f32(running_mean), f32(running_var), o, f32(save_mean),
                                    f32(save_invstd), sum_over_ranks);
@@ -206,8 +185,7 @@ class CpuOps final : public DeviceOps {
                               const Tensor& running_mean, const Tensor& running_var, float eps,
                               Tensor& y, Tensor& save_mean, Tensor& save_invstd) override {
     const int64_t c = x.size(-1);
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(y, [&]<class T>(T* o) {
       cpu::batchnorm_forward_eval(x.data<T>(), x.numel() / c, c, f32(gamma), f32(beta),
                                   f32(running_mean), f32(running_var), eps, o);
     });
@@ -218,8 +196,7 @@ class CpuOps final : public DeviceOps {
                           Tensor& dgamma, Tensor& dbeta,
                           const SumOverRanks& sum_over_ranks) override {
     const int64_t c = x.size(-1);
-    with_data(dx, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(dx, [&]<class T>(T* o) {
       cpu::batchnorm_backward(dy.data<T>(), x.data<T>(), x.numel() / c, c, f32(gamma), f32(mean),
                               f32(invstd), batch_stats, o, f32(dgamma), f32(dbeta), sum_over_ranks);
     });
@@ -231,8 +208,7 @@ class CpuOps final : public DeviceOps {
                                     Tensor& save_mean, Tensor& save_invstd,
                                     const SumOverRanks& sum_over_ranks) override {
     const int64_t c = h.size(-1);
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(y, [&]<class T>(T* o) {
       cpu::gelu_batchnorm_forward_train(h.data<T>(), h.numel() / c, c, f32(gamma), f32(beta), eps,
                                         momentum, f32(running_mean), f32(running_var),
                                         residual.defined() ? residual.data<T>() : nullptr, o,
@@ -244,8 +220,7 @@ class CpuOps final : public DeviceOps {
                                    const Tensor& residual, Tensor& y, Tensor& save_mean,
                                    Tensor& save_invstd) override {
     const int64_t c = h.size(-1);
-    with_data(y, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(y, [&]<class T>(T* o) {
       cpu::gelu_batchnorm_forward_eval(h.data<T>(), h.numel() / c, c, f32(gamma), f32(beta),
                                        f32(running_mean), f32(running_var), eps,
                                        residual.defined() ? residual.data<T>() : nullptr, o);
@@ -257,8 +232,7 @@ class CpuOps final : public DeviceOps {
                                Tensor& dh, Tensor& dgamma, Tensor& dbeta,
                                const SumOverRanks& sum_over_ranks) override {
     const int64_t c = h.size(-1);
-    with_data(dh, [&](auto* o) {
-      using T = std::remove_pointer_t<decltype(o)>;
+    with_data(dh, [&]<class T>(T* o) {
       cpu::gelu_batchnorm_backward(dy.data<T>(), h.data<T>(), h.numel() / c, c, f32(gamma),
                                    f32(mean), f32(invstd), batch_stats, o, f32(dgamma), f32(dbeta),
                                    sum_over_ranks);

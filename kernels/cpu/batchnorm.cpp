@@ -196,53 +196,35 @@ auto stores_gelu_backward(T* dh, const T* h) {
 
 }  // namespace
 
-void batchnorm_forward_train(const float* x, int64_t rows, int64_t c, const float* gamma,
+template <class T>
+void batchnorm_forward_train(const T* x, int64_t rows, int64_t c, const float* gamma,
                              const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, float* y, float* save_mean, float* save_invstd,
-                             const SumOverRanks& sum_over_ranks) {
-  forward_train(loads(x), loads(x), rows, c, gamma, beta, eps, momentum, running_mean, running_var,
-                stores(y), save_mean, save_invstd, sum_over_ranks);
-}
-void batchnorm_forward_train(const bf16* x, int64_t rows, int64_t c, const float* gamma,
-                             const float* beta, float eps, float momentum, float* running_mean,
-                             float* running_var, bf16* y, float* save_mean, float* save_invstd,
+                             float* running_var, T* y, float* save_mean, float* save_invstd,
                              const SumOverRanks& sum_over_ranks) {
   forward_train(loads(x), loads(x), rows, c, gamma, beta, eps, momentum, running_mean, running_var,
                 stores(y), save_mean, save_invstd, sum_over_ranks);
 }
 
-void batchnorm_forward_eval(const float* x, int64_t rows, int64_t c, const float* gamma,
+template <class T>
+void batchnorm_forward_eval(const T* x, int64_t rows, int64_t c, const float* gamma,
                             const float* beta, const float* running_mean, const float* running_var,
-                            float eps, float* y) {
-  forward_eval(loads(x), rows, c, gamma, beta, running_mean, running_var, eps, stores(y));
-}
-void batchnorm_forward_eval(const bf16* x, int64_t rows, int64_t c, const float* gamma,
-                            const float* beta, const float* running_mean, const float* running_var,
-                            float eps, bf16* y) {
+                            float eps, T* y) {
   forward_eval(loads(x), rows, c, gamma, beta, running_mean, running_var, eps, stores(y));
 }
 
-void batchnorm_backward(const float* dy, const float* x, int64_t rows, int64_t c,
-                        const float* gamma, const float* mean, const float* invstd,
-                        bool batch_stats, float* dx, float* dgamma, float* dbeta,
-                        const SumOverRanks& sum_over_ranks) {
-  backward(dy, loads(x), loads(x), rows, c, gamma, mean, invstd, batch_stats, stores(dx), dgamma,
-           dbeta, sum_over_ranks);
-}
-void batchnorm_backward(const bf16* dy, const bf16* x, int64_t rows, int64_t c, const float* gamma,
-                        const float* mean, const float* invstd, bool batch_stats, bf16* dx,
+template <class T>
+void batchnorm_backward(const T* dy, const T* x, int64_t rows, int64_t c, const float* gamma,
+                        const float* mean, const float* invstd, bool batch_stats, T* dx,
                         float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks) {
   backward(dy, loads(x), loads(x), rows, c, gamma, mean, invstd, batch_stats, stores(dx), dgamma,
            dbeta, sum_over_ranks);
 }
 
-namespace {
-
 template <class T>
-void gelu_forward_train(const T* h, int64_t rows, int64_t c, const float* gamma, const float* beta,
-                        float eps, float momentum, float* running_mean, float* running_var,
-                        const T* residual, T* y, float* save_mean, float* save_invstd,
-                        const SumOverRanks& sum_over_ranks) {
+void gelu_batchnorm_forward_train(const T* h, int64_t rows, int64_t c, const float* gamma,
+                                  const float* beta, float eps, float momentum, float* running_mean,
+                                  float* running_var, const T* residual, T* y, float* save_mean,
+                                  float* save_invstd, const SumOverRanks& sum_over_ranks) {
   if (residual) {
     forward_train(gelu_kept_in(y, h), loads(y), rows, c, gamma, beta, eps, momentum, running_mean,
                   running_var, stores_plus(y, residual), save_mean, save_invstd, sum_over_ranks);
@@ -253,9 +235,9 @@ void gelu_forward_train(const T* h, int64_t rows, int64_t c, const float* gamma,
 }
 
 template <class T>
-void gelu_forward_eval(const T* h, int64_t rows, int64_t c, const float* gamma, const float* beta,
-                       const float* running_mean, const float* running_var, float eps,
-                       const T* residual, T* y) {
+void gelu_batchnorm_forward_eval(const T* h, int64_t rows, int64_t c, const float* gamma,
+                                 const float* beta, const float* running_mean,
+                                 const float* running_var, float eps, const T* residual, T* y) {
   if (residual) {
     forward_eval(gelu_of(h), rows, c, gamma, beta, running_mean, running_var, eps,
                  stores_plus(y, residual));
@@ -264,51 +246,34 @@ void gelu_forward_eval(const T* h, int64_t rows, int64_t c, const float* gamma, 
   }
 }
 
-}  // namespace
-
-void gelu_batchnorm_forward_train(const float* h, int64_t rows, int64_t c, const float* gamma,
-                                  const float* beta, float eps, float momentum, float* running_mean,
-                                  float* running_var, const float* residual, float* y,
-                                  float* save_mean, float* save_invstd,
-                                  const SumOverRanks& sum_over_ranks) {
-  gelu_forward_train(h, rows, c, gamma, beta, eps, momentum, running_mean, running_var, residual, y,
-                     save_mean, save_invstd, sum_over_ranks);
-}
-void gelu_batchnorm_forward_train(const bf16* h, int64_t rows, int64_t c, const float* gamma,
-                                  const float* beta, float eps, float momentum, float* running_mean,
-                                  float* running_var, const bf16* residual, bf16* y,
-                                  float* save_mean, float* save_invstd,
-                                  const SumOverRanks& sum_over_ranks) {
-  gelu_forward_train(h, rows, c, gamma, beta, eps, momentum, running_mean, running_var, residual, y,
-                     save_mean, save_invstd, sum_over_ranks);
-}
-
-void gelu_batchnorm_forward_eval(const float* h, int64_t rows, int64_t c, const float* gamma,
-                                 const float* beta, const float* running_mean,
-                                 const float* running_var, float eps, const float* residual,
-                                 float* y) {
-  gelu_forward_eval(h, rows, c, gamma, beta, running_mean, running_var, eps, residual, y);
-}
-void gelu_batchnorm_forward_eval(const bf16* h, int64_t rows, int64_t c, const float* gamma,
-                                 const float* beta, const float* running_mean,
-                                 const float* running_var, float eps, const bf16* residual,
-                                 bf16* y) {
-  gelu_forward_eval(h, rows, c, gamma, beta, running_mean, running_var, eps, residual, y);
-}
-
-void gelu_batchnorm_backward(const float* dy, const float* h, int64_t rows, int64_t c,
-                             const float* gamma, const float* mean, const float* invstd,
-                             bool batch_stats, float* dh, float* dgamma, float* dbeta,
-                             const SumOverRanks& sum_over_ranks) {
+template <class T>
+void gelu_batchnorm_backward(const T* dy, const T* h, int64_t rows, int64_t c, const float* gamma,
+                             const float* mean, const float* invstd, bool batch_stats, T* dh,
+                             float* dgamma, float* dbeta, const SumOverRanks& sum_over_ranks) {
   backward(dy, gelu_kept_in(dh, h), loads(dh), rows, c, gamma, mean, invstd, batch_stats,
            stores_gelu_backward(dh, h), dgamma, dbeta, sum_over_ranks);
 }
-void gelu_batchnorm_backward(const bf16* dy, const bf16* h, int64_t rows, int64_t c,
-                             const float* gamma, const float* mean, const float* invstd,
-                             bool batch_stats, bf16* dh, float* dgamma, float* dbeta,
-                             const SumOverRanks& sum_over_ranks) {
-  backward(dy, gelu_kept_in(dh, h), loads(dh), rows, c, gamma, mean, invstd, batch_stats,
-           stores_gelu_backward(dh, h), dgamma, dbeta, sum_over_ranks);
-}
+
+#define DL_BATCHNORM_INSTANTIATE(T)                                                                \
+  template void batchnorm_forward_train(const T*, int64_t, int64_t, const float*, const float*,    \
+                                        float, float, float*, float*, T*, float*, float*,          \
+                                        const SumOverRanks&);                                      \
+  template void batchnorm_forward_eval(const T*, int64_t, int64_t, const float*, const float*,     \
+                                       const float*, const float*, float, T*);                     \
+  template void batchnorm_backward(const T*, const T*, int64_t, int64_t, const float*,             \
+                                   const float*, const float*, bool, T*, float*, float*,           \
+                                   const SumOverRanks&);                                           \
+  template void gelu_batchnorm_forward_train(const T*, int64_t, int64_t, const float*,             \
+                                             const float*, float, float, float*, float*, const T*, \
+                                             T*, float*, float*, const SumOverRanks&);             \
+  template void gelu_batchnorm_forward_eval(const T*, int64_t, int64_t, const float*,              \
+                                            const float*, const float*, const float*, float,       \
+                                            const T*, T*);                                         \
+  template void gelu_batchnorm_backward(const T*, const T*, int64_t, int64_t, const float*,        \
+                                        const float*, const float*, bool, T*, float*, float*,      \
+                                        const SumOverRanks&);
+DL_BATCHNORM_INSTANTIATE(float)
+DL_BATCHNORM_INSTANTIATE(bf16)
+#undef DL_BATCHNORM_INSTANTIATE
 
 }  // namespace dl::cpu

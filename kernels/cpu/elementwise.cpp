@@ -15,49 +15,36 @@ using gelu_math::gelu_derivative;
 namespace {
 // Fixed chunk for reductions: results do not depend on the thread count.
 constexpr int64_t kReduceChunk = 1 << 14;
+}  // namespace
 
 template <class T>
-void gelu_forward_impl(const T* x, T* y, int64_t n) {
+void gelu_forward(const T* x, T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) store(y + i, gelu(load(x[i])));
 }
 
 template <class T>
-void gelu_backward_impl(const T* x, const T* dy, T* dx, int64_t n) {
+void gelu_backward(const T* x, const T* dy, T* dx, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) store(dx + i, load(dy[i]) * gelu_derivative(load(x[i])));
 }
 
 template <class T>
-void add_impl(const T* a, const T* b, T* out, int64_t n) {
+void add(const T* a, const T* b, T* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) store(out + i, load(a[i]) + load(b[i]));
 }
 
 template <class T>
-void scale_impl(const T* x, float alpha, T* out, int64_t n) {
+void scale(const T* x, float alpha, T* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) store(out + i, alpha * load(x[i]));
 }
 
 template <class T>
-void axpy_impl(float alpha, const T* x, T* y, int64_t n) {
+void axpy(float alpha, const T* x, T* y, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) store(y + i, load(y[i]) + alpha * load(x[i]));
-}
-}  // namespace
-
-void gelu_forward(const float* x, float* y, int64_t n) {
-  gelu_forward_impl(x, y, n);
-}
-void gelu_forward(const bf16* x, bf16* y, int64_t n) {
-  gelu_forward_impl(x, y, n);
-}
-void gelu_backward(const float* x, const float* dy, float* dx, int64_t n) {
-  gelu_backward_impl(x, dy, dx, n);
-}
-void gelu_backward(const bf16* x, const bf16* dy, bf16* dx, int64_t n) {
-  gelu_backward_impl(x, dy, dx, n);
 }
 
 void relu_forward(const float* x, float* y, int64_t n) {
@@ -70,30 +57,9 @@ void relu_backward(const float* x, const float* dy, float* dx, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dx[i] = x[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-void add(const float* a, const float* b, float* out, int64_t n) {
-  add_impl(a, b, out, n);
-}
-void add(const bf16* a, const bf16* b, bf16* out, int64_t n) {
-  add_impl(a, b, out, n);
-}
-
 void mul(const float* a, const float* b, float* out, int64_t n) {
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
-}
-
-void scale(const float* x, float alpha, float* out, int64_t n) {
-  scale_impl(x, alpha, out, n);
-}
-void scale(const bf16* x, float alpha, bf16* out, int64_t n) {
-  scale_impl(x, alpha, out, n);
-}
-
-void axpy(float alpha, const float* x, float* y, int64_t n) {
-  axpy_impl(alpha, x, y, n);
-}
-void axpy(float alpha, const bf16* x, bf16* y, int64_t n) {
-  axpy_impl(alpha, x, y, n);
 }
 
 namespace {
@@ -132,9 +98,8 @@ void transpose_batched(const float* in, int64_t batch, int64_t rows, int64_t col
         out[(b * cols + j) * rows + i] = in[(b * rows + i) * cols + j];
 }
 
-namespace {
 template <class T>
-void sum_rows_impl(const T* x, int64_t rows, int64_t cols, float* out) {
+void sum_rows(const T* x, int64_t rows, int64_t cols, float* out) {
   const int64_t rows_per_chunk = std::max<int64_t>(1, kReduceChunk / std::max<int64_t>(cols, 1));
   const int64_t chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
   std::vector<double> partial(static_cast<size_t>(chunks * cols), 0.0);
@@ -151,13 +116,18 @@ void sum_rows_impl(const T* x, int64_t rows, int64_t cols, float* out) {
     out[j] = static_cast<float>(s);
   }
 }
-}  // namespace
 
-void sum_rows(const float* x, int64_t rows, int64_t cols, float* out) {
-  sum_rows_impl(x, rows, cols, out);
-}
-void sum_rows(const bf16* x, int64_t rows, int64_t cols, float* out) {
-  sum_rows_impl(x, rows, cols, out);
-}
+template void gelu_forward(const float*, float*, int64_t);
+template void gelu_forward(const bf16*, bf16*, int64_t);
+template void gelu_backward(const float*, const float*, float*, int64_t);
+template void gelu_backward(const bf16*, const bf16*, bf16*, int64_t);
+template void add(const float*, const float*, float*, int64_t);
+template void add(const bf16*, const bf16*, bf16*, int64_t);
+template void scale(const float*, float, float*, int64_t);
+template void scale(const bf16*, float, bf16*, int64_t);
+template void axpy(float, const float*, float*, int64_t);
+template void axpy(float, const bf16*, bf16*, int64_t);
+template void sum_rows(const float*, int64_t, int64_t, float*);
+template void sum_rows(const bf16*, int64_t, int64_t, float*);
 
 }  // namespace dl::cpu
