@@ -56,9 +56,10 @@ int main(int argc, char** argv) {
     const std::string rank = several ? " (rank " + std::to_string(comm->rank()) + " of " +
                                            std::to_string(comm->size()) + ", ending every rank)"
                                      : "";
-    // A new line first when a progress bar may be on the terminal's current line.
-    std::cerr << (isatty(STDERR_FILENO) ? "\n" : "") << "train: error" << rank << ": " << e.what()
-              << "\n";
+    // A new line first when a progress bar may be on the terminal's current line. One write, so
+    // that another rank's output sharing the stream cannot land inside the line.
+    std::cerr << std::string(isatty(STDERR_FILENO) ? "\n" : "") + "train: error" + rank + ": " +
+                     e.what() + "\n";
     if (several) comm->abort(1);
     return 1;
   }

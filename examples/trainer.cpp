@@ -342,11 +342,11 @@ Training::Training(const TrainConfig& cfg, std::optional<io::Checkpoint> checkpo
       runtime_(setup_runtime(cfg.device, cfg.threads, cfg.precision, cfg.tf32)) {
   if (cfg.schedule == optim::Schedule::onecycle && cfg.epochs < 3)
     std::cerr << "note: onecycle's breakpoints are whole epochs (2/5 and 4/5 of --epochs, rounded "
-                 "down, as in the recipe): over "
-              << cfg.epochs
-              << (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
-                                  : " epochs it has no warm-up")
-              << "; a short run may prefer --schedule linear (by steps) or cosine\n";
+                 "down, as in the recipe): over " +
+                     std::to_string(cfg.epochs) +
+                     (cfg.epochs == 1 ? " epoch the lr never reaches --lr"
+                                      : " epochs it has no warm-up") +
+                     "; a short run may prefer --schedule linear (by steps) or cosine\n";
   data_ = load_training_data(cfg);
   const data::ImageDataset& train_set = data_.train;
 
