@@ -468,14 +468,15 @@ TEST_CASE("conv2d depthwise, same padding, stride 1 and 2", "[ops][conv]") {
 }
 
 // Channel counts of whole 16-channel vectors and a remainder, rows wider than the CPU kernels'
-// 8-pixel register blocks, kernels up to 11 (the backward-weight blocking keeps 9), no padding and
-// padding beyond the kernel (backward-data's flipped-forward form does not apply).
+// 8-pixel register blocks, kernels up to 11 (the backward-weight blocking keeps 9; the forward has
+// loops for k 3, 5, 7 and 9 at stride 1, and a general one), no padding and padding beyond the
+// kernel (backward-data's flipped-forward form does not apply).
 TEST_CASE("conv2d depthwise: channel vectors, wide rows, any padding (blocked CPU loops)",
           "[ops][conv]") {
   const uint64_t seed = test::fresh_seed();
   INFO("seed " << seed);
   Generator gen(seed);
-  for (int64_t k : {1, 3, 5, 9, 11})
+  for (int64_t k : {1, 3, 5, 7, 9, 11})
     for (int64_t stride : {1, 2})
       for (int64_t pad : {(k - 1) / 2, int64_t{0}, k}) {
         const int64_t c = pick(gen, {16, 35, 48});
