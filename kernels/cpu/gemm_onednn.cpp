@@ -1,6 +1,8 @@
 // The CPU's GEMMs on oneDNN's matmul (its brgemm kernels: AVX-512 FMAs in f32; AVX512-BF16 dot
 // products or AMX tiles in bf16), in fixed row blocks of C: each block is one single-threaded
-// matmul, so the result does not depend on the thread count.
+// matmul, so the result does not depend on the thread count. Given B as stored, each block's matmul
+// first copies it into its own blocked layout; when there are many blocks, B is packed into that
+// layout once per call instead (one reorder, the same values, so the same results).
 #include <omp.h>
 
 #include <algorithm>
@@ -20,19 +22,25 @@ namespace dl::cpu {
 namespace {
 
 constexpr int64_t kRowsPerTask = 64;
+// Row blocks from which B is packed once per call. With few blocks the one reorder costs more
+// than the copies it saves (backward-weight's 4 blocks of a 16 MB B: measured).
+constexpr int64_t kMinTasksToPackB = 16;
 
 struct MatmulKey {
-  bool trans_a, trans_b, bias, bf16_in, bf16_out;
+  bool trans_a, trans_b, bias, bf16_in, bf16_out, packed_b;
   int64_t m, n, k, lda, ldb, ldc;
   auto tie() const {
-    return std::tie(trans_a, trans_b, bias, bf16_in, bf16_out, m, n, k, lda, ldb, ldc);
+    return std::tie(trans_a, trans_b, bias, bf16_in, bf16_out, packed_b, m, n, k, lda, ldb, ldc);
   }
   bool operator<(const MatmulKey& o) const { return tie() < o.tie(); }
 };
 
 struct Matmul {
   dnnl::matmul primitive;
-  dnnl::memory::desc a, b, bias, c, scratchpad;
+  // b: B as the primitive takes it; with packed_b, the primitive's own layout, which pack_b
+  // reorders B as stored (stored_b) into.
+  dnnl::memory::desc a, b, stored_b, bias, c, scratchpad;
+  dnnl::reorder pack_b;
 };
 
 dnnl::engine& cpu_engine() {
@@ -67,7 +75,10 @@ const Matmul& matmul_for(const MatmulKey& key) {
   const dt in = key.bf16_in ? dt::bf16 : dt::f32;
   Matmul mm;
   mm.a = dnnl::memory::desc({key.m, key.k}, in, key.trans_a ? dims{1, key.lda} : dims{key.lda, 1});
-  mm.b = dnnl::memory::desc({key.k, key.n}, in, key.trans_b ? dims{1, key.ldb} : dims{key.ldb, 1});
+  mm.stored_b =
+      dnnl::memory::desc({key.k, key.n}, in, key.trans_b ? dims{1, key.ldb} : dims{key.ldb, 1});
+  mm.b = key.packed_b ? dnnl::memory::desc({key.k, key.n}, in, dnnl::memory::format_tag::any)
+                      : mm.stored_b;
   if (key.bias) mm.bias = dnnl::memory::desc({1, key.n}, dt::f32, dims{key.n, 1});
   mm.c = dnnl::memory::desc({key.m, key.n}, key.bf16_out ? dt::bf16 : dt::f32, dims{key.ldc, 1});
   dnnl::primitive_attr attr;
@@ -81,6 +92,11 @@ const Matmul& matmul_for(const MatmulKey& key) {
 #endif
   mm.primitive = dnnl::matmul(pd);
   mm.scratchpad = pd.scratchpad_desc();
+  if (key.packed_b) {
+    mm.b = pd.weights_desc();
+    mm.pack_b =
+        dnnl::reorder(dnnl::reorder::primitive_desc(cpu_engine(), mm.stored_b, cpu_engine(), mm.b));
+  }
   return made.emplace(key, std::move(mm)).first->second;
 }
 
@@ -97,13 +113,23 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   constexpr bool bf16_in = std::is_same_v<In, bf16>, bf16_out = std::is_same_v<C, bf16>;
   const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
   const int64_t tail = m - (tasks - 1) * kRowsPerTask;
-  const bool has_bias = bias != nullptr;
-  const Matmul& full = matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out,
+  const bool has_bias = bias != nullptr, pack_b = tasks >= kMinTasksToPackB;
+  const Matmul& full = matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out, pack_b,
                                    std::min(m, kRowsPerTask), n, k, lda, ldb, ldc});
-  const Matmul& last =
-      matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out, tail, n, k, lda, ldb, ldc});
+  const Matmul& last = matmul_for(
+      {trans_a, trans_b, has_bias, bf16_in, bf16_out, pack_b, tail, n, k, lda, ldb, ldc});
   // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
-  void* b_handle = const_cast<In*>(b);
+  dnnl::memory stored_b(full.stored_b, cpu_engine(), const_cast<In*>(b));
+  const auto b_for = [&](const Matmul& mm) {
+    if (!pack_b) return stored_b;
+    dnnl::memory packed(mm.b, cpu_engine());
+    dnnl::stream stream(cpu_engine());
+    mm.pack_b.execute(stream, stored_b, packed);
+    stream.wait();
+    return packed;
+  };
+  const dnnl::memory full_b = b_for(full);
+  const dnnl::memory last_b = last.b == full.b ? full_b : b_for(last);
   void* bias_handle = const_cast<float*>(bias);
   // One scratch buffer per thread, allocated here: nothing inside the parallel loop allocates, and
   // an exception there (oneDNN's) is carried out of it and rethrown, not left to end the process.
@@ -118,6 +144,7 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
       const Matmul& mm = t + 1 == tasks ? last : full;
       const int64_t row = t * kRowsPerTask;
       void* a_block = const_cast<In*>(trans_a ? a + row : a + row * lda);
+      void* b_handle = (t + 1 == tasks ? last_b : full_b).get_data_handle();
       dnnl::stream stream(cpu_engine());
       std::unordered_map<int, dnnl::memory> args{
           {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), a_block)},
@@ -142,7 +169,7 @@ bool has_bf16_gemm() {
   static const bool available = [] {
     if (!__builtin_cpu_supports("avx512bf16")) return false;
     try {  // oneDNN may still refuse (e.g. ONEDNN_MAX_CPU_ISA below AVX512-BF16)
-      matmul_for({false, false, false, true, true, 1, 1, 1, 1, 1, 1});
+      matmul_for({false, false, false, true, true, false, 1, 1, 1, 1, 1, 1});
       return true;
     } catch (const dnnl::error&) {
       return false;
