@@ -510,6 +510,10 @@ TEST_CASE("conv2d pointwise 1x1", "[ops][conv]") {
       check_conv({n, rand_int(gen, 1, 9), rand_int(gen, 2, 9), c_in, c_out, 1, stride, 0, 1, bias},
                  gen);
     }
+  // 1083 pixels: 16 whole 64-row GEMM blocks and a tail, the CPU GEMM's form with B packed once.
+  for (bool bias : {true, false})
+    check_conv({3, 19, 19, pick(gen, kOddChannels), pick(gen, kOddChannels), 1, 1, 0, 1, bias},
+               gen);
 }
 
 TEST_CASE("conv2d general: groups 1 and 2, k 3, pad 1, stride 1 and 2", "[ops][conv]") {
