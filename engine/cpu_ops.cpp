@@ -349,10 +349,6 @@ DeviceRegistry<DeviceOps>& ops_registry() {
 
 }  // namespace
 
-void set_device_ops(DeviceKind kind, DeviceOps* ops) {
-  ops_registry().set(kind, ops);
-}
-
 DeviceOps& device_ops(Device device) {
   return ops_registry().get(device);
 }

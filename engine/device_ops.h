@@ -3,6 +3,7 @@
 // on the inputs' device and records autograd; a DeviceOps only computes, queued on the device's
 // stream. The CPU implementation (engine/cpu_ops.cpp) wraps kernels/cpu; the CUDA one
 // (engine/cuda/cuda_ops.cpp) wraps kernels/cuda and is present with the CUDA DeviceBackend.
+// The engine makes every call through run_op (engine/profile.h), where OpProfiler times them.
 //
 // Contract for every method: tensors are contiguous and on this device; outputs are allocated by
 // the caller with the right shape and are overwritten (=), except axpy and BatchNorm's running
@@ -161,8 +162,6 @@ class DeviceOps {
   virtual void sgd_update(const std::vector<SGDUpdate>& updates) = 0;
 };
 
-// Replaces the device's ops (the profiler wraps them; engine/profile.h).
-void set_device_ops(DeviceKind kind, DeviceOps* ops);
 // Throws dl::Error when the device has no ops (e.g. CUDA in a CPU-only build, or no GPU).
 DeviceOps& device_ops(Device device);
 

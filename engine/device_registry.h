@@ -18,8 +18,6 @@ class DeviceRegistry {
     slots_[static_cast<int>(DeviceKind::cuda)] = cuda;
   }
 
-  void set(DeviceKind kind, Interface* impl) { slots_[static_cast<int>(kind)] = impl; }
-
   Interface& get(Device device) const {
     Interface* impl = slots_[static_cast<int>(device.kind)];
 #ifdef DL_HAVE_CUDA

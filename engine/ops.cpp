@@ -3,6 +3,7 @@
 #include "engine/autograd.h"
 #include "engine/device_ops.h"
 #include "engine/error.h"
+#include "engine/profile.h"
 #include "engine/storage.h"
 
 namespace dl {
@@ -46,22 +47,27 @@ Tensor contiguous_or_undefined(const Tensor& t) {
   return t.defined() ? t.contiguous() : Tensor();
 }
 
-DeviceOps& ops_for(const Tensor& t) {
-  return device_ops(t.device());
-}
+// A DeviceOps method and its name (the profile's row).
+template <class Method>
+struct NamedOp {
+  const char* name;
+  Method method;
+};
+using UnaryOp = NamedOp<void (DeviceOps::*)(const Tensor&, Tensor&)>;
+using UnaryBackwardOp = NamedOp<void (DeviceOps::*)(const Tensor&, const Tensor&, Tensor&)>;
 
 // y = f(x) elementwise; the backward computes dx from x and dy.
-Tensor pointwise_activation(const char* name, const Tensor& x,
-                            void (DeviceOps::*forward)(const Tensor&, Tensor&),
-                            void (DeviceOps::*backward)(const Tensor&, const Tensor&, Tensor&)) {
+Tensor pointwise_activation(const char* name, const Tensor& x, UnaryOp forward,
+                            UnaryBackwardOp backward) {
   check_activation(name, x, "x");
   const Tensor xc = x.contiguous();
   Tensor out = empty_like(x);
-  (ops_for(x).*forward)(xc, out);
+  run_op(xc, forward.name, [&](DeviceOps& ops) { (ops.*forward.method)(xc, out); });
   record(out, name, {x},
          [xc = xc.detach(), backward](const Tensor& g) {
            Tensor dx = empty_like(xc);
-           (ops_for(xc).*backward)(xc, g.contiguous(), dx);
+           const Tensor gc = g.contiguous();
+           run_op(xc, backward.name, [&](DeviceOps& ops) { (ops.*backward.method)(xc, gc, dx); });
            return std::vector<Tensor>{dx};
          },
          {xc});
@@ -94,14 +100,15 @@ void add_(Tensor& dst, const Tensor& src, float alpha) {
   check_activation("add_", dst, "destination");
   check_same("add_", dst, src);
   DL_CHECK(dst.is_contiguous(), "add_: destination must be contiguous");
-  ops_for(dst).axpy(alpha, src.contiguous(), dst);
+  const Tensor sc = src.contiguous();
+  run_op(dst, "axpy", [&](DeviceOps& ops) { ops.axpy(alpha, sc, dst); });
   dst.mark_modified();
 }
 
 void scale_(Tensor& dst, float factor) {
   check_activation("scale_", dst, "tensor");
   DL_CHECK(dst.is_contiguous(), "scale_: tensor must be contiguous");
-  ops_for(dst).scale(dst, factor, dst);
+  run_op(dst, "scale", [&](DeviceOps& ops) { ops.scale(dst, factor, dst); });
   dst.mark_modified();
 }
 
@@ -118,14 +125,19 @@ std::vector<double> squared_norms(const std::vector<Tensor>& xs) {
     contiguous.push_back(x.contiguous());
   }
   if (xs.empty()) return {};
-  return ops_for(xs.front()).squared_norms(contiguous);
+  std::vector<double> norms;
+  run_op(
+      xs.front().device(), "squared_norms", [&] { return op_shape::tensors(xs.size()); },
+      [&](DeviceOps& ops) { norms = ops.squared_norms(contiguous); });
+  return norms;
 }
 
 Tensor add(const Tensor& a, const Tensor& b) {
   check_activation("add", a, "a");
   check_same("add", a, b);
   Tensor out = empty_like(a);
-  ops_for(a).add(a.contiguous(), b.contiguous(), out);
+  const Tensor ac = a.contiguous(), bc = b.contiguous();
+  run_op(out, "add", [&](DeviceOps& ops) { ops.add(ac, bc, out); });
   record(out, "add", {a, b}, [](const Tensor& g) { return std::vector<Tensor>{g, g}; });
   return out;
 }
@@ -135,7 +147,7 @@ Tensor mul(const Tensor& a, const Tensor& b) {
   check_same("mul", a, b);
   const Tensor ac = a.contiguous(), bc = b.contiguous();
   Tensor out = empty_like(a);
-  ops_for(a).mul(ac, bc, out);
+  run_op(out, "mul", [&](DeviceOps& ops) { ops.mul(ac, bc, out); });
   const auto needs = needs_grad({a, b});
   record(out, "mul", {a, b},
          [ac = ac.detach(), bc = bc.detach(), needs](const Tensor& g) {
@@ -152,29 +164,34 @@ Tensor mul(const Tensor& a, const Tensor& b) {
 Tensor scale(const Tensor& x, float factor) {
   check_activation("scale", x, "x");
   Tensor out = empty_like(x);
-  ops_for(x).scale(x.contiguous(), factor, out);
+  const Tensor xc = x.contiguous();
+  run_op(out, "scale", [&](DeviceOps& ops) { ops.scale(xc, factor, out); });
   record(out, "scale", {x},
          [factor](const Tensor& g) { return std::vector<Tensor>{scale(g, factor)}; });
   return out;
 }
 
 Tensor gelu(const Tensor& x) {
-  return pointwise_activation("gelu", x, &DeviceOps::gelu_forward, &DeviceOps::gelu_backward);
+  return pointwise_activation("gelu", x, {"gelu_forward", &DeviceOps::gelu_forward},
+                              {"gelu_backward", &DeviceOps::gelu_backward});
 }
 
 Tensor relu(const Tensor& x) {
-  return pointwise_activation("relu", x, &DeviceOps::relu_forward, &DeviceOps::relu_backward);
+  return pointwise_activation("relu", x, {"relu_forward", &DeviceOps::relu_forward},
+                              {"relu_backward", &DeviceOps::relu_backward});
 }
 
 Tensor sum(const Tensor& x) {
   check_activation("sum", x, "x");
   Tensor out = Tensor::empty({}, DType::f32, x.device());
-  ops_for(x).sum(x.contiguous(), out);
+  const Tensor xc = x.contiguous();
+  run_op(xc, "sum", [&](DeviceOps& ops) { ops.sum(xc, out); });
   const Shape shape = x.shape();
   const DType dtype = x.dtype();
   record(out, "sum", {x}, [shape, dtype](const Tensor& g) {
     Tensor dx = Tensor::empty(shape, dtype, g.device());
-    ops_for(g).fill_with(g.contiguous(), dx);
+    const Tensor gc = g.contiguous();
+    run_op(dx, "fill_with", [&](DeviceOps& ops) { ops.fill_with(gc, dx); });
     return std::vector<Tensor>{dx};
   });
   return out;
@@ -210,23 +227,31 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
              " for ", s.c_out, " output channels");
   const Tensor xc = x.contiguous(), wc = weight.contiguous();
   Tensor out = Tensor::empty({s.n, s.h_out(), s.w_out(), s.c_out}, x.dtype(), x.device());
-  ops_for(x).conv2d_forward(s, xc, wc, contiguous_or_undefined(bias), out);
+  const Tensor bc = contiguous_or_undefined(bias);
+  run_op(
+      x.device(), "conv2d_forward", [&] { return op_shape::conv(s, xc); },
+      [&](DeviceOps& ops) { ops.conv2d_forward(s, xc, wc, bc, out); });
   const auto needs = needs_grad({x, weight, bias});
-  record(out, "conv2d", {x, weight, bias},
-         [s, needs, xc = xc.detach(), wc = wc.detach()](const Tensor& g) {
-           const Tensor gc = g.contiguous();
-           std::vector<Tensor> grads(3);
-           if (needs[0]) {
-             grads[0] = empty_like(xc);
-             ops_for(xc).conv2d_backward_data(s, gc, wc, grads[0]);
-           }
-           if (needs[1]) grads[1] = empty_like(wc);
-           if (needs[2]) grads[2] = Tensor::empty({s.c_out}, DType::f32, xc.device());
-           if (needs[1] || needs[2])
-             ops_for(xc).conv2d_backward_weight(s, gc, xc, grads[1], grads[2]);
-           return grads;
-         },
-         {xc, wc});
+  record(
+      out, "conv2d", {x, weight, bias},
+      [s, needs, xc = xc.detach(), wc = wc.detach()](const Tensor& g) {
+        const Tensor gc = g.contiguous();
+        std::vector<Tensor> grads(3);
+        if (needs[0]) {
+          grads[0] = empty_like(xc);
+          run_op(
+              xc.device(), "conv2d_backward_data", [&] { return op_shape::conv(s, gc); },
+              [&](DeviceOps& ops) { ops.conv2d_backward_data(s, gc, wc, grads[0]); });
+        }
+        if (needs[1]) grads[1] = empty_like(wc);
+        if (needs[2]) grads[2] = Tensor::empty({s.c_out}, DType::f32, xc.device());
+        if (needs[1] || needs[2])
+          run_op(
+              xc.device(), "conv2d_backward_weight", [&] { return op_shape::conv(s, gc); },
+              [&](DeviceOps& ops) { ops.conv2d_backward_weight(s, gc, xc, grads[1], grads[2]); });
+        return grads;
+      },
+      {xc, wc});
   return out;
 }
 
@@ -287,19 +312,26 @@ Tensor batch_norm(const Tensor& x, const Tensor& running_mean, const Tensor& run
   Tensor mean = Tensor::empty({c}, DType::f32, dev), invstd = Tensor::empty({c}, DType::f32, dev);
   Tensor rm = running_mean, rv = running_var;
   if (training) {
-    ops_for(x).batchnorm_forward_train(xc, gamma, beta, eps, momentum, rm, rv, out, mean, invstd,
-                                       sum_over_ranks);
+    run_op(xc, "batchnorm_forward_train", [&](DeviceOps& ops) {
+      ops.batchnorm_forward_train(xc, gamma, beta, eps, momentum, rm, rv, out, mean, invstd,
+                                  sum_over_ranks);
+    });
     mark_running_stats_modified(rm, rv);
   } else {
-    ops_for(x).batchnorm_forward_eval(xc, gamma, beta, rm, rv, eps, out, mean, invstd);
+    run_op(xc, "batchnorm_forward_eval", [&](DeviceOps& ops) {
+      ops.batchnorm_forward_eval(xc, gamma, beta, rm, rv, eps, out, mean, invstd);
+    });
   }
   const auto needs = needs_grad({x, weight, bias});
   record(out, "batch_norm", {x, weight, bias},
          [=, c = c, xc = xc.detach(), gamma = gamma.detach()](const Tensor& g) {
            Tensor dx = empty_like(xc), dgamma = Tensor::empty({c}, DType::f32, xc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, xc.device());
-           ops_for(xc).batchnorm_backward(g.contiguous(), xc, gamma, mean, invstd, training, dx,
-                                          dgamma, dbeta, sum_over_ranks);
+           const Tensor gc = g.contiguous();
+           run_op(xc, "batchnorm_backward", [&](DeviceOps& ops) {
+             ops.batchnorm_backward(gc, xc, gamma, mean, invstd, training, dx, dgamma, dbeta,
+                                    sum_over_ranks);
+           });
            return std::vector<Tensor>{needs[0] ? dx : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor()};
          },
@@ -319,12 +351,18 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
   Tensor out = empty_like(h);
   Tensor mean = Tensor::empty({c}, DType::f32, dev), invstd = Tensor::empty({c}, DType::f32, dev);
   Tensor rm = running_mean, rv = running_var;
+  // The profile's shape: h's, and "+res" with a residual.
+  const auto fused_shape = [&] { return op_shape::dims(hc) + (rc.defined() ? " +res" : ""); };
   if (training) {
-    ops_for(h).gelu_batchnorm_forward_train(hc, gamma, beta, eps, momentum, rm, rv, rc, out, mean,
-                                            invstd, sum_over_ranks);
+    run_op(dev, "gelu_batchnorm_forward_train", fused_shape, [&](DeviceOps& ops) {
+      ops.gelu_batchnorm_forward_train(hc, gamma, beta, eps, momentum, rm, rv, rc, out, mean,
+                                       invstd, sum_over_ranks);
+    });
     mark_running_stats_modified(rm, rv);
   } else {
-    ops_for(h).gelu_batchnorm_forward_eval(hc, gamma, beta, rm, rv, eps, rc, out, mean, invstd);
+    run_op(dev, "gelu_batchnorm_forward_eval", fused_shape, [&](DeviceOps& ops) {
+      ops.gelu_batchnorm_forward_eval(hc, gamma, beta, rm, rv, eps, rc, out, mean, invstd);
+    });
   }
   const auto needs = needs_grad({h, weight, bias, residual});
   record(out, "gelu_batch_norm", {h, weight, bias, residual},
@@ -332,8 +370,10 @@ Tensor gelu_batch_norm(const Tensor& h, const Tensor& running_mean, const Tensor
            const Tensor gc = g.contiguous();
            Tensor dh = empty_like(hc), dgamma = Tensor::empty({c}, DType::f32, hc.device()),
                   dbeta = Tensor::empty({c}, DType::f32, hc.device());
-           ops_for(hc).gelu_batchnorm_backward(gc, hc, gamma, mean, invstd, training, dh, dgamma,
-                                               dbeta, sum_over_ranks);
+           run_op(hc, "gelu_batchnorm_backward", [&](DeviceOps& ops) {
+             ops.gelu_batchnorm_backward(gc, hc, gamma, mean, invstd, training, dh, dgamma, dbeta,
+                                         sum_over_ranks);
+           });
            return std::vector<Tensor>{needs[0] ? dh : Tensor(), needs[1] ? dgamma : Tensor(),
                                       needs[2] ? dbeta : Tensor(), needs[3] ? g : Tensor()};
          },
@@ -346,10 +386,22 @@ Tensor nhwc_to_nchw(const Tensor& x) {
   DL_CHECK(x.dim() == 4, "nhwc_to_nchw: input must be [N, H, W, C], got ", shape_str(x.shape()));
   const int64_t n = x.size(0), h = x.size(1), w = x.size(2), c = x.size(3);
   Tensor out = Tensor::empty({n, c, h, w}, x.dtype(), x.device());
-  ops_for(x).transpose_batched(x.contiguous(), n, h * w, c, out);
+  const Tensor xc = x.contiguous();
+  run_op(
+      xc.device(), "transpose_batched",
+      [&] {
+        return op_shape::dims({n, h * w, c}, xc);
+      },
+      [&](DeviceOps& ops) { ops.transpose_batched(xc, n, h * w, c, out); });
   record(out, "nhwc_to_nchw", {x}, [=](const Tensor& g) {
     Tensor dx = Tensor::empty({n, h, w, c}, g.dtype(), g.device());
-    ops_for(g).transpose_batched(g.contiguous(), n, c, h * w, dx);
+    const Tensor gc = g.contiguous();
+    run_op(
+        gc.device(), "transpose_batched",
+        [&] {
+          return op_shape::dims({n, c, h * w}, gc);
+        },
+        [&](DeviceOps& ops) { ops.transpose_batched(gc, n, c, h * w, dx); });
     return std::vector<Tensor>{dx};
   });
   return out;
@@ -359,11 +411,15 @@ Tensor global_avg_pool(const Tensor& x) {
   check_activation("global_avg_pool", x, "input");
   DL_CHECK(x.dim() == 4, "global_avg_pool: input must be NHWC, got ", shape_str(x.shape()));
   Tensor out = Tensor::empty({x.size(0), x.size(3)}, x.dtype(), x.device());
-  ops_for(x).global_avg_pool_forward(x.contiguous(), out);
+  const Tensor xc = x.contiguous();
+  run_op(xc, "global_avg_pool_forward",
+         [&](DeviceOps& ops) { ops.global_avg_pool_forward(xc, out); });
   const Shape in_shape = x.shape();
   record(out, "global_avg_pool", {x}, [=](const Tensor& g) {
     Tensor dx = Tensor::empty(in_shape, g.dtype(), g.device());
-    ops_for(g).global_avg_pool_backward(g.contiguous(), dx);
+    const Tensor gc = g.contiguous();
+    run_op(dx, "global_avg_pool_backward",
+           [&](DeviceOps& ops) { ops.global_avg_pool_backward(gc, dx); });
     return std::vector<Tensor>{dx};
   });
   return out;
@@ -381,10 +437,16 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
            " is larger than the input ", shape_str(x.shape()), " padded by ", s.pad);
   Tensor out = Tensor::empty({s.n, s.h_out(), s.w_out(), s.c}, x.dtype(), x.device());
   Tensor argmax = Tensor::empty(out.shape(), DType::i32, x.device());
-  ops_for(x).max_pool2d_forward(s, x.contiguous(), out, argmax);
+  const Tensor xc = x.contiguous();
+  run_op(
+      xc.device(), "max_pool2d_forward", [&] { return op_shape::pool(s, xc); },
+      [&](DeviceOps& ops) { ops.max_pool2d_forward(s, xc, out, argmax); });
   record(out, "max_pool2d", {x}, [s, argmax](const Tensor& g) {
     Tensor dx = Tensor::empty({s.n, s.h, s.w, s.c}, g.dtype(), g.device());
-    ops_for(g).max_pool2d_backward(s, g.contiguous(), argmax, dx);
+    const Tensor gc = g.contiguous();
+    run_op(
+        gc.device(), "max_pool2d_backward", [&] { return op_shape::pool(s, gc); },
+        [&](DeviceOps& ops) { ops.max_pool2d_backward(s, gc, argmax, dx); });
     return std::vector<Tensor>{dx};
   });
   return out;
@@ -403,7 +465,10 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
              " for ", out_f, " outputs");
   const Tensor xc = x.contiguous(), wc = weight.contiguous();
   Tensor out = Tensor::empty({n, out_f}, x.dtype(), x.device());
-  ops_for(x).linear_forward(xc, wc, contiguous_or_undefined(bias), out);
+  const Tensor bc = contiguous_or_undefined(bias);
+  run_op(
+      xc.device(), "linear_forward", [&] { return op_shape::linear(n, xc.size(1), out_f, xc); },
+      [&](DeviceOps& ops) { ops.linear_forward(xc, wc, bc, out); });
   const auto needs = needs_grad({x, weight, bias});
   record(out, "linear", {x, weight, bias},
          [=, xc = xc.detach(), wc = wc.detach()](const Tensor& g) {
@@ -411,11 +476,18 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
            std::vector<Tensor> grads(3);
            if (needs[0]) {
              grads[0] = empty_like(xc);
-             ops_for(xc).linear_backward_data(gc, wc, grads[0]);
+             run_op(
+                 xc.device(), "linear_backward_data",
+                 [&] { return op_shape::linear(n, wc.size(1), out_f, gc); },
+                 [&](DeviceOps& ops) { ops.linear_backward_data(gc, wc, grads[0]); });
            }
            if (needs[1]) grads[1] = empty_like(wc);
            if (needs[2]) grads[2] = Tensor::empty({out_f}, DType::f32, xc.device());
-           if (needs[1] || needs[2]) ops_for(xc).linear_backward_weight(gc, xc, grads[1], grads[2]);
+           if (needs[1] || needs[2])
+             run_op(
+                 xc.device(), "linear_backward_weight",
+                 [&] { return op_shape::linear(n, xc.size(1), out_f, gc); },
+                 [&](DeviceOps& ops) { ops.linear_backward_weight(gc, xc, grads[1], grads[2]); });
            return grads;
          },
          {xc, wc});
@@ -456,11 +528,14 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& labels, float label_smo
   }
   Tensor loss = Tensor::empty({}, DType::f32, logits.device());
   Tensor dlogits = empty_like(logits);
-  ops_for(logits).cross_entropy(logits.contiguous(), device_labels, label_smoothing,
-                                host_labels.defined(), loss, dlogits);
+  const Tensor lc = logits.contiguous();
+  run_op(lc, "cross_entropy", [&](DeviceOps& ops) {
+    ops.cross_entropy(lc, device_labels, label_smoothing, host_labels.defined(), loss, dlogits);
+  });
   record(loss, "cross_entropy", {logits}, [dlogits](const Tensor& g) {
     Tensor scaled = empty_like(dlogits);
-    ops_for(dlogits).scale_by(dlogits, g.contiguous(), scaled);
+    const Tensor gc = g.contiguous();
+    run_op(scaled, "scale_by", [&](DeviceOps& ops) { ops.scale_by(dlogits, gc, scaled); });
     return std::vector<Tensor>{scaled};
   });
   return loss;
@@ -472,8 +547,8 @@ Tensor count_correct(const Tensor& logits, const Tensor& labels) {
            "count_correct: logits must be [N, classes], got ", shape_str(logits.shape()));
   check_labels("count_correct", logits, labels);
   Tensor count = Tensor::zeros({}, DType::i32, logits.device());
-  ops_for(logits).count_correct(logits.contiguous(), labels.to(logits.device()).contiguous(),
-                                count);
+  const Tensor lc = logits.contiguous(), device_labels = labels.to(logits.device()).contiguous();
+  run_op(lc, "count_correct", [&](DeviceOps& ops) { ops.count_correct(lc, device_labels, count); });
   return count;
 }
 

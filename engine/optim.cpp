@@ -8,6 +8,7 @@
 #include "engine/device_ops.h"
 #include "engine/error.h"
 #include "engine/ops.h"
+#include "engine/profile.h"
 
 namespace dl::optim {
 namespace {
@@ -215,7 +216,9 @@ void SGD::update(const std::vector<PendingUpdate>& pending) {
                        .nesterov = options_.nesterov,
                        .first = first});
   }
-  device_ops(pending.front().param.device()).sgd_update(updates);
+  run_op(
+      pending.front().param.device(), "sgd_update", [&] { return op_shape::params(updates); },
+      [&](DeviceOps& ops) { ops.sgd_update(updates); });
 }
 
 // --- AdamW ---
@@ -258,7 +261,9 @@ void AdamW::update(const std::vector<PendingUpdate>& pending) {
                        .eps = options_.eps,
                        .step = u.state->step});
   }
-  device_ops(pending.front().param.device()).adamw_update(updates);
+  run_op(
+      pending.front().param.device(), "adamw_update", [&] { return op_shape::params(updates); },
+      [&](DeviceOps& ops) { ops.adamw_update(updates); });
 }
 
 // --- gradient clipping ---
@@ -277,7 +282,9 @@ Tensor clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   }
   if (grads.empty()) return Tensor::zeros({});
   Tensor total = Tensor::empty({}, DType::f32, grads.front().device());
-  device_ops(grads.front().device()).clip_grad_norm(grads, max_norm, total);
+  run_op(
+      total.device(), "clip_grad_norm", [&] { return op_shape::tensors(grads.size()); },
+      [&](DeviceOps& ops) { ops.clip_grad_norm(grads, max_norm, total); });
   for (const Tensor& g : grads) g.mark_modified();
   return total;
 }
