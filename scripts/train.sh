@@ -56,7 +56,11 @@ Here and now: $now
 
 GPUS=all (or a number N) trains data-parallel on all (N) GPUs of this machine, one rank each:
 
-  mpirun --bind-to none -np <GPUs> build/examples/train --data <data set> --cache-dir $cache --device cuda [trainer flags]
+  mpirun --bind-to none --mca odls_base_sigkill_timeout 10 -np <GPUs> build/examples/train \\
+    --data <data set> --cache-dir $cache --device cuda [trainer flags]
+
+Ctrl-C then stops every rank after its step, with a checkpoint, about 10 s later (OpenMPI's
+SIGTERM comes after that grace, SIGKILL 10 s after it).
 
 --batch stays the global batch, split over the GPUs (the trainer's --help, the README).
 
@@ -136,6 +140,9 @@ if [[ $(id -u) -eq 0 ]]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi
 echo "training on $ranks GPUs: mpirun -np $ranks build/examples/train ..."
-# No binding: each rank's data-loading threads use its share of every core.
-exec mpirun --bind-to none -np "$ranks" build/examples/train --data "$data" --cache-dir "$cache" \
-  --device cuda "$@"
+# No binding: each rank's data-loading threads use its share of every core. Ctrl-C reaches mpirun
+# alone (each rank has a process group of its own); OpenMPI then sends the ranks SIGTERM after
+# odls_base_sigkill_timeout seconds and SIGKILL as long after that. Its default, 1 s, can kill a
+# rank before the checkpoint that SIGTERM asks for is written; 10 s covers a step and the write.
+exec mpirun --bind-to none --mca odls_base_sigkill_timeout 10 -np "$ranks" build/examples/train \
+  --data "$data" --cache-dir "$cache" --device cuda "$@"

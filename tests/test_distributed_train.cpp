@@ -308,6 +308,26 @@ TEST_CASE("A rank that fails or was started differently ends every rank with one
                   f.tmp.path / "resumed.log") == 130);
     CHECK_THAT(text_of(f.tmp.path / "resumed.log"), Catch::Contains("resumed "));
   }
+  SECTION("Ctrl-C to mpirun, given time to stop, ends both ranks with a checkpoint that resumes") {
+    // OpenMPI passes no SIGINT on: it sends the ranks SIGTERM after odls_base_sigkill_timeout
+    // seconds and SIGKILL as long after that (scripts/train.sh gives it 10). Its forwarding of
+    // the ranks' output may end before their last line: the test reads the stop's first line.
+    const fs::path log = f.tmp.path / "ctrl-c.log", run = f.tmp.path / "run";
+    const pid_t job = start_mpirun(
+        "--mca odls_base_sigkill_timeout 5 " + train_on(2, good + " --epochs 5000"), log);
+    while (!fs::exists(run / "last.safetensors")) {
+      int status = 0;
+      REQUIRE(waitpid(job, &status, WNOHANG) == 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(kill(job, SIGINT) == 0);
+    wait_bounded(job, 60, log);  // mpirun's own exit code: it was interrupted
+    INFO(text_of(log));
+    CHECK_THAT(text_of(log), Catch::Contains("stopping after this step, with a checkpoint"));
+    CHECK(run_job(train_on(2, "--resume " + run.string() + " --stop-after-steps 3 --threads 1"),
+                  f.tmp.path / "resumed.log") == 130);
+    CHECK_THAT(text_of(f.tmp.path / "resumed.log"), Catch::Contains("resumed "));
+  }
   SECTION("ranks started with different settings are refused before the first step") {
     const fs::path log = f.tmp.path / "differ.log";
     const int code = run_job(train_on(1, good) + " : " + train_on(1, good + " --lr 0.1"), log);
