@@ -244,6 +244,9 @@ bool is_convmixer(const TrainConfig& c) {
 }
 
 constexpr double kNoMax = std::numeric_limits<double>::infinity();
+// The model flags' ranges are the model registry's bounds, spelled out in their messages.
+static_assert(models::kMaxDim == 16384 && models::kMaxDepth == 1024 && models::kMaxKernel == 63 &&
+              models::kMaxPatch == 1024);
 
 std::vector<Setting> make_table() {
   using S = Scope;
@@ -269,19 +272,19 @@ std::vector<Setting> make_table() {
       text(
           {"model", S::run, "model: convmixer or resnet"},
           [](auto& c) -> auto& { return c.model.name; }),
-      integer<int64_t>(
-          {"dim", S::run, "ConvMixer channels (resnet: base width)"},
-          [](auto& c) -> auto& { return c.model.dim; }, positive),
-      integer<int64_t>(
-          {"depth", S::run, "ConvMixer layers (resnet: blocks per stage)"},
-          [](auto& c) -> auto& { return c.model.depth; }, positive),
-      only(integer<int64_t>(
-               {"kernel", S::run, "ConvMixer depthwise kernel size (odd)"},
-               [](auto& c) -> auto& { return c.model.kernel; }, positive),
+      integer<int64_t>({"dim", S::run, "ConvMixer channels (resnet: base width)"},
+                       [](auto& c) -> auto& { return c.model.dim; },
+                       {1, models::kMaxDim, "must be in [1, 16384]"}),
+      integer<int64_t>({"depth", S::run, "ConvMixer layers (resnet: blocks per stage)"},
+                       [](auto& c) -> auto& { return c.model.depth; },
+                       {1, models::kMaxDepth, "must be in [1, 1024]"}),
+      only(integer<int64_t>({"kernel", S::run, "ConvMixer depthwise kernel size (odd)"},
+                            [](auto& c) -> auto& { return c.model.kernel; },
+                            {1, models::kMaxKernel, "must be in [1, 63]"}),
            is_convmixer, "with --model convmixer"),
-      only(integer<int64_t>(
-               {"patch", S::run, "ConvMixer patch size"},
-               [](auto& c) -> auto& { return c.model.patch; }, positive),
+      only(integer<int64_t>({"patch", S::run, "ConvMixer patch size"},
+                            [](auto& c) -> auto& { return c.model.patch; },
+                            {1, models::kMaxPatch, "must be in [1, 1024]"}),
            is_convmixer, "with --model convmixer"),
       integer<int64_t>({"epochs", S::run, "training epochs"},
                        [](auto& c) -> auto& { return c.epochs; },

@@ -60,15 +60,14 @@ void validate(const ModelSpec& s) {
   };
   DL_CHECK(s.name == "convmixer" || s.name == "resnet", "unknown model '", s.name,
            "' (known: convmixer, resnet)");
-  check_range(s.dim, 1, kMaxDim, "model dim (--dim)");
-  check_range(s.depth, 0, kMaxDepth, "model depth (--depth)");
+  check_range(s.dim, 1, kMaxDim, "model dim");
+  check_range(s.depth, 0, kMaxDepth, "model depth");
   check_range(s.classes, 1, kMaxClasses, "the number of classes");
   check_range(s.in_channels, 1, kMaxInChannels, "the number of input channels");
   if (s.name == "convmixer") {
     DL_CHECK(s.kernel >= 1 && s.kernel <= kMaxKernel && s.kernel % 2 == 1,
-             "ConvMixer kernel (--kernel) must be odd and in [1, ", kMaxKernel, "], got ",
-             s.kernel);
-    check_range(s.patch, 1, kMaxPatch, "ConvMixer patch (--patch)");
+             "ConvMixer kernel must be odd and in [1, ", kMaxKernel, "], got ", s.kernel);
+    check_range(s.patch, 1, kMaxPatch, "ConvMixer patch");
   }
   DL_CHECK(state_size(s) <= kMaxStateValues, "'", s.describe(), "' has ", state_size(s),
            " parameter and buffer values, over the limit of ", kMaxStateValues,

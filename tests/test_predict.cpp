@@ -168,7 +168,7 @@ TEST_CASE("predict refuses hostile checkpoint metadata with one message, before 
         run(tmp.path, DL_PREDICT_BIN, {"--checkpoint", checkpoint.string(), png.string()});
     REQUIRE(r.status == 2);
     REQUIRE_THAT(r.err, Contains(checkpoint.string() + ": ") &&
-                            Contains("ConvMixer patch (--patch) must be in [1, 1024]"));
+                            Contains("ConvMixer patch must be in [1, 1024]"));
   }
   SECTION("a FIFO as checkpoint is refused, not waited on (predict and train --resume hung)") {
     const fs::path fifo = tmp.path / "fifo.safetensors";

@@ -65,9 +65,9 @@ TEST_CASE("state_size counts the parameters and buffers of the built model", "[m
 TEST_CASE("a model spec is bounded, and the message names the bound", "[models]") {
   using dl::models::validate;
   REQUIRE_THROWS_WITH(validate(convmixer(8, 100'000'000, 5, 2)),
-                      Contains("model depth (--depth) must be in [0, 1024], got 100000000"));
+                      Contains("model depth must be in [0, 1024], got 100000000"));
   REQUIRE_THROWS_WITH(validate(convmixer(8, 1, 5, int64_t{1} << 31)),
-                      Contains("ConvMixer patch (--patch) must be in [1, 1024], got 2147483648"));
+                      Contains("ConvMixer patch must be in [1, 1024], got 2147483648"));
   REQUIRE_THROWS_WITH(validate(convmixer(8, 1, 65, 2)), Contains("must be odd and in [1, 63]"));
   REQUIRE_THROWS_WITH(validate(convmixer(16384, 1024, 5, 2)), Contains("over the limit of"));
   REQUIRE_NOTHROW(validate(convmixer(1536, 20, 9, 7)));
@@ -86,8 +86,8 @@ TEST_CASE("a checkpoint's model metadata must match the tensors it holds", "[mod
   }
   SECTION("sizes out of bounds name the file and the bound") {
     const Checkpoint deep(spec, {{"model.depth", "100000000"}});
-    REQUIRE_THROWS_WITH(deep.spec(), Contains(deep.path()) &&
-                                         Contains("model depth (--depth) must be in [0, 1024]"));
+    REQUIRE_THROWS_WITH(deep.spec(),
+                        Contains(deep.path()) && Contains("model depth must be in [0, 1024]"));
   }
   SECTION("malformed numbers name the file and the key") {
     for (const std::string bad : {"1e8", "99999999999999999999", "-1", ""}) {
@@ -106,6 +106,6 @@ TEST_CASE("a checkpoint's model metadata must match the tensors it holds", "[mod
     metadata["format_version"] = std::to_string(dl::io::kCheckpointVersion);
     dl::io::save_safetensors(hostile.path(), {}, metadata);
     REQUIRE_THROWS_WITH(hostile.spec(), Contains(hostile.path()) &&
-                                            Contains("patch (--patch) must be in [1, 1024]"));
+                                            Contains("ConvMixer patch must be in [1, 1024]"));
   }
 }

@@ -563,7 +563,11 @@ TEST_CASE("Bad settings are refused, naming the flag, before any data is read") 
   refused([](auto& c) { c.batch = 0; }, "--batch must be in [1, 1048576]");
   refused([](auto& c) { c.epochs = int64_t{1} << 62; }, "--epochs must be in [1, 1000000]");
   refused([](auto& c) { c.model.name = "vgg"; }, "unknown model 'vgg'");
-  refused([](auto& c) { c.model.kernel = 4; }, "kernel (--kernel) must be odd");
+  refused([](auto& c) { c.model.kernel = 4; }, "ConvMixer kernel must be odd");
+  refused([](auto& c) { c.model.dim = 20000; }, "--dim must be in [1, 16384], got 20000");
+  refused([](auto& c) { c.model.depth = 2000; }, "--depth must be in [1, 1024], got 2000");
+  refused([](auto& c) { c.model.kernel = 65; }, "--kernel must be in [1, 63], got 65");
+  refused([](auto& c) { c.model.patch = 4096; }, "--patch must be in [1, 1024], got 4096");
   refused([](auto& c) { c.augmentation.randaugment_m = 31; }, "--ra-m must be in [0, 30]");
   refused([](auto& c) { c.augmentation.erasing_p = 2; }, "--reprob must be in [0, 1]");
   refused([](auto& c) { c.augmentation.resized_scale_min = 0; }, "--scale MIN,MAX must satisfy");
