@@ -12,8 +12,8 @@
 // is not in the table: compare total_seconds() with the profiled steps' wall time to see it.
 //
 // Results are unchanged by profiling (the same calls in the same order; on the CPU bit for bit).
-// Use from the thread that runs the steps; profilers may nest (destroy them in reverse order), each
-// counting the calls made while it is alive.
+// Use from the thread that runs the steps; profilers may nest, each counting the calls made while
+// it is alive.
 #pragma once
 #include <chrono>
 #include <cstdint>

@@ -100,7 +100,8 @@ TEST_CASE("bf16 convolutions on the CPU match f32 (depthwise, pointwise, patch, 
       {2, 9, 7, 13, 13, 3, 1, 1, 13},    // depthwise k 3, odd sizes
       {2, 11, 11, 48, 48, 9, 1, 4, 48},  // depthwise k 9, whole vectors of channels
       {2, 6, 5, 5, 5, 7, 1, 3, 5},       // depthwise k 7 larger than the image
-      {3, 4, 5, 40, 72, 1, 1, 0, 1},     // pointwise (the bf16 GEMM), more than one row block
+      {3, 4, 5, 40, 72, 1, 1, 0, 1},     // pointwise (the bf16 GEMM), one row block
+      {4, 16, 17, 40, 48, 1, 1, 0, 1},   // pointwise, 17 row blocks: B packed once
       {2, 4, 4, 7, 3, 1, 1, 0, 1},       // pointwise, odd channels
       {2, 16, 16, 3, 16, 2, 2, 0, 1},    // ConvMixer's patch embedding
       {2, 9, 9, 5, 6, 3, 1, 1, 1},       // ResNet's 3x3

@@ -2,7 +2,9 @@
 // products or AMX tiles in bf16), in fixed row blocks of C: each block is one single-threaded
 // matmul, so the result does not depend on the thread count. Given B as stored, each block's matmul
 // first copies it into its own blocked layout; when there are many blocks, B is packed into that
-// layout once per call instead (one reorder, the same values, so the same results).
+// layout once per call instead (one reorder, the same values). The results stay independent of
+// the thread count; against the unpacked form, a 1-row last block can round differently (oneDNN
+// picks another kernel for it).
 #include <omp.h>
 
 #include <algorithm>
