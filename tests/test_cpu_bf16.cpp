@@ -195,6 +195,44 @@ Run train(uint64_t seed, DType activations, const Tensor& images, const Tensor& 
   return run;
 }
 
+// The fused evaluation form gives the separate ops' bf16 values bit for bit (each op's output
+// rounded to bf16 as the separate op stores it), with 37 channels (two whole 16-channel vectors and
+// a tail) and 256, for NaN, infinities, values whose GELU is a denormal (0.5 * 1e-39), and a
+// denormal BatchNorm output (gamma 0, beta a denormal).
+TEST_CASE("bf16 GELU+BatchNorm evaluation equals gelu, batch_norm and add, bit for bit",
+          "[bf16][ops]") {
+  dl::Generator gen = dl::test::fresh_generator();
+  for (const int64_t c : {int64_t{37}, int64_t{256}}) {
+    INFO(c << " channels");
+    Tensor h = Tensor::randn({3, 5, 4, c}, gen);
+    float* hv = h.data<float>();
+    const float special[] = {NAN, INFINITY, -INFINITY, 1e-39f, -1e-39f, 3e-38f, -30.0f, 0.0f};
+    for (size_t i = 0; i < std::size(special); ++i) hv[(i * 97) % h.numel()] = special[i];
+    for (int64_t i = 8; i < h.numel(); i += 11) hv[i] *= 4.0f;
+    const Tensor hb = h.to(DType::bf16), residual = Tensor::randn(h.shape(), gen).to(DType::bf16);
+    Tensor gamma = Tensor::randn({c}, gen), beta = Tensor::randn({c}, gen);
+    gamma.data<float>()[c - 1] = 0.0f, beta.data<float>()[c - 1] = 1e-39f;
+    gamma.data<float>()[3] = 0.0f, beta.data<float>()[3] = -2e-39f;
+    const Tensor rm = Tensor::randn({c}, gen), rv = Tensor::uniform({c}, 0.5f, 2.0f, gen);
+    for (const bool with_residual : {false, true}) {
+      INFO("residual " << with_residual);
+      const Tensor res = with_residual ? residual : Tensor();
+      const Tensor fused = dl::gelu_batch_norm(hb, rm, rv, gamma, beta, false, 0.1f, 1e-5f, res);
+      Tensor separate = dl::batch_norm(dl::gelu(hb), rm, rv, gamma, beta, false, 0.1f, 1e-5f);
+      if (with_residual) separate = dl::add(separate, res);
+      REQUIRE(fused.dtype() == DType::bf16);
+      const auto* a = static_cast<const uint16_t*>(fused.raw_data());
+      const auto* b = static_cast<const uint16_t*>(separate.raw_data());
+      int64_t differ = 0, first = -1;
+      for (int64_t i = 0; i < fused.numel(); ++i)
+        if (a[i] != b[i] && differ++ == 0) first = i;
+      INFO("first difference at " << first << ": " << (first >= 0 ? a[first] : 0) << " against "
+                                  << (first >= 0 ? b[first] : 0));
+      CHECK(differ == 0);
+    }
+  }
+}
+
 TEST_CASE("a ConvMixer trained with bf16 activations on the CPU stays close to f32",
           "[bf16][model]") {
   dl::Generator gen = dl::test::fresh_generator();
