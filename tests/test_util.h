@@ -137,6 +137,20 @@ inline double l2_rel_error(const Tensor& got, const Tensor& want) {
   return norm > 0 ? std::sqrt(err / norm) : std::sqrt(err);
 }
 
+// Each gradient in got is f32 and within a relative L2 error of `bound` of its twin in want (the
+// bf16 model tests, CPU and GPU, against the f32 CPU).
+inline void check_gradients_close(const std::vector<Tensor>& got, const std::vector<Tensor>& want,
+                                  double bound) {
+  REQUIRE(got.size() == want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    INFO("parameter " << i);
+    CHECK(got[i].dtype() == DType::f32);
+    const double e = l2_rel_error(got[i], want[i]);
+    INFO("relative L2 error of the gradient " << e);
+    CHECK(e < bound);
+  }
+}
+
 // A generator from a fresh seed; the seed is reported with the next failure of the test.
 inline Generator fresh_generator() {
   const uint64_t seed = fresh_seed();
