@@ -8,6 +8,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <dnnl.hpp>
 #include <exception>
 #include <map>
@@ -102,6 +103,21 @@ const Matmul& matmul_for(const MatmulKey& key) {
   return made.emplace(key, std::move(mm)).first->second;
 }
 
+// The calling thread's buffers, kept from call to call so that a training step's GEMMs allocate
+// nothing once each shape has run: each OpenMP thread's scratch, and B packed (for the full blocks
+// and, when its layout differs, for the last).
+struct Buffers {
+  std::vector<std::vector<char>> scratch;
+  std::vector<char> packed_full, packed_last;
+};
+
+// `buffer` grown (never shrunk) to hold `bytes` from a 64-byte boundary, which it returns.
+void* aligned_room(std::vector<char>& buffer, size_t bytes) {
+  if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
+  const auto start = reinterpret_cast<uintptr_t>(buffer.data());
+  return reinterpret_cast<void*>((start + 63) & ~uintptr_t{63});
+}
+
 template <class In, class C>
 void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const In* a,
                  int64_t lda, const In* b, int64_t ldb, const float* bias, C* c, int64_t ldc) {
@@ -121,23 +137,26 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   const Matmul& last = matmul_for(
       {trans_a, trans_b, has_bias, bf16_in, bf16_out, pack_b, tail, n, k, lda, ldb, ldc});
   // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
+  thread_local Buffers buffers;
   dnnl::memory stored_b(full.stored_b, cpu_engine(), const_cast<In*>(b));
-  const auto b_for = [&](const Matmul& mm) {
+  const auto b_for = [&](const Matmul& mm, std::vector<char>& buffer) {
     if (!pack_b) return stored_b;
-    dnnl::memory packed(mm.b, cpu_engine());
+    dnnl::memory packed(mm.b, cpu_engine(), aligned_room(buffer, mm.b.get_size()));
     dnnl::stream stream(cpu_engine());
     mm.pack_b.execute(stream, stored_b, packed);
     stream.wait();
     return packed;
   };
-  const dnnl::memory full_b = b_for(full);
-  const dnnl::memory last_b = last.b == full.b ? full_b : b_for(last);
+  const dnnl::memory full_b = b_for(full, buffers.packed_full);
+  const dnnl::memory last_b = last.b == full.b ? full_b : b_for(last, buffers.packed_last);
   void* bias_handle = const_cast<float*>(bias);
-  // One scratch buffer per thread, allocated here: nothing inside the parallel loop allocates, and
-  // an exception there (oneDNN's) is carried out of it and rethrown, not left to end the process.
-  std::vector<std::vector<char>> scratch(
-      static_cast<size_t>(omp_get_max_threads()),
-      std::vector<char>(std::max(full.scratchpad.get_size(), last.scratchpad.get_size())));
+  // One scratch buffer per thread, sized here: nothing inside the parallel loop allocates, and an
+  // exception there (oneDNN's) is carried out of it and rethrown, not left to end the process.
+  std::vector<std::vector<char>>& scratch = buffers.scratch;
+  scratch.resize(static_cast<size_t>(omp_get_max_threads()));
+  const size_t scratch_bytes = std::max(full.scratchpad.get_size(), last.scratchpad.get_size());
+  for (std::vector<char>& s : scratch)
+    if (s.size() < scratch_bytes) s.resize(scratch_bytes);
   std::exception_ptr failure;
   std::mutex failure_mutex;
 #pragma omp parallel for schedule(dynamic)
