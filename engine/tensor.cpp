@@ -1,7 +1,9 @@
 #include "engine/tensor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
+#include <limits>
 #include <sstream>
 
 #include "engine/autograd.h"
@@ -131,13 +133,58 @@ void for_each_strided_offset(const Tensor& t, F&& f) {
 
 }  // namespace
 
+namespace {
+
+std::atomic<bool> g_fill_uninitialized_memory{false};
+
+// NaN for the floating types, the largest value for the integer ones.
+void fill_host_uninitialized(void* p, DType dtype, int64_t n) {
+  switch (dtype) {
+    case DType::f32:
+      std::fill_n(static_cast<float*>(p), n, std::numeric_limits<float>::quiet_NaN());
+      return;
+    case DType::bf16:
+      std::fill_n(static_cast<bf16*>(p), n,
+                  bf16::from_float(std::numeric_limits<float>::quiet_NaN()));
+      return;
+    case DType::i32:
+      std::fill_n(static_cast<int32_t*>(p), n, std::numeric_limits<int32_t>::max());
+      return;
+    case DType::i64:
+      std::fill_n(static_cast<int64_t*>(p), n, std::numeric_limits<int64_t>::max());
+      return;
+    case DType::u8:
+      std::fill_n(static_cast<uint8_t*>(p), n, std::numeric_limits<uint8_t>::max());
+      return;
+  }
+}
+
+}  // namespace
+
+void set_fill_uninitialized_memory(bool on) {
+  g_fill_uninitialized_memory = on;
+}
+
+bool fill_uninitialized_memory() {
+  return g_fill_uninitialized_memory;
+}
+
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   auto impl = std::make_shared<TensorImpl>();
   impl->storage = std::make_shared<Storage>(shape_nbytes(shape, dtype), device);
   impl->shape = shape;
   impl->strides = contiguous_strides(shape);
   impl->dtype = dtype;
-  return Tensor(impl);
+  Tensor t(impl);
+  if (g_fill_uninitialized_memory && t.numel() > 0) {
+    if (device.is_cpu()) {
+      fill_host_uninitialized(t.raw_data(), dtype, t.numel());
+    } else {
+      const Tensor pattern = empty(shape, dtype);
+      copy_bytes(t.raw_data(), device, pattern.raw_data(), Device::cpu(), t.nbytes());
+    }
+  }
+  return t;
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {

@@ -130,6 +130,13 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// PyTorch's torch.utils.deterministic.fill_uninitialized_memory: while on, every Tensor::empty
+// is filled with NaN (f32, bf16) or its type's largest value (integers), so that an element that
+// no kernel wrote reads as garbage a test sees instead of whatever the memory held. Off by default
+// (it costs one pass over each new tensor); for tests and debugging. Process-wide.
+void set_fill_uninitialized_memory(bool on);
+bool fill_uninitialized_memory();
+
 // Gradient recording is on by default; NoGradGuard turns it off for a scope (this thread).
 bool grad_mode_enabled();
 class NoGradGuard {

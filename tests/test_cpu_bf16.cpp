@@ -1,8 +1,8 @@
-// bf16 mixed precision on the CPU (a CPU with AVX512-BF16) against fp32 on the CPU: every op the
-// models use, then whole training steps. Each op runs twice on the same bf16-rounded inputs: once
-// with bf16 activations (parameters stay f32), once in f32; a random upstream gradient R (also
-// rounded to bf16) gives loss = sum(out * R), so backward checks every input's gradient. The
-// outputs land in fresh tensors; the inputs are fresh random values (the seed is printed).
+// bf16 mixed precision on the CPU (a CPU with AVX512-BF16) against fp32 on the CPU: every case of
+// the op table (tests/op_cases.h), then whole training steps. Each op runs twice on the same
+// bf16-rounded inputs: once with bf16 activations (parameters stay f32), once in f32, with the
+// same random upstream gradient (rounded to bf16), so backward checks every input's gradient. New
+// tensors start as NaN; the inputs are fresh random values (the seed is printed).
 //
 // Tolerance: |bf16 - f32| <= 3e-2 max|f32| over each tensor; for a model's gradients the relative
 // L2 error below 0.1 (as the GPU's bf16 test). The bf16 path rounds each op's
@@ -11,13 +11,13 @@
 #define CATCH_CONFIG_RUNNER
 #include <catch2/catch.hpp>
 #include <cmath>
-#include <functional>
 
 #include "engine/nn.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "engine/runtime.h"
 #include "models/registry.h"
+#include "op_cases.h"
 #include "test_util.h"
 
 namespace {
@@ -34,135 +34,20 @@ constexpr double kRtol = 3e-2;
     CHECK(e_ <= kRtol);                                              \
   } while (0)
 
-using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
-
-// inputs[i] is an activation (rounded to bf16 for the bf16 run) where activation[i], else a
-// parameter (f32 in both runs); those marked differentiable require grad.
-void compare_op(const char* name, const OpFn& op, const std::vector<Tensor>& inputs,
-                const std::vector<bool>& activation, const std::vector<bool>& differentiable,
-                dl::Generator& gen) {
-  INFO("op " << name);
-  std::vector<Tensor> f32_in, bf16_in;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    const Tensor rounded = activation[i] ? inputs[i].to(DType::bf16) : inputs[i];
-    f32_in.push_back(rounded.to(DType::f32).clone());
-    bf16_in.push_back(rounded.clone());
-    if (differentiable[i]) {
-      f32_in.back().requires_grad_();
-      bf16_in.back().requires_grad_();
-    }
-  }
-  const Tensor want = op(f32_in);
-  const Tensor got = op(bf16_in);
-  CHECK_CLOSE(got, want, "output");
-  const Tensor r = Tensor::randn(want.shape(), gen).to(got.dtype());
-  dl::sum(dl::mul(want, r.to(DType::f32))).backward();
-  dl::sum(dl::mul(got, r)).backward();
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!differentiable[i]) continue;
-    INFO("gradient of input " << i);
-    REQUIRE(bf16_in[i].grad().defined());
-    CHECK(bf16_in[i].grad().dtype() == bf16_in[i].dtype());
-    CHECK_CLOSE(bf16_in[i].grad(), f32_in[i].grad(), "gradient");
-  }
-}
-
-TEST_CASE("bf16 elementwise ops, reductions and pooling on the CPU match f32", "[bf16][ops]") {
+TEST_CASE("every op of the table in bf16 on the CPU matches f32", "[bf16][ops][table]") {
   dl::Generator gen = dl::test::fresh_generator();
-  const Tensor a = Tensor::randn({3, 5, 7, 33}, gen), b = Tensor::randn({3, 5, 7, 33}, gen);
-  const std::vector<bool> one{true}, two{true, true};
-  compare_op(
-      "add", [](auto& t) { return dl::add(t[0], t[1]); }, {a, b}, two, two, gen);
-  compare_op(
-      "mul", [](auto& t) { return dl::mul(t[0], t[1]); }, {a, b}, two, two, gen);
-  compare_op(
-      "scale", [](auto& t) { return dl::scale(t[0], -1.75f); }, {a}, one, one, gen);
-  compare_op(
-      "gelu", [](auto& t) { return dl::gelu(t[0]); }, {a}, one, one, gen);
-  compare_op(
-      "relu", [](auto& t) { return dl::relu(t[0]); }, {a}, one, one, gen);
-  compare_op(
-      "nhwc_to_nchw", [](auto& t) { return dl::nhwc_to_nchw(t[0]); }, {a}, one, one, gen);
-  compare_op(
-      "global_avg_pool", [](auto& t) { return dl::global_avg_pool(t[0]); }, {a}, one, one, gen);
-  compare_op(
-      "max_pool2d", [](auto& t) { return dl::max_pool2d(t[0], 3, 2, 1); },
-      {Tensor::randn({2, 9, 8, 6}, gen)}, one, one, gen);
-}
-
-TEST_CASE("bf16 convolutions on the CPU match f32 (depthwise, pointwise, patch, dense 3x3)",
-          "[bf16][ops]") {
-  dl::Generator gen = dl::test::fresh_generator();
-  struct Case {
-    int64_t n, h, w, c_in, c_out, k, stride, pad, groups;
-  };
-  const std::vector<Case> cases = {
-      {2, 9, 7, 13, 13, 3, 1, 1, 13},    // depthwise k 3, odd sizes
-      {2, 11, 11, 48, 48, 9, 1, 4, 48},  // depthwise k 9, whole vectors of channels
-      {2, 6, 5, 5, 5, 7, 1, 3, 5},       // depthwise k 7 larger than the image
-      {3, 4, 5, 40, 72, 1, 1, 0, 1},     // pointwise (the bf16 GEMM), one row block
-      {4, 16, 17, 40, 48, 1, 1, 0, 1},   // pointwise, 17 row blocks: B packed once
-      {2, 4, 4, 7, 3, 1, 1, 0, 1},       // pointwise, odd channels
-      {2, 16, 16, 3, 16, 2, 2, 0, 1},    // ConvMixer's patch embedding
-      {2, 9, 9, 5, 6, 3, 1, 1, 1},       // ResNet's 3x3
-  };
-  for (const Case& c : cases) {
-    INFO("n " << c.n << " h " << c.h << " w " << c.w << " c_in " << c.c_in << " c_out " << c.c_out
-              << " k " << c.k << " stride " << c.stride << " groups " << c.groups);
-    const Tensor x = Tensor::randn({c.n, c.h, c.w, c.c_in}, gen);
-    const Tensor w = Tensor::randn({c.c_out, c.c_in / c.groups, c.k, c.k}, gen);
-    const Tensor b = Tensor::randn({c.c_out}, gen);
-    compare_op(
-        "conv2d", [&](auto& t) { return dl::conv2d(t[0], t[1], t[2], c.stride, c.pad, c.groups); },
-        {x, w, b}, {true, false, false}, {true, true, true}, gen);
-    compare_op(
-        "conv2d without bias",
-        [&](auto& t) { return dl::conv2d(t[0], t[1], Tensor(), c.stride, c.pad, c.groups); },
-        {x, w}, {true, false}, {true, true}, gen);
+  for (const dl::test::OpCase& c : dl::test::op_cases()) {
+    INFO("op case: " << c.name);
+    const std::vector<Tensor> inputs =
+        dl::test::round_activations_to_bf16(c, dl::test::draw_inputs(c, gen));
+    const Tensor upstream =
+        Tensor::randn(dl::test::output_shape(c, inputs), gen).to(DType::bf16).to(DType::f32);
+    const dl::test::OpResult want =
+        dl::test::run_case(c, inputs, dl::Device::cpu(), DType::f32, upstream);
+    const dl::test::OpResult got =
+        dl::test::run_case(c, inputs, dl::Device::cpu(), DType::bf16, upstream);
+    dl::test::check_results_close(got, want, kRtol);
   }
-}
-
-TEST_CASE("bf16 BatchNorm, GELU+BatchNorm, linear and cross-entropy on the CPU match f32",
-          "[bf16][ops]") {
-  dl::Generator gen = dl::test::fresh_generator();
-  const Tensor x = Tensor::randn({4, 9, 7, 37}, gen), residual = Tensor::randn(x.shape(), gen);
-  const Tensor gamma = Tensor::randn({37}, gen), beta = Tensor::randn({37}, gen);
-  const Tensor rm = Tensor::randn({37}, gen), rv = Tensor::uniform({37}, 0.5f, 2.0f, gen);
-  for (const bool training : {true, false}) {
-    INFO("training " << training);
-    Tensor rm_f32 = rm.clone(), rv_f32 = rv.clone(), rm_bf16 = rm.clone(), rv_bf16 = rv.clone();
-    const auto stats = [&](const Tensor& t) {
-      const bool low = t.dtype() == DType::bf16;
-      return std::pair<Tensor, Tensor>(low ? rm_bf16 : rm_f32, low ? rv_bf16 : rv_f32);
-    };
-    compare_op(
-        "batch_norm",
-        [&](auto& t) {
-          auto [m, v] = stats(t[0]);
-          return dl::batch_norm(t[0], m, v, t[1], t[2], training, 0.1f, 1e-5f);
-        },
-        {x, gamma, beta}, {true, false, false}, {true, true, true}, gen);
-    compare_op(
-        "gelu_batch_norm with a residual",
-        [&](auto& t) {
-          auto [m, v] = stats(t[0]);
-          return dl::gelu_batch_norm(t[0], m, v, t[1], t[2], training, 0.1f, 1e-5f, t[3]);
-        },
-        {x, gamma, beta, residual}, {true, false, false, true}, {true, true, true, true}, gen);
-    CHECK_CLOSE(rm_bf16, rm_f32, "running_mean");
-    CHECK_CLOSE(rv_bf16, rv_f32, "running_var");
-  }
-  compare_op(
-      "linear", [](auto& t) { return dl::linear(t[0], t[1], t[2]); },
-      {Tensor::randn({33, 20}, gen), Tensor::randn({10, 20}, gen), Tensor::randn({10}, gen)},
-      {true, false, false}, {true, true, true}, gen);
-  std::vector<int64_t> labels(37);
-  for (auto& l : labels) l = static_cast<int64_t>(gen.next_u64() % 10);
-  const Tensor y = Tensor::from_vector(labels, {37});
-  const Tensor logits = Tensor::randn({37, 10}, gen);
-  compare_op(
-      "cross_entropy", [&](auto& t) { return dl::cross_entropy(t[0], y, 0.1f); }, {logits}, {true},
-      {true}, gen);
 }
 
 // One ConvMixer, steps of AdamW in f32 or with bf16 activations, from the same initial weights.

@@ -2,26 +2,28 @@
 // promise that moving a model to the GPU changes the device and nothing else. Every case draws
 // fresh random inputs (the seed is printed; DL_TEST_SEED repeats a run).
 //
-// How an op is compared: inputs are made on the CPU, copied to the GPU, the op runs on both, and
-// a random upstream gradient R gives loss = sum(out * R), so backward checks every input's
-// gradient with generic values. GPU results land in freshly allocated tensors (the caching
-// allocator hands out used memory, so an element the GPU never wrote shows as garbage).
+// How an op is compared: every case of the op table (tests/op_cases.h) runs on both devices from
+// the same inputs, made on the CPU, with the same random upstream gradient, so backward checks
+// every input's gradient with generic values. New tensors start as NaN (the caching allocator
+// would otherwise hand out used memory), so an element the GPU never wrote fails.
 //
 // Tolerances: |gpu - cpu| <= rtol * max|cpu| over the tensor. fp32: rtol 1e-4 (sums in another
-// order; the CPU accumulates BatchNorm statistics in double). bf16 mixed precision against the
-// fp32 CPU: rtol 3e-2 on the loss and logits of one step, and the gradients' relative L2 error
-// below 0.1 (bf16 keeps 8 bits; errors of 2^-8 per rounding add up over a few layers).
+// order; the CPU accumulates BatchNorm statistics in double). bf16 activations against the fp32
+// CPU on the same bf16-rounded inputs: rtol 3e-2 for one op, and for a model's step 3e-2 on the
+// loss and logits and the gradients' relative L2 error below 0.1 (bf16 keeps 8 bits; errors of
+// 2^-8 per rounding add up over a few layers).
 #define CATCH_CONFIG_RUNNER
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <functional>
 
 #include "cuda_test_util.h"
+#include "engine/error.h"
 #include "engine/nn.h"
 #include "engine/ops.h"
 #include "engine/optim.h"
 #include "models/registry.h"
+#include "op_cases.h"
 #include "test_util.h"
 
 namespace {
@@ -40,59 +42,9 @@ const Device kCpu = Device::cpu();
     CHECK(e_ <= (rtol));                                             \
   } while (0)
 
-using OpFn = std::function<Tensor(const std::vector<Tensor>&)>;
-
-// Runs `op` on CPU copies and GPU copies of `inputs` (those marked in `differentiable` require
-// grad), backpropagates sum(out * R) and compares the output and every input gradient.
-void compare_op(const char* name, const OpFn& op, const std::vector<Tensor>& inputs,
-                const std::vector<bool>& differentiable, dl::Generator& gen, double rtol = 1e-4) {
-  INFO("op " << name);
-  std::vector<Tensor> cpu_in, gpu_in;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    cpu_in.push_back(inputs[i].clone());
-    gpu_in.push_back(inputs[i].to(kGpu));
-    if (differentiable[i]) {
-      cpu_in.back().requires_grad_();
-      gpu_in.back().requires_grad_();
-    }
-  }
-  const Tensor cpu_out = op(cpu_in);
-  const Tensor gpu_out = op(gpu_in);
-  REQUIRE(gpu_out.device() == kGpu);
-  CHECK_CLOSE(gpu_out, cpu_out, rtol, "output");
-  const Tensor r = Tensor::randn(cpu_out.shape(), gen);
-  dl::sum(dl::mul(cpu_out, r)).backward();
-  dl::sum(dl::mul(gpu_out, r.to(kGpu))).backward();
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (!differentiable[i]) continue;
-    INFO("gradient of input " << i);
-    REQUIRE(gpu_in[i].grad().defined());
-    CHECK_CLOSE(gpu_in[i].grad(), cpu_in[i].grad(), rtol, "gradient");
-  }
-}
-
-TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops]") {
+TEST_CASE("squared norms, gradient clipping and the in-place helpers on the GPU match the CPU",
+          "[cuda][ops]") {
   dl::Generator gen = dl::test::fresh_generator();
-  const Tensor a = Tensor::randn({3, 5, 7, 11}, gen), b = Tensor::randn({3, 5, 7, 11}, gen);
-  compare_op(
-      "add", [](auto& t) { return dl::add(t[0], t[1]); }, {a, b}, {true, true}, gen);
-  compare_op(
-      "mul", [](auto& t) { return dl::mul(t[0], t[1]); }, {a, b}, {true, true}, gen);
-  compare_op(
-      "scale", [](auto& t) { return dl::scale(t[0], -1.75f); }, {a}, {true}, gen);
-  compare_op(
-      "gelu", [](auto& t) { return dl::gelu(t[0]); }, {a}, {true}, gen);
-  compare_op(
-      "relu", [](auto& t) { return dl::relu(t[0]); }, {a}, {true}, gen);
-  compare_op(
-      "sum", [](auto& t) { return dl::sum(t[0]); }, {a}, {true}, gen);
-  compare_op(
-      "mean", [](auto& t) { return dl::mean(t[0]); }, {a}, {true}, gen);
-  compare_op(
-      "nhwc_to_nchw", [](auto& t) { return dl::nhwc_to_nchw(t[0]); }, {a}, {true}, gen);
-  compare_op(
-      "global_avg_pool", [](auto& t) { return dl::global_avg_pool(t[0]); }, {a}, {true}, gen);
-
   Tensor big = Tensor::randn({1 << 20}, gen);
   CHECK(std::abs(dl::squared_norm(big.to(kGpu)) - dl::squared_norm(big)) <=
         1e-6 * dl::squared_norm(big));
@@ -127,164 +79,44 @@ TEST_CASE("elementwise ops and reductions on the GPU match the CPU", "[cuda][ops
   CHECK_CLOSE(g, c, 1e-6, "scale_");
 }
 
-TEST_CASE("convolutions on the GPU match the CPU (depthwise, pointwise, patch, dense 3x3)",
-          "[cuda][ops]") {
+// Every case of the op table (tests/op_cases.h) on the GPU against the CPU: f32 against f32
+// (rtol 1e-4), and bf16 activations against f32 from the same bf16-rounded inputs (rtol 3e-2). A
+// case the CUDA path does not take is refused with a dl::Error.
+TEST_CASE("every op of the table on the GPU matches the CPU, in f32 and bf16",
+          "[cuda][ops][table]") {
   dl::Generator gen = dl::test::fresh_generator();
-  struct Case {
-    int64_t n, h, w, c_in, c_out, k, stride, pad, groups;
-    bool bias;
-  };
-  const std::vector<Case> cases = {
-      {2, 9, 7, 13, 13, 3, 1, 1, 13, true},    // depthwise k 3, odd sizes
-      {1, 8, 8, 24, 24, 5, 1, 2, 24, true},    // depthwise k 5, batch 1
-      {2, 6, 5, 5, 5, 7, 1, 3, 5, false},      // depthwise k 7 larger than the image
-      {2, 11, 11, 16, 16, 9, 1, 4, 16, true},  // depthwise k 9
-      {3, 4, 5, 12, 20, 1, 1, 0, 1, true},     // pointwise (cuBLASLt)
-      {2, 4, 4, 7, 3, 1, 1, 0, 1, false},      // pointwise, no bias, odd channels
-      {2, 32, 32, 3, 16, 2, 2, 0, 1, true},    // ConvMixer's patch embedding (cuDNN)
-      {2, 9, 9, 5, 6, 3, 1, 1, 1, false},      // ResNet's 3x3 (cuDNN)
-      {2, 10, 10, 4, 8, 3, 2, 1, 1, true},     // strided 3x3 (cuDNN)
-  };
-  for (const Case& c : cases) {
-    INFO("n " << c.n << " h " << c.h << " w " << c.w << " c_in " << c.c_in << " c_out " << c.c_out
-              << " k " << c.k << " stride " << c.stride << " groups " << c.groups);
-    const Tensor x = Tensor::randn({c.n, c.h, c.w, c.c_in}, gen);
-    const Tensor w = Tensor::randn({c.c_out, c.c_in / c.groups, c.k, c.k}, gen);
-    const Tensor b = Tensor::randn({c.c_out}, gen);
-    if (c.bias) {
-      compare_op(
-          "conv2d",
-          [&](auto& t) { return dl::conv2d(t[0], t[1], t[2], c.stride, c.pad, c.groups); },
-          {x, w, b}, {true, true, true}, gen);
-    } else {
-      compare_op(
-          "conv2d",
-          [&](auto& t) { return dl::conv2d(t[0], t[1], Tensor(), c.stride, c.pad, c.groups); },
-          {x, w}, {true, true}, gen);
+  for (const dl::test::OpCase& c : dl::test::op_cases()) {
+    INFO("op case: " << c.name);
+    const std::vector<Tensor> drawn = dl::test::draw_inputs(c, gen);
+    const Tensor upstream = Tensor::randn(dl::test::output_shape(c, drawn), gen);
+    if (!c.on_cuda) {
+      CHECK_THROWS_AS(dl::test::run_case(c, drawn, kGpu, DType::f32, upstream), dl::Error);
+      continue;
     }
+    {
+      INFO("f32");
+      dl::test::check_results_close(dl::test::run_case(c, drawn, kGpu, DType::f32, upstream),
+                                    dl::test::run_case(c, drawn, kCpu, DType::f32, upstream), 1e-4);
+    }
+    INFO("bf16 on the GPU against f32 on the CPU");
+    const std::vector<Tensor> rounded = dl::test::round_activations_to_bf16(c, drawn);
+    const Tensor upstream16 = upstream.to(DType::bf16).to(DType::f32);
+    dl::test::check_results_close(dl::test::run_case(c, rounded, kGpu, DType::bf16, upstream16),
+                                  dl::test::run_case(c, rounded, kCpu, DType::f32, upstream16),
+                                  3e-2);
   }
 }
 
-TEST_CASE("batch norm, pooling, linear and cross-entropy on the GPU match the CPU", "[cuda][ops]") {
-  dl::Generator gen = dl::test::fresh_generator();
-  const Tensor x = Tensor::randn({4, 5, 3, 19}, gen);
-  const Tensor gamma = Tensor::randn({19}, gen), beta = Tensor::randn({19}, gen);
-  Tensor rm_cpu = Tensor::randn({19}, gen);
-  Tensor rv_cpu = Tensor::uniform({19}, 0.5f, 2.0f, gen);
-  Tensor rm_gpu = rm_cpu.to(kGpu), rv_gpu = rv_cpu.to(kGpu);
-  compare_op(
-      "batch_norm (training)",
-      [&](auto& t) {
-        const bool gpu = t[0].device().is_cuda();
-        return dl::batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2], true,
-                              0.1f, 1e-5f);
-      },
-      {x, gamma, beta}, {true, true, true}, gen);
-  CHECK_CLOSE(rm_gpu, rm_cpu, 1e-5, "running_mean");
-  CHECK_CLOSE(rv_gpu, rv_cpu, 1e-5, "running_var");
-  compare_op(
-      "batch_norm (evaluation)",
-      [&](auto& t) {
-        const bool gpu = t[0].device().is_cuda();
-        return dl::batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2],
-                              false);
-      },
-      {x, gamma, beta}, {true, true, true}, gen);
-  for (const bool training : {true, false}) {
-    INFO("gelu_batch_norm, training " << training);
-    Tensor rm2_cpu = rm_cpu.clone(), rv2_cpu = rv_cpu.clone();
-    Tensor rm2_gpu = rm2_cpu.to(kGpu), rv2_gpu = rv2_cpu.to(kGpu);
-    compare_op(
-        "gelu_batch_norm with a residual (fused kernels on the GPU)",
-        [&](auto& t) {
-          const bool gpu = t[0].device().is_cuda();
-          return dl::gelu_batch_norm(t[0], gpu ? rm2_gpu : rm2_cpu, gpu ? rv2_gpu : rv2_cpu, t[1],
-                                     t[2], training, 0.1f, 1e-5f, t[3]);
-        },
-        {x, gamma, beta, Tensor::randn(x.shape(), gen)}, {true, true, true, true}, gen);
-    if (training) {
-      CHECK_CLOSE(rm2_gpu, rm2_cpu, 1e-5, "running_mean");
-      CHECK_CLOSE(rv2_gpu, rv2_cpu, 1e-5, "running_var");
-    } else {  // evaluation leaves the running statistics alone, bit for bit
-      CHECK(rm2_gpu.to_vector() == rm_cpu.to_vector());
-      CHECK(rv2_gpu.to_vector() == rv_cpu.to_vector());
-    }
-    compare_op(
-        "gelu_batch_norm without affine parameters or residual",
-        [&](auto& t) {
-          const bool gpu = t[0].device().is_cuda();
-          return dl::gelu_batch_norm(t[0], gpu ? rm2_gpu : rm2_cpu, gpu ? rv2_gpu : rv2_cpu,
-                                     Tensor(), Tensor(), training);
-        },
-        {x}, {true}, gen);
-  }
-  compare_op(
-      "max_pool2d", [](auto& t) { return dl::max_pool2d(t[0], 3, 2, 1); },
-      {Tensor::randn({2, 9, 8, 6}, gen)}, {true}, gen);
-  compare_op(
-      "linear", [](auto& t) { return dl::linear(t[0], t[1], t[2]); },
-      {Tensor::randn({33, 20}, gen), Tensor::randn({10, 20}, gen), Tensor::randn({10}, gen)},
-      {true, true, true}, gen);
-  std::vector<int64_t> labels(37);
-  for (auto& l : labels) l = static_cast<int64_t>(gen.next_u64() % 10);
-  const Tensor y = Tensor::from_vector(labels, {37});
-  compare_op(
-      "cross_entropy", [&](auto& t) { return dl::cross_entropy(t[0], y.to(t[0].device()), 0.1f); },
-      {Tensor::randn({37, 10}, gen)}, {true}, gen);
-  compare_op(
-      "cross_entropy with the labels in host memory (the trainer's way: checked on the host)",
-      [&](auto& t) { return dl::cross_entropy(t[0], y, 0.1f); }, {Tensor::randn({37, 10}, gen)},
-      {true}, gen);
-}
-
-TEST_CASE("fused GELU + BatchNorm over several row blocks, odd channel counts and bf16",
+TEST_CASE("BatchNorm evaluation on the GPU leaves the running statistics alone, bit for bit",
           "[cuda][ops]") {
   dl::Generator gen = dl::test::fresh_generator();
-  // 561 rows (more than one block of the statistics kernel) and 45 channels (not a multiple of
-  // the kernels' 32-channel tiles).
-  const Tensor h = Tensor::randn({3, 17, 11, 45}, gen), residual = Tensor::randn(h.shape(), gen);
-  const Tensor gamma = Tensor::randn({45}, gen), beta = Tensor::randn({45}, gen);
-  const Tensor rm = Tensor::randn({45}, gen), rv = Tensor::uniform({45}, 0.5f, 2.0f, gen);
-  for (const bool training : {true, false}) {
-    INFO("training " << training);
-    Tensor rm_cpu = rm.clone(), rv_cpu = rv.clone();
-    Tensor rm_gpu = rm.to(kGpu), rv_gpu = rv.to(kGpu);
-    compare_op(
-        "gelu_batch_norm, fp32",
-        [&](auto& t) {
-          const bool gpu = t[0].device().is_cuda();
-          return dl::gelu_batch_norm(t[0], gpu ? rm_gpu : rm_cpu, gpu ? rv_gpu : rv_cpu, t[1], t[2],
-                                     training, 0.1f, 1e-5f, t[3]);
-        },
-        {h, gamma, beta, residual}, {true, true, true, true}, gen);
-    CHECK_CLOSE(rm_gpu, rm_cpu, 1e-5, "running_mean");
-    CHECK_CLOSE(rv_gpu, rv_cpu, 1e-5, "running_var");
-
-    // bf16 activations on the GPU against fp32 on the CPU, both from the same bf16-rounded
-    // inputs: the difference is the GPU's bf16 roundings (GELU's output and the result).
-    const Tensor h16 = h.to(DType::bf16), r16 = residual.to(DType::bf16);
-    const Tensor up16 = Tensor::randn(h.shape(), gen).to(DType::bf16);
-    Tensor h_cpu = h16.to(DType::f32), r_cpu = r16.to(DType::f32);
-    Tensor h_gpu = h16.to(kGpu), r_gpu = r16.to(kGpu);
-    Tensor g_cpu = gamma.clone(), g_gpu = gamma.to(kGpu);
-    for (Tensor* t : {&h_cpu, &r_cpu, &h_gpu, &r_gpu, &g_cpu, &g_gpu}) t->requires_grad_();
-    Tensor rm16_cpu = rm.clone(), rv16_cpu = rv.clone();
-    Tensor rm16_gpu = rm.to(kGpu), rv16_gpu = rv.to(kGpu);
-    const Tensor y_cpu =
-        dl::gelu_batch_norm(h_cpu, rm16_cpu, rv16_cpu, g_cpu, beta, training, 0.1f, 1e-5f, r_cpu);
-    const Tensor y_gpu = dl::gelu_batch_norm(h_gpu, rm16_gpu, rv16_gpu, g_gpu, beta.to(kGpu),
-                                             training, 0.1f, 1e-5f, r_gpu);
-    REQUIRE(y_gpu.dtype() == DType::bf16);
-    y_cpu.backward(up16.to(DType::f32));
-    y_gpu.backward(up16.to(kGpu));
-    CHECK_CLOSE(y_gpu.to(kCpu).to(DType::f32), y_cpu, 3e-2, "bf16 output");
-    CHECK_CLOSE(h_gpu.grad().to(kCpu).to(DType::f32), h_cpu.grad(), 3e-2, "bf16 gradient of h");
-    CHECK_CLOSE(r_gpu.grad().to(kCpu).to(DType::f32), r_cpu.grad(), 3e-2,
-                "bf16 gradient of the residual");
-    CHECK_CLOSE(g_gpu.grad(), g_cpu.grad(), 3e-2, "gradient of gamma (fp32)");
-    CHECK_CLOSE(rm16_gpu, rm16_cpu, 3e-2, "running_mean after a bf16 step");
-    CHECK_CLOSE(rv16_gpu, rv16_cpu, 3e-2, "running_var after a bf16 step");
-  }
+  const Tensor x = Tensor::randn({4, 5, 3, 19}, gen).to(kGpu);
+  const Tensor mean = Tensor::randn({19}, gen), var = Tensor::uniform({19}, 0.5f, 2.0f, gen);
+  Tensor gpu_mean = mean.to(kGpu), gpu_var = var.to(kGpu);
+  dl::batch_norm(x, gpu_mean, gpu_var, Tensor(), Tensor(), false);
+  dl::gelu_batch_norm(x, gpu_mean, gpu_var, Tensor(), Tensor(), false, 0.1f, 1e-5f, x);
+  CHECK(gpu_mean.to_vector() == mean.to_vector());
+  CHECK(gpu_var.to_vector() == var.to_vector());
 }
 
 TEST_CASE("NaN and infinity on the GPU: sums of squares, clipping and accuracy as on the CPU",
