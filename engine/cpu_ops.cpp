@@ -149,18 +149,18 @@ class CpuOps final : public DeviceOps {
     store_result(result, out);
   }
 
-  void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
-                      Tensor& y) override {
+  void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                      const Tensor& bias, Tensor& y) override {
     with_data(
         y, [&]<class T>(T* o) { cpu::conv2d_forward(s, x.data<T>(), f32(weight), f32(bias), o); });
   }
-  void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
+  void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& weight,
                             Tensor& dx) override {
     with_data(dx,
               [&]<class T>(T* o) { cpu::conv2d_backward_data(s, dy.data<T>(), f32(weight), o); });
   }
-  void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
-                              Tensor& dbias) override {
+  void conv2d_backward_weight(const Conv2dShape& s, const Tensor& dy, const Tensor& x,
+                              Tensor& dweight, Tensor& dbias) override {
     with_data(dy, [&]<class T>(T* g) {
       if (dweight.defined()) {
         cpu::conv2d_backward_weight(s, g, x.data<T>(), f32(dweight), f32(dbias));
@@ -251,12 +251,13 @@ class CpuOps final : public DeviceOps {
                                   f32(result));
     store_result(result, dx);
   }
-  void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y, Tensor& argmax) override {
+  void max_pool2d_forward(const Pool2dShape& s, const Tensor& x, Tensor& y,
+                          Tensor& argmax) override {
     Tensor result = f32_result(y);
     cpu::max_pool2d_forward(s, f32(as_f32(x)), f32(result), argmax.data<int32_t>());
     store_result(result, y);
   }
-  void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
+  void max_pool2d_backward(const Pool2dShape& s, const Tensor& dy, const Tensor& argmax,
                            Tensor& dx) override {
     Tensor result = f32_result(dx);
     cpu::max_pool2d_backward(s, f32(as_f32(dy)), argmax.data<int32_t>(), f32(result));

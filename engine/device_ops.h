@@ -17,15 +17,9 @@
 
 #include "engine/ops.h"
 #include "engine/tensor.h"
-#include "kernels/cpu/conv2d.h"
-#include "kernels/cpu/pool.h"
+#include "kernels/shapes.h"
 
 namespace dl {
-
-// A convolution's and a pooling's geometry: the plain structs of the CPU kernels (kernels/cpu),
-// which every device's ops take; the CUDA ops convert them to their kernels' own.
-using ConvArgs = cpu::Conv2dShape;
-using PoolArgs = cpu::Pool2dShape;
 
 // One parameter's AdamW update (PyTorch's formulas; see engine/optim.h). `step` counts this update.
 struct AdamWUpdate {
@@ -82,12 +76,12 @@ class DeviceOps {
 
   // --- convolution (x NHWC, weight [c_out, c_in / groups, kh, kw], bias [c_out]) ---
   // bias may be undefined.
-  virtual void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight,
+  virtual void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& weight,
                               const Tensor& bias, Tensor& y) = 0;
-  virtual void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
+  virtual void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& weight,
                                     Tensor& dx) = 0;
   // dweight and dbias may be undefined (not needed), not both.
-  virtual void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x,
+  virtual void conv2d_backward_weight(const Conv2dShape& s, const Tensor& dy, const Tensor& x,
                                       Tensor& dweight, Tensor& dbias) = 0;
 
   // --- BatchNorm over the last axis of x, viewed as [rows, c] ---
@@ -133,9 +127,9 @@ class DeviceOps {
   virtual void global_avg_pool_forward(const Tensor& x, Tensor& y) = 0;     // [n,h,w,c] -> [n,c]
   virtual void global_avg_pool_backward(const Tensor& dy, Tensor& dx) = 0;  // dx [n,h,w,c]
   // argmax: i32, the input pixel (ih * w + iw) within its image, -1 for an all-padding window.
-  virtual void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y,
+  virtual void max_pool2d_forward(const Pool2dShape& s, const Tensor& x, Tensor& y,
                                   Tensor& argmax) = 0;
-  virtual void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
+  virtual void max_pool2d_backward(const Pool2dShape& s, const Tensor& dy, const Tensor& argmax,
                                    Tensor& dx) = 0;
 
   // --- linear: x [m, k], weight [n, k], y [m, n] ---

@@ -212,7 +212,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t
   DL_CHECK(weight.dim() == 4, "conv2d: weight must be [C_out, C_in/groups, kh, kw], got ",
            shape_str(weight.shape()));
   DL_CHECK(groups >= 1 && stride >= 1 && padding >= 0, "conv2d: bad stride/padding/groups");
-  ConvArgs s;
+  Conv2dShape s;
   s.n = x.size(0), s.h = x.size(1), s.w = x.size(2), s.c_in = x.size(3);
   s.c_out = weight.size(0), s.kh = weight.size(2), s.kw = weight.size(3);
   s.stride = stride, s.pad = padding, s.groups = groups;
@@ -430,7 +430,7 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   DL_CHECK(x.dim() == 4, "max_pool2d: input must be NHWC, got ", shape_str(x.shape()));
   DL_CHECK(kernel >= 1 && stride >= 1 && padding >= 0 && 2 * padding <= kernel,
            "max_pool2d: bad kernel/stride/padding (padding must be at most half the kernel)");
-  PoolArgs s;
+  Pool2dShape s;
   s.n = x.size(0), s.h = x.size(1), s.w = x.size(2), s.c = x.size(3);
   s.k = kernel, s.stride = stride, s.pad = padding;
   DL_CHECK(s.h + 2 * s.pad >= s.k && s.w + 2 * s.pad >= s.k, "max_pool2d: window ", s.k,

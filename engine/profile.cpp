@@ -57,7 +57,7 @@ std::string dims(const Shape& shape, const Tensor& dtype_of) {
   return joined(shape) + dtype_suffix(dtype_of);
 }
 
-std::string conv(const ConvArgs& s, const Tensor& activation) {
+std::string conv(const Conv2dShape& s, const Tensor& activation) {
   std::string r = joined({s.n, s.h, s.w, s.c_in});
   put(r, " k", s.kh);
   if (s.kw != s.kh) put(r, "x", s.kw);
@@ -72,7 +72,7 @@ std::string conv(const ConvArgs& s, const Tensor& activation) {
   return r + dtype_suffix(activation);
 }
 
-std::string pool(const PoolArgs& s, const Tensor& activation) {
+std::string pool(const Pool2dShape& s, const Tensor& activation) {
   std::string r = joined({s.n, s.h, s.w, s.c});
   put(r, " k", s.k);
   put(r, " s", s.stride);

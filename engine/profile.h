@@ -75,8 +75,8 @@ std::string dims(const Shape& shape, const Tensor& dtype_of);
 // The input n x h x w x c_in, the kernel, stride and padding when not 1 and 0, "dw" (depthwise) or
 // the groups, and "->c_out" when it differs from c_in; e.g. "64x32x32x3 k2 s2 ->256",
 // "64x16x16x256 k5 p2 dw", "64x16x16x256 k1". The same for the forward and both backwards.
-std::string conv(const ConvArgs& s, const Tensor& activation);
-std::string pool(const PoolArgs& s, const Tensor& activation);
+std::string conv(const Conv2dShape& s, const Tensor& activation);
+std::string pool(const Pool2dShape& s, const Tensor& activation);
 // x [m, k] times weight [n, k]^T: "mxk ->n".
 std::string linear(int64_t m, int64_t k, int64_t n, const Tensor& activation);
 // How many tensors: "22 tensors".

@@ -713,7 +713,7 @@ std::string check_label(const std::string& op, const ActShape& a, int k, const c
 
 template <class T>
 void check_conv_cpu(Context& ctx, const ActShape& a, int k) {
-  const dl::cuda::DepthwiseShape s{kCheckBatch, a.h, a.w, a.c, k};
+  const dl::Conv2dShape s = dl::Conv2dShape::depthwise_same(kCheckBatch, a.h, a.w, a.c, k);
   const int64_t m = kCheckBatch * a.h * a.w * a.c, wn = a.c * k * k;
   DeviceArray<T> x(m), dy(m), out(m);
   fill_normal(x.get(), m, ctx.next_seed(), ctx.stream);
@@ -722,23 +722,20 @@ void check_conv_cpu(Context& ctx, const ActShape& a, int k) {
   DeviceArray<float> w_d = upload<float>(w), dw(wn);
   DeviceArray<unsigned char> ws(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(s));
   const std::vector<float> xh = download(x.get(), m), dyh = download(dy.get(), m);
-  dl::cpu::Conv2dShape cs;
-  cs.n = kCheckBatch, cs.h = a.h, cs.w = a.w, cs.c_in = a.c, cs.c_out = a.c;
-  cs.kh = k, cs.kw = k, cs.stride = 1, cs.pad = k / 2, cs.groups = a.c;
   std::vector<float> ref(m), dw_ref(wn);
   const double tol = tolerance<T>();
 
   if (ctx.want("dwconv_fwd")) {
     poison(out.get(), out.bytes(), ctx.stream);
     dl::cuda::depthwise_conv_forward<T>(s, x.get(), w_d.get(), nullptr, out.get(), ctx.stream);
-    dl::cpu::conv2d_forward(cs, xh.data(), w.data(), nullptr, ref.data());
+    dl::cpu::conv2d_forward(s, xh.data(), w.data(), nullptr, ref.data());
     ctx.report(check_label<T>("dwconv_fwd", a, k, "CPU"), max_rel_diff(download(out.get(), m), ref),
                tol);
   }
   if (ctx.want("dwconv_bwd_data")) {
     poison(out.get(), out.bytes(), ctx.stream);
     dl::cuda::depthwise_conv_backward_data<T>(s, dy.get(), w_d.get(), out.get(), ctx.stream);
-    dl::cpu::conv2d_backward_data(cs, dyh.data(), w.data(), ref.data());
+    dl::cpu::conv2d_backward_data(s, dyh.data(), w.data(), ref.data());
     ctx.report(check_label<T>("dwconv_bwd_data", a, k, "CPU"),
                max_rel_diff(download(out.get(), m), ref), tol);
   }
@@ -746,7 +743,7 @@ void check_conv_cpu(Context& ctx, const ActShape& a, int k) {
     poison(dw.get(), dw.bytes(), ctx.stream);
     dl::cuda::depthwise_conv_backward_weight<T>(s, x.get(), dy.get(), dw.get(), nullptr, ws.get(),
                                                 ctx.stream);
-    dl::cpu::conv2d_backward_weight(cs, dyh.data(), xh.data(), dw_ref.data(), nullptr);
+    dl::cpu::conv2d_backward_weight(s, dyh.data(), xh.data(), dw_ref.data(), nullptr);
     ctx.report(check_label<T>("dwconv_bwd_weight", a, k, "CPU"),
                max_rel_diff(download(dw.get(), wn), dw_ref), tol);
   }
@@ -876,7 +873,7 @@ void bench_conv(Context& ctx, const ActShape& a, int k, std::vector<BufferSet<T>
   if (!ctx.want(ops[0]) && !ctx.want(ops[1]) && !ctx.want(ops[2])) return;
   check_conv_cpu<T>(ctx, a, k);
 
-  const dl::cuda::DepthwiseShape s{a.n, a.h, a.w, a.c, k};
+  const dl::Conv2dShape s = dl::Conv2dShape::depthwise_same(a.n, a.h, a.w, a.c, k);
   const int64_t m = a.elements(), wn = a.c * k * k;
   const int nsets = static_cast<int>(sets.size());
   std::vector<float> w = random_normal(wn, static_cast<uint32_t>(ctx.next_seed()), 1.0f / k);

@@ -327,55 +327,40 @@ TEST_CASE("CUDA BatchNorm is deterministic", "[cuda][batchnorm]") {
 // ------------------------------------------------------------------------------------------------
 // Depthwise conv
 
-dl::cpu::Conv2dShape cpu_shape(const dl::cuda::DepthwiseShape& s) {
-  return {.n = s.n,
-          .h = s.h,
-          .w = s.w,
-          .c_in = s.c,
-          .c_out = s.c,
-          .kh = s.k,
-          .kw = s.k,
-          .stride = 1,
-          .pad = s.k / 2,
-          .groups = s.c};
-}
-
 template <class E>
-void check_depthwise(const dl::cuda::DepthwiseShape& s, bool with_bias, Rng& rng) {
+void check_depthwise(const dl::Conv2dShape& s, bool with_bias, Rng& rng) {
   INFO(type_name<E>() << " depthwise conv, n " << s.n << " h " << s.h << " w " << s.w << " c "
-                      << s.c << " k " << s.k << (with_bias ? ", bias" : ""));
-  const auto m = static_cast<size_t>(s.n * s.h * s.w * s.c), cs = static_cast<size_t>(s.c);
-  const auto taps = static_cast<size_t>(s.k * s.k);
+                      << s.c_in << " k " << s.kh << (with_bias ? ", bias" : ""));
+  const auto m = static_cast<size_t>(s.n * s.h * s.w * s.c_in), cs = static_cast<size_t>(s.c_in);
+  const auto taps = static_cast<size_t>(s.kh * s.kw);
   const auto stream = dl::cuda::stream();
-  const dl::cpu::Conv2dShape cs_cpu = cpu_shape(s);
   const std::vector<float> x = quantize<E>(rng.normal(m));
   const std::vector<float> dy = quantize<E>(rng.normal(m));
-  const std::vector<float> weight = rng.normal(cs * taps, 0.0f, 1.0f / static_cast<float>(s.k));
+  const std::vector<float> weight = rng.normal(cs * taps, 0.0f, 1.0f / static_cast<float>(s.kh));
   const std::vector<float> bias = rng.normal(cs, 0.0f, 0.1f);
   const std::vector<float> ax = abs_of(x), ady = abs_of(dy), aw = abs_of(weight), ab = abs_of(bias);
   DeviceArray<E> d_x(x), d_dy(dy), d_y(m), d_dx(m);
   DeviceArray<float> d_w(weight), d_b(bias), d_dw(cs * taps), d_db(cs);
 
   std::vector<float> y_ref(m), y_scale(m);
-  dl::cpu::conv2d_forward(cs_cpu, x.data(), weight.data(), with_bias ? bias.data() : nullptr,
+  dl::cpu::conv2d_forward(s, x.data(), weight.data(), with_bias ? bias.data() : nullptr,
                           y_ref.data());
-  dl::cpu::conv2d_forward(cs_cpu, ax.data(), aw.data(), with_bias ? ab.data() : nullptr,
-                          y_scale.data());
+  dl::cpu::conv2d_forward(s, ax.data(), aw.data(), with_bias ? ab.data() : nullptr, y_scale.data());
   d_y.poison();
   dl::cuda::depthwise_conv_forward(s, d_x.get(), d_w.get(), with_bias ? d_b.get() : nullptr,
                                    d_y.get(), stream);
   require_close(d_y.download(), y_ref, out_rtol<E>(), 1e-5, "forward", &y_scale);
 
   std::vector<float> dx_ref(m), dx_scale(m);
-  dl::cpu::conv2d_backward_data(cs_cpu, dy.data(), weight.data(), dx_ref.data());
-  dl::cpu::conv2d_backward_data(cs_cpu, ady.data(), aw.data(), dx_scale.data());
+  dl::cpu::conv2d_backward_data(s, dy.data(), weight.data(), dx_ref.data());
+  dl::cpu::conv2d_backward_data(s, ady.data(), aw.data(), dx_scale.data());
   d_dx.poison();
   dl::cuda::depthwise_conv_backward_data(s, d_dy.get(), d_w.get(), d_dx.get(), stream);
   require_close(d_dx.download(), dx_ref, out_rtol<E>(), 1e-5, "backward data", &dx_scale);
 
   std::vector<float> dw_ref(cs * taps), db_ref(cs), dw_scale(cs * taps), db_scale(cs);
-  dl::cpu::conv2d_backward_weight(cs_cpu, dy.data(), x.data(), dw_ref.data(), db_ref.data());
-  dl::cpu::conv2d_backward_weight(cs_cpu, ady.data(), ax.data(), dw_scale.data(), db_scale.data());
+  dl::cpu::conv2d_backward_weight(s, dy.data(), x.data(), dw_ref.data(), db_ref.data());
+  dl::cpu::conv2d_backward_weight(s, ady.data(), ax.data(), dw_scale.data(), db_scale.data());
   Workspace ws(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(s));
   d_dw.poison();
   d_db.poison();
@@ -388,13 +373,20 @@ void check_depthwise(const dl::cuda::DepthwiseShape& s, bool with_bias, Rng& rng
 // Batch 1 and odd sizes, images smaller than the kernel, C not a multiple of 8 (bf16 scalar
 // loads) or of 4 (fp32 scalar loads), several channel tiles, and many tiles per weight-gradient
 // slot (64 * 4 tiles for 10 channel tiles: 3 tiles a slot).
-const std::vector<dl::cuda::DepthwiseShape> kDepthwiseShapes = {
-    {.n = 1, .h = 5, .w = 7, .c = 3, .k = 3},      {.n = 2, .h = 8, .w = 8, .c = 64, .k = 3},
-    {.n = 1, .h = 9, .w = 9, .c = 13, .k = 9},     {.n = 3, .h = 17, .w = 11, .c = 40, .k = 7},
-    {.n = 2, .h = 16, .w = 16, .c = 256, .k = 5},  {.n = 1, .h = 1, .w = 1, .c = 5, .k = 3},
-    {.n = 4, .h = 12, .w = 20, .c = 36, .k = 9},   {.n = 2, .h = 3, .w = 30, .c = 8, .k = 5},
-    {.n = 1, .h = 33, .w = 7, .c = 100, .k = 7},   {.n = 5, .h = 4, .w = 6, .c = 33, .k = 9},
-    {.n = 64, .h = 16, .w = 16, .c = 320, .k = 3}, {.n = 8, .h = 16, .w = 16, .c = 256, .k = 9}};
+const std::vector<dl::Conv2dShape> kDepthwiseShapes = {
+    dl::Conv2dShape::depthwise_same(1, 5, 7, 3, 3),
+    dl::Conv2dShape::depthwise_same(2, 8, 8, 64, 3),
+    dl::Conv2dShape::depthwise_same(1, 9, 9, 13, 9),
+    dl::Conv2dShape::depthwise_same(3, 17, 11, 40, 7),
+    dl::Conv2dShape::depthwise_same(2, 16, 16, 256, 5),
+    dl::Conv2dShape::depthwise_same(1, 1, 1, 5, 3),
+    dl::Conv2dShape::depthwise_same(4, 12, 20, 36, 9),
+    dl::Conv2dShape::depthwise_same(2, 3, 30, 8, 5),
+    dl::Conv2dShape::depthwise_same(1, 33, 7, 100, 7),
+    dl::Conv2dShape::depthwise_same(5, 4, 6, 33, 9),
+    dl::Conv2dShape::depthwise_same(64, 16, 16, 320, 3),
+    dl::Conv2dShape::depthwise_same(8, 16, 16, 256, 9),
+};
 
 TEMPLATE_TEST_CASE("CUDA depthwise conv forward and backward match the CPU kernels",
                    "[cuda][depthwise]", float, Bf16) {
@@ -407,8 +399,8 @@ TEMPLATE_TEST_CASE("CUDA depthwise conv forward and backward match the CPU kerne
 
 TEST_CASE("CUDA depthwise conv weight gradient is deterministic", "[cuda][depthwise]") {
   Rng rng(fresh_seed());
-  const dl::cuda::DepthwiseShape s{.n = 32, .h = 16, .w = 16, .c = 96, .k = 7};
-  const auto m = static_cast<size_t>(s.n * s.h * s.w * s.c), cs = static_cast<size_t>(s.c);
+  const dl::Conv2dShape s = dl::Conv2dShape::depthwise_same(32, 16, 16, 96, 7);
+  const auto m = static_cast<size_t>(s.n * s.h * s.w * s.c_in), cs = static_cast<size_t>(s.c_in);
   DeviceArray<float> d_x(rng.normal(m)), d_dy(rng.normal(m)), d_dw(cs * 49), d_db(cs);
   Workspace ws(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(s));
   std::vector<float> first_w, first_b;
@@ -426,9 +418,13 @@ TEST_CASE("CUDA depthwise conv weight gradient is deterministic", "[cuda][depthw
 }
 
 TEST_CASE("CUDA launchers reject bad arguments with a message", "[cuda]") {
-  dl::cuda::DepthwiseShape s{.n = 1, .h = 4, .w = 4, .c = 8, .k = 4};
-  REQUIRE_THROWS_WITH(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(s),
+  REQUIRE_THROWS_WITH(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(
+                          dl::Conv2dShape::depthwise_same(1, 4, 4, 8, 4)),
                       Catch::Contains("kernel size must be 3, 5, 7 or 9"));
+  dl::Conv2dShape strided = dl::Conv2dShape::depthwise_same(1, 8, 8, 8, 3);
+  strided.stride = 2;
+  REQUIRE_THROWS_WITH(dl::cuda::depthwise_conv_backward_weight_workspace_bytes(strided),
+                      Catch::Contains("stride 1"));
   REQUIRE_THROWS_AS(dl::cuda::batchnorm_workspace_bytes(0, 4), std::invalid_argument);
 }
 

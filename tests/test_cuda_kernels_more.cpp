@@ -523,7 +523,7 @@ TEMPLATE_TEST_CASE("CUDA global average pool matches the CPU kernels", "[cuda][p
 
 // Values on a coarse grid (ties: the first maximum wins) with NaN, -inf and +inf mixed in, and
 // channel 1 entirely -inf (every window's maximum is -inf, at its first pixel).
-std::vector<float> pool_input(Rng& rng, const dl::cuda::Pool2dShape& s) {
+std::vector<float> pool_input(Rng& rng, const dl::Pool2dShape& s) {
   const auto count = static_cast<size_t>(s.n * s.h * s.w * s.c);
   std::vector<float> x = rng.normal(count);
   std::uniform_real_distribution<float> u(0.0f, 1.0f);
@@ -536,11 +536,9 @@ std::vector<float> pool_input(Rng& rng, const dl::cuda::Pool2dShape& s) {
 }
 
 template <class E>
-void check_max_pool(const dl::cuda::Pool2dShape& s, Rng& rng) {
+void check_max_pool(const dl::Pool2dShape& s, Rng& rng) {
   INFO(type_name<E>() << " max pool, n " << s.n << " h " << s.h << " w " << s.w << " c " << s.c
                       << " k " << s.k << " stride " << s.stride << " pad " << s.pad);
-  const dl::cpu::Pool2dShape cs{
-      .n = s.n, .h = s.h, .w = s.w, .c = s.c, .k = s.k, .stride = s.stride, .pad = s.pad};
   const int64_t ho = s.h_out(), wo = s.w_out();
   const auto in = static_cast<size_t>(s.n * s.h * s.w * s.c);
   const auto out = static_cast<size_t>(s.n * ho * wo * s.c);
@@ -552,7 +550,7 @@ void check_max_pool(const dl::cuda::Pool2dShape& s, Rng& rng) {
 
   std::vector<float> y_ref(out);
   std::vector<int32_t> argmax_ref(out);
-  dl::cpu::max_pool2d_forward(cs, x.data(), y_ref.data(), argmax_ref.data());
+  dl::cpu::max_pool2d_forward(s, x.data(), y_ref.data(), argmax_ref.data());
   d_y.poison();
   d_argmax.poison(0x7f);
   dl::cuda::max_pool2d_forward(s, d_x.get(), d_y.get(), d_argmax.get(), stream);
@@ -561,7 +559,7 @@ void check_max_pool(const dl::cuda::Pool2dShape& s, Rng& rng) {
 
   // A window entirely in the padding (argmax -1) passes no gradient, on both sides.
   std::vector<float> dx_ref(in);
-  dl::cpu::max_pool2d_backward(cs, dy.data(), argmax_ref.data(), dx_ref.data());
+  dl::cpu::max_pool2d_backward(s, dy.data(), argmax_ref.data(), dx_ref.data());
   d_dx.poison();
   dl::cuda::max_pool2d_backward(s, d_dy.get(), d_argmax.get(), d_dx.get(), stream);
   require_identical(d_dx.download(), quantize<E>(dx_ref), "backward dx");
@@ -570,7 +568,7 @@ void check_max_pool(const dl::cuda::Pool2dShape& s, Rng& rng) {
 // Batch 1, odd sizes and channel counts; stride = k, overlapping windows (stride < k), gaps
 // (stride > k: pixels in no window), padding, a 1x1 image, and windows entirely in the padding
 // (pad >= k: the last shape's first output row, first and last output columns).
-const std::vector<dl::cuda::Pool2dShape> kMaxPoolShapes = {
+const std::vector<dl::Pool2dShape> kMaxPoolShapes = {
     {.n = 1, .h = 5, .w = 5, .c = 3, .k = 2, .stride = 2, .pad = 0},
     {.n = 2, .h = 8, .w = 8, .c = 64, .k = 2, .stride = 2, .pad = 0},
     {.n = 1, .h = 7, .w = 9, .c = 13, .k = 3, .stride = 2, .pad = 1},
@@ -588,7 +586,7 @@ TEMPLATE_TEST_CASE("CUDA max pool forward and backward are bit-identical to the 
   const uint64_t seed = fresh_seed();
   INFO("seed " << seed);
   Rng rng(seed);
-  for (const dl::cuda::Pool2dShape& s : kMaxPoolShapes) check_max_pool<TestType>(s, rng);
+  for (const dl::Pool2dShape& s : kMaxPoolShapes) check_max_pool<TestType>(s, rng);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1126,23 +1124,13 @@ TEST_CASE("LtGemm caches one plan per shape and alignment; empty sums give zero 
 // Dense conv (cuDNN)
 
 template <class E>
-void check_conv(dl::cuda::CudnnConv2d& conv, bool tf32, const dl::cuda::ConvShape& s,
-                bool with_bias, Rng& rng) {
+void check_conv(dl::cuda::CudnnConv2d& conv, bool tf32, const dl::Conv2dShape& s, bool with_bias,
+                Rng& rng) {
   const bool tf32_math = tf32 && !is_bf16<E>();
   INFO(type_name<E>() << (tf32_math ? " (TF32)" : "") << " conv, n " << s.n << " h " << s.h << " w "
                       << s.w << " c_in " << s.c_in << " c_out " << s.c_out << " k " << s.kh << "x"
                       << s.kw << " stride " << s.stride << " pad " << s.pad
                       << (with_bias ? ", bias" : ""));
-  const dl::cpu::Conv2dShape cs{.n = s.n,
-                                .h = s.h,
-                                .w = s.w,
-                                .c_in = s.c_in,
-                                .c_out = s.c_out,
-                                .kh = s.kh,
-                                .kw = s.kw,
-                                .stride = s.stride,
-                                .pad = s.pad,
-                                .groups = 1};
   const double atol = tf32_math ? kTf32Atol : kSumAtol;
   const auto stream = dl::cuda::stream();
   const auto in = static_cast<size_t>(s.n * s.h * s.w * s.c_in);
@@ -1161,10 +1149,9 @@ void check_conv(dl::cuda::CudnnConv2d& conv, bool tf32, const dl::cuda::ConvShap
   DeviceArray<float> d_w(weight), d_b(bias), d_dw(wn), d_db(cs_out);
 
   std::vector<float> y_ref(out), y_scale(out);
-  dl::cpu::conv2d_forward(cs, x.data(), weight.data(), with_bias ? bias.data() : nullptr,
+  dl::cpu::conv2d_forward(s, x.data(), weight.data(), with_bias ? bias.data() : nullptr,
                           y_ref.data());
-  dl::cpu::conv2d_forward(cs, ax.data(), aw.data(), with_bias ? ab.data() : nullptr,
-                          y_scale.data());
+  dl::cpu::conv2d_forward(s, ax.data(), aw.data(), with_bias ? ab.data() : nullptr, y_scale.data());
   d_y.poison();
   conv.forward(s, d_x.get(), d_w.get(), with_bias ? d_b.get() : nullptr, d_y.get(), ws.get(),
                ws_bytes, stream);
@@ -1172,15 +1159,15 @@ void check_conv(dl::cuda::CudnnConv2d& conv, bool tf32, const dl::cuda::ConvShap
                 is_bf16<E>() && with_bias ? kBf16TwoRoundingsAtol : atol, "forward", &y_scale);
 
   std::vector<float> dx_ref(in), dx_scale(in);
-  dl::cpu::conv2d_backward_data(cs, dy.data(), weight.data(), dx_ref.data());
-  dl::cpu::conv2d_backward_data(cs, ady.data(), aw.data(), dx_scale.data());
+  dl::cpu::conv2d_backward_data(s, dy.data(), weight.data(), dx_ref.data());
+  dl::cpu::conv2d_backward_data(s, ady.data(), aw.data(), dx_scale.data());
   d_dx.poison();
   conv.backward_data(s, d_dy.get(), d_w.get(), d_dx.get(), ws.get(), ws_bytes, stream);
   require_close(d_dx.download(), dx_ref, out_rtol<E>(), atol, "backward data", &dx_scale);
 
   std::vector<float> dw_ref(wn), db_ref(cs_out), dw_scale(wn), db_scale(cs_out);
-  dl::cpu::conv2d_backward_weight(cs, dy.data(), x.data(), dw_ref.data(), db_ref.data());
-  dl::cpu::conv2d_backward_weight(cs, ady.data(), ax.data(), dw_scale.data(), db_scale.data());
+  dl::cpu::conv2d_backward_weight(s, dy.data(), x.data(), dw_ref.data(), db_ref.data());
+  dl::cpu::conv2d_backward_weight(s, ady.data(), ax.data(), dw_scale.data(), db_scale.data());
   d_dw.poison();
   d_db.poison();
   conv.backward_filter(s, d_x.get(), d_dy.get(), d_dw.get(), with_bias ? d_db.get() : nullptr,
@@ -1193,7 +1180,7 @@ void check_conv(dl::cuda::CudnnConv2d& conv, bool tf32, const dl::cuda::ConvShap
 // Patch embeddings (kernel = stride = 2, 4, 7; RGB input: C = 3), including sizes the patches do
 // not divide (the uncovered pixels get a zero gradient), and padded 3x3 convolutions at stride 1
 // and 2, a 1x1 image, a non-square kernel (KCRS <-> KRSC with r != s).
-const std::vector<dl::cuda::ConvShape> kConvShapes = {
+const std::vector<dl::Conv2dShape> kConvShapes = {
     {.n = 1, .h = 5, .w = 7, .c_in = 3, .c_out = 10, .kh = 2, .kw = 2, .stride = 2, .pad = 0},
     {.n = 4, .h = 32, .w = 32, .c_in = 3, .c_out = 256, .kh = 2, .kw = 2, .stride = 2, .pad = 0},
     {.n = 2, .h = 9, .w = 9, .c_in = 13, .c_out = 7, .kh = 2, .kw = 2, .stride = 2, .pad = 0},
@@ -1252,12 +1239,15 @@ TEST_CASE("More CUDA launchers reject bad arguments with a message", "[cuda]") {
                       Catch::Contains("fp32 inputs give an fp32 output"));
 
   dl::cuda::CudnnConv2d conv(dl::cuda::cudnn_handle(), false);
-  const dl::cuda::ConvShape s = kConvShapes[0];
+  const dl::Conv2dShape s = kConvShapes[0];
   const size_t ws_bytes = conv.workspace_bytes<float>(s);
   Workspace ws(ws_bytes);
   REQUIRE_THROWS_WITH(
       conv.forward<float>(s, nullptr, nullptr, nullptr, nullptr, ws.get(), ws_bytes - 1, stream),
       Catch::Contains("workspace smaller than"));
+  dl::Conv2dShape grouped = kConvShapes[8];
+  grouped.groups = 2;
+  REQUIRE_THROWS_WITH(conv.workspace_bytes<float>(grouped), Catch::Contains("groups must be 1"));
 }
 
 }  // namespace

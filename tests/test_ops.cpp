@@ -344,8 +344,8 @@ struct ConvCase {
   int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
   int64_t cg() const { return c_in / groups; }
   int64_t og() const { return c_out / groups; }
-  cpu::Conv2dShape shape() const {
-    cpu::Conv2dShape s;
+  Conv2dShape shape() const {
+    Conv2dShape s;
     s.n = n, s.h = h, s.w = w, s.c_in = c_in, s.c_out = c_out;
     s.kh = k, s.kw = k, s.stride = stride, s.pad = pad, s.groups = groups;
     return s;
@@ -415,7 +415,7 @@ void check_conv(const ConvCase& c, Generator& gen) {
   INFO(c.str());
   REQUIRE(c.h_out() > 0);
   REQUIRE(c.w_out() > 0);
-  const cpu::Conv2dShape s = c.shape();
+  const Conv2dShape s = c.shape();
   const int64_t x_n = c.n * c.h * c.w * c.c_in, w_n = c.c_out * c.cg() * c.k * c.k;
   const int64_t y_n = c.n * c.h_out() * c.w_out() * c.c_out;
   const std::vector<float> x = randn_vec(x_n, gen), w = randn_vec(w_n, gen);
@@ -973,7 +973,7 @@ std::vector<float> distinct_values(int64_t n, Generator& gen, bool negative) {
 }
 
 // Max over the in-bounds part of each window; arg max as the flat input pixel index.
-Vec max_pool_ref(const cpu::Pool2dShape& s, const Vec& x, std::vector<int32_t>* argmax) {
+Vec max_pool_ref(const Pool2dShape& s, const Vec& x, std::vector<int32_t>* argmax) {
   const int64_t ho = s.h_out(), wo = s.w_out();
   Vec y(static_cast<size_t>(s.n * ho * wo * s.c));
   if (argmax) argmax->assign(y.size(), -1);
@@ -1009,7 +1009,7 @@ TEST_CASE("max_pool2d: k2 s2, k3 s2 p1, k3 s1 p1", "[ops][pool]") {
   };
   for (const Cfg cfg : {Cfg{2, 2, 0}, Cfg{3, 2, 1}, Cfg{3, 1, 1}})
     for (bool negative : {false, true}) {
-      cpu::Pool2dShape s;
+      Pool2dShape s;
       s.n = rand_int(gen, 1, 3), s.h = rand_int(gen, 2, 5) * 2 + 1, s.w = rand_int(gen, 3, 9);
       s.c = pick(gen, kOddChannels), s.k = cfg.k, s.stride = cfg.stride, s.pad = cfg.pad;
       const std::string what = "max_pool2d x [" + std::to_string(s.n) + ", " + std::to_string(s.h) +
@@ -1047,7 +1047,7 @@ TEST_CASE("max_pool2d: k2 s2, k3 s2 p1, k3 s1 p1", "[ops][pool]") {
 
 TEST_CASE("max_pool2d: ties pick the first maximum, the gradient goes there only", "[ops][pool]") {
   // All-equal input: each window's arg max is its first in-bounds pixel (row-major).
-  cpu::Pool2dShape s;
+  Pool2dShape s;
   s.n = 1, s.h = 5, s.w = 5, s.c = 2, s.k = 3, s.stride = 2, s.pad = 1;
   Tensor x = Tensor::full({1, 5, 5, 2}, -3.0);
   x.requires_grad_();

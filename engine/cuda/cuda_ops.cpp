@@ -176,7 +176,7 @@ void check_weight_grads(const char* op, const Tensor& dweight, const Tensor& dbi
 // Which kernel runs a convolution.
 enum class ConvPath { depthwise, pointwise, cudnn };
 
-ConvPath conv_path(const ConvArgs& s) {
+ConvPath conv_path(const Conv2dShape& s) {
   if (s.depthwise() && s.stride == 1 && s.kh == s.kw && s.kh % 2 == 1 && s.kh >= 3 && s.kh <= 9 &&
       s.pad == s.kh / 2)
     return ConvPath::depthwise;
@@ -189,26 +189,6 @@ ConvPath conv_path(const ConvArgs& s) {
            "stride 1, an odd square kernel of 3 to 9 and padding kernel / 2, and groups = 1 "
            "convolutions; run others on the CPU device");
   return ConvPath::cudnn;
-}
-
-cuda::DepthwiseShape depthwise_shape(const ConvArgs& s) {
-  return {.n = s.n, .h = s.h, .w = s.w, .c = s.c_in, .k = s.kh};
-}
-
-cuda::ConvShape cudnn_shape(const ConvArgs& s) {
-  return {.n = s.n,
-          .h = s.h,
-          .w = s.w,
-          .c_in = s.c_in,
-          .c_out = s.c_out,
-          .kh = s.kh,
-          .kw = s.kw,
-          .stride = s.stride,
-          .pad = s.pad};
-}
-
-cuda::Pool2dShape pool_shape(const PoolArgs& s) {
-  return {.n = s.n, .h = s.h, .w = s.w, .c = s.c, .k = s.k, .stride = s.stride, .pad = s.pad};
 }
 
 bool same_tensors(const std::vector<cuda::OptimTensor>& a,
@@ -356,52 +336,50 @@ class CudaOps final : public DeviceOps {
 
   // --- convolution: our depthwise kernels, a cuBLASLt GEMM for 1x1, cuDNN for the rest ---
 
-  void conv2d_forward(const ConvArgs& s, const Tensor& x, const Tensor& weight, const Tensor& bias,
-                      Tensor& y) override {
+  void conv2d_forward(const Conv2dShape& s, const Tensor& x, const Tensor& weight,
+                      const Tensor& bias, Tensor& y) override {
     dispatch_float("conv2d", x.dtype(), [&]<class T>() {
       switch (conv_path(s)) {
         case ConvPath::depthwise:
-          cuda::depthwise_conv_forward(depthwise_shape(s), ptr<T>(x), ptr<float>(weight),
-                                       ptr<float>(bias), ptr<T>(y), cuda::stream());
+          cuda::depthwise_conv_forward(s, ptr<T>(x), ptr<float>(weight), ptr<float>(bias),
+                                       ptr<T>(y), cuda::stream());
           return;
         case ConvPath::pointwise:
           gemm_forward<T>(x, weight, bias, y, s.n * s.h * s.w, s.c_out, s.c_in);
           return;
         case ConvPath::cudnn: {
           cuda::CudnnConv2d& conv = cudnn_conv();
-          const cuda::ConvShape cs = cudnn_shape(s);
-          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
-          conv.forward(cs, ptr<T>(x), ptr<float>(weight), ptr<float>(bias), ptr<T>(y),
+          DeviceMemory workspace(conv.workspace_bytes<T>(s));
+          conv.forward(s, ptr<T>(x), ptr<float>(weight), ptr<float>(bias), ptr<T>(y),
                        workspace.get(), workspace.bytes(), cuda::stream());
           return;
         }
       }
     });
   }
-  void conv2d_backward_data(const ConvArgs& s, const Tensor& dy, const Tensor& weight,
+  void conv2d_backward_data(const Conv2dShape& s, const Tensor& dy, const Tensor& weight,
                             Tensor& dx) override {
     dispatch_float("conv2d backward", dy.dtype(), [&]<class T>() {
       switch (conv_path(s)) {
         case ConvPath::depthwise:
-          cuda::depthwise_conv_backward_data(depthwise_shape(s), ptr<T>(dy), ptr<float>(weight),
-                                             ptr<T>(dx), cuda::stream());
+          cuda::depthwise_conv_backward_data(s, ptr<T>(dy), ptr<float>(weight), ptr<T>(dx),
+                                             cuda::stream());
           return;
         case ConvPath::pointwise:
           gemm_backward_data<T>(dy, weight, dx, s.n * s.h * s.w, s.c_out, s.c_in);
           return;
         case ConvPath::cudnn: {
           cuda::CudnnConv2d& conv = cudnn_conv();
-          const cuda::ConvShape cs = cudnn_shape(s);
-          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
-          conv.backward_data(cs, ptr<T>(dy), ptr<float>(weight), ptr<T>(dx), workspace.get(),
+          DeviceMemory workspace(conv.workspace_bytes<T>(s));
+          conv.backward_data(s, ptr<T>(dy), ptr<float>(weight), ptr<T>(dx), workspace.get(),
                              workspace.bytes(), cuda::stream());
           return;
         }
       }
     });
   }
-  void conv2d_backward_weight(const ConvArgs& s, const Tensor& dy, const Tensor& x, Tensor& dweight,
-                              Tensor& dbias) override {
+  void conv2d_backward_weight(const Conv2dShape& s, const Tensor& dy, const Tensor& x,
+                              Tensor& dweight, Tensor& dbias) override {
     check_weight_grads("conv2d backward", dweight, dbias);
     dispatch_float("conv2d backward", dy.dtype(), [&]<class T>() {
       const ConvPath path = conv_path(s);
@@ -411,9 +389,8 @@ class CudaOps final : public DeviceOps {
       }
       switch (path) {
         case ConvPath::depthwise: {
-          const cuda::DepthwiseShape ds = depthwise_shape(s);
-          DeviceMemory workspace(cuda::depthwise_conv_backward_weight_workspace_bytes(ds));
-          cuda::depthwise_conv_backward_weight(ds, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight),
+          DeviceMemory workspace(cuda::depthwise_conv_backward_weight_workspace_bytes(s));
+          cuda::depthwise_conv_backward_weight(s, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight),
                                                ptr<float>(dbias), workspace.get(), cuda::stream());
           return;
         }
@@ -422,9 +399,8 @@ class CudaOps final : public DeviceOps {
           return;
         case ConvPath::cudnn: {
           cuda::CudnnConv2d& conv = cudnn_conv();
-          const cuda::ConvShape cs = cudnn_shape(s);
-          DeviceMemory workspace(conv.workspace_bytes<T>(cs));
-          conv.backward_filter(cs, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight), ptr<float>(dbias),
+          DeviceMemory workspace(conv.workspace_bytes<T>(s));
+          conv.backward_filter(s, ptr<T>(x), ptr<T>(dy), ptr<float>(dweight), ptr<float>(dbias),
                                workspace.get(), workspace.bytes(), cuda::stream());
           return;
         }
@@ -466,7 +442,8 @@ class CudaOps final : public DeviceOps {
   }
   void batchnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& gamma,
                           const Tensor& mean, const Tensor& invstd, bool batch_stats, Tensor& dx,
-                          Tensor& dgamma, Tensor& dbeta, const SumOverRanks& sum_over_ranks) override {
+                          Tensor& dgamma, Tensor& dbeta,
+                          const SumOverRanks& sum_over_ranks) override {
     require_no_sync(sum_over_ranks);
     const int64_t c = x.size(-1), rows = x.numel() / c;
     dispatch_float("batch_norm backward", x.dtype(), [&]<class T>() {
@@ -539,17 +516,16 @@ class CudaOps final : public DeviceOps {
                                      ptr<T>(dx), cuda::stream());
     });
   }
-  void max_pool2d_forward(const PoolArgs& s, const Tensor& x, Tensor& y, Tensor& argmax) override {
+  void max_pool2d_forward(const Pool2dShape& s, const Tensor& x, Tensor& y,
+                          Tensor& argmax) override {
     dispatch_float("max_pool2d", x.dtype(), [&]<class T>() {
-      cuda::max_pool2d_forward(pool_shape(s), ptr<T>(x), ptr<T>(y), ptr<int32_t>(argmax),
-                               cuda::stream());
+      cuda::max_pool2d_forward(s, ptr<T>(x), ptr<T>(y), ptr<int32_t>(argmax), cuda::stream());
     });
   }
-  void max_pool2d_backward(const PoolArgs& s, const Tensor& dy, const Tensor& argmax,
+  void max_pool2d_backward(const Pool2dShape& s, const Tensor& dy, const Tensor& argmax,
                            Tensor& dx) override {
     dispatch_float("max_pool2d backward", dx.dtype(), [&]<class T>() {
-      cuda::max_pool2d_backward(pool_shape(s), ptr<T>(dy), ptr<int32_t>(argmax), ptr<T>(dx),
-                                cuda::stream());
+      cuda::max_pool2d_backward(s, ptr<T>(dy), ptr<int32_t>(argmax), ptr<T>(dx), cuda::stream());
     });
   }
 

@@ -10,16 +10,9 @@
 #include <cstdint>
 
 #include "kernels/cpu/bf16.h"
+#include "kernels/shapes.h"
 
 namespace dl::cpu {
-
-struct Conv2dShape {
-  int64_t n = 1, h = 1, w = 1, c_in = 1, c_out = 1;
-  int64_t kh = 1, kw = 1, stride = 1, pad = 0, groups = 1;
-  int64_t h_out() const { return (h + 2 * pad - kh) / stride + 1; }
-  int64_t w_out() const { return (w + 2 * pad - kw) / stride + 1; }
-  bool depthwise() const { return groups == c_in && c_out == c_in; }
-};
 
 // y[n, ho, wo, c_out] = bias + sum x * weight.  bias may be null.
 void conv2d_forward(const Conv2dShape& s, const float* x, const float* weight, const float* bias,

@@ -61,7 +61,7 @@ __global__ void krsc_to_kcrs_kernel(const T* dw_krsc, int64_t c_in, int64_t kh, 
 // kernel launchers
 
 template <class T>
-void kcrs_to_krsc(const ConvShape& s, const float* w, T* w_krsc, cudaStream_t stream) {
+void kcrs_to_krsc(const Conv2dShape& s, const float* w, T* w_krsc, cudaStream_t stream) {
   const int64_t total = s.c_out * s.c_in * s.kh * s.kw;
   kcrs_to_krsc_kernel<T><<<static_cast<unsigned>(ceil_div(total, kBlock)), kBlock, 0, stream>>>(
       w, s.c_in, s.kh, s.kw, total, w_krsc);
@@ -69,15 +69,16 @@ void kcrs_to_krsc(const ConvShape& s, const float* w, T* w_krsc, cudaStream_t st
 }
 
 template <class T>
-void krsc_to_kcrs(const ConvShape& s, const T* dw_krsc, float* dw, cudaStream_t stream) {
+void krsc_to_kcrs(const Conv2dShape& s, const T* dw_krsc, float* dw, cudaStream_t stream) {
   const int64_t total = s.c_out * s.c_in * s.kh * s.kw;
   krsc_to_kcrs_kernel<T><<<static_cast<unsigned>(ceil_div(total, kBlock)), kBlock, 0, stream>>>(
       dw_krsc, s.c_in, s.kh, s.kw, total, dw);
   DL_CUDA_CHECK_LAUNCH();
 }
 
-void check_shape(const ConvShape& s) {
+void check_shape(const Conv2dShape& s) {
   DL_CUDA_REQUIRE(s.n > 0 && s.h > 0 && s.w > 0 && s.c_in > 0 && s.c_out > 0, "bad conv shape");
+  DL_CUDA_REQUIRE(s.groups == 1, "cuDNN convolution: groups must be 1");
   DL_CUDA_REQUIRE(s.kh > 0 && s.kw > 0 && s.stride > 0 && s.pad >= 0,
                   "bad kernel size, stride or padding");
   DL_CUDA_REQUIRE(s.h + 2 * s.pad >= s.kh && s.w + 2 * s.pad >= s.kw,
@@ -87,7 +88,7 @@ void check_shape(const ConvShape& s) {
       "cuDNN's 4-d descriptors take int sizes: tensors must hold < 2^31 elements");
 }
 
-[[noreturn]] void throw_no_algorithm(const char* op, const ConvShape& s) {
+[[noreturn]] void throw_no_algorithm(const char* op, const Conv2dShape& s) {
   throw std::runtime_error(std::string("cuDNN offers no usable ") + op +
                            " algorithm for the convolution n=" + std::to_string(s.n) +
                            " h=" + std::to_string(s.h) + " w=" + std::to_string(s.w) +
@@ -146,7 +147,7 @@ struct CudnnConv2d::Cache {
   std::map<Key, std::unique_ptr<Plan>> plans;
 
   template <class T>
-  Plan& get(cudnnHandle_t handle, const ConvShape& s, bool allow_tf32) {
+  Plan& get(cudnnHandle_t handle, const Conv2dShape& s, bool allow_tf32) {
     check_shape(s);
     const bool tf32 = allow_tf32 && std::is_same_v<T, float>;
     const Key key{s.n,  s.h,  s.w,      s.c_in, s.c_out,
@@ -158,7 +159,7 @@ struct CudnnConv2d::Cache {
   }
 
   template <class T>
-  static std::unique_ptr<Plan> build(cudnnHandle_t handle, const ConvShape& s, bool tf32) {
+  static std::unique_ptr<Plan> build(cudnnHandle_t handle, const Conv2dShape& s, bool tf32) {
     auto plan = std::make_unique<Plan>();
     const cudnnDataType_t type = cudnn_type<T>();
     const bool fma_only = std::is_same_v<T, float> && !tf32;
@@ -184,7 +185,7 @@ struct CudnnConv2d::Cache {
     DL_CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(plan->fwd, plan->x, plan->w, &dims[0],
                                                          &dims[1], &dims[2], &dims[3]));
     DL_CUDA_REQUIRE(dims[0] == n && dims[1] == c_out && dims[2] == ho && dims[3] == wo,
-                    "cuDNN's output shape differs from ConvShape's");
+                    "cuDNN's output shape differs from Conv2dShape's");
 
     // The math type to run an entry with: its own, or FMA only for exact fp32 (as PyTorch does).
     const auto math = [fma_only](cudnnMathType_t m) { return fma_only ? CUDNN_FMA_MATH : m; };
@@ -258,12 +259,12 @@ CudnnConv2d::CudnnConv2d(cudnnHandle_t handle, bool allow_tf32)
 CudnnConv2d::~CudnnConv2d() = default;
 
 template <class T>
-size_t CudnnConv2d::workspace_bytes(const ConvShape& s) {
+size_t CudnnConv2d::workspace_bytes(const Conv2dShape& s) {
   return cache_->get<T>(handle_, s, allow_tf32_).total_bytes();
 }
 
 template <class T>
-void CudnnConv2d::forward(const ConvShape& s, const T* x, const float* weight, const float* bias,
+void CudnnConv2d::forward(const Conv2dShape& s, const T* x, const float* weight, const float* bias,
                           T* y, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const Cache::Plan& plan = cache_->get<T>(handle_, s, allow_tf32_);
   const auto [w_krsc, scratch] = regions(plan, workspace, workspace_bytes);
@@ -277,7 +278,7 @@ void CudnnConv2d::forward(const ConvShape& s, const T* x, const float* weight, c
 }
 
 template <class T>
-void CudnnConv2d::backward_data(const ConvShape& s, const T* dy, const float* weight, T* dx,
+void CudnnConv2d::backward_data(const Conv2dShape& s, const T* dy, const float* weight, T* dx,
                                 void* workspace, size_t workspace_bytes, cudaStream_t stream) {
   const Cache::Plan& plan = cache_->get<T>(handle_, s, allow_tf32_);
   const auto [w_krsc, scratch] = regions(plan, workspace, workspace_bytes);
@@ -290,7 +291,7 @@ void CudnnConv2d::backward_data(const ConvShape& s, const T* dy, const float* we
 }
 
 template <class T>
-void CudnnConv2d::backward_filter(const ConvShape& s, const T* x, const T* dy, float* dweight,
+void CudnnConv2d::backward_filter(const Conv2dShape& s, const T* x, const T* dy, float* dweight,
                                   float* dbias, void* workspace, size_t workspace_bytes,
                                   cudaStream_t stream) {
   const Cache::Plan& plan = cache_->get<T>(handle_, s, allow_tf32_);
@@ -304,13 +305,13 @@ void CudnnConv2d::backward_filter(const ConvShape& s, const T* x, const T* dy, f
   if (dbias) sum_rows(dy, s.n * s.h_out() * s.w_out(), s.c_out, dbias, scratch, stream);
 }
 
-#define DL_INSTANTIATE_CONV(T)                                                                     \
-  template size_t CudnnConv2d::workspace_bytes<T>(const ConvShape&);                               \
-  template void CudnnConv2d::forward<T>(const ConvShape&, const T*, const float*, const float*,    \
-                                        T*, void*, size_t, cudaStream_t);                          \
-  template void CudnnConv2d::backward_data<T>(const ConvShape&, const T*, const float*, T*, void*, \
-                                              size_t, cudaStream_t);                               \
-  template void CudnnConv2d::backward_filter<T>(const ConvShape&, const T*, const T*, float*,      \
+#define DL_INSTANTIATE_CONV(T)                                                                    \
+  template size_t CudnnConv2d::workspace_bytes<T>(const Conv2dShape&);                            \
+  template void CudnnConv2d::forward<T>(const Conv2dShape&, const T*, const float*, const float*, \
+                                        T*, void*, size_t, cudaStream_t);                         \
+  template void CudnnConv2d::backward_data<T>(const Conv2dShape&, const T*, const float*, T*,     \
+                                              void*, size_t, cudaStream_t);                       \
+  template void CudnnConv2d::backward_filter<T>(const Conv2dShape&, const T*, const T*, float*,   \
                                                 float*, void*, size_t, cudaStream_t);
 DL_INSTANTIATE_CONV(float)
 DL_INSTANTIATE_CONV(__nv_bfloat16)

@@ -28,14 +28,9 @@
 #include <cstdint>
 #include <memory>
 
-namespace dl::cuda {
+#include "kernels/shapes.h"
 
-struct ConvShape {
-  int64_t n = 1, h = 1, w = 1, c_in = 1, c_out = 1;
-  int64_t kh = 1, kw = 1, stride = 1, pad = 0;
-  int64_t h_out() const { return (h + 2 * pad - kh) / stride + 1; }
-  int64_t w_out() const { return (w + 2 * pad - kw) / stride + 1; }
-};
+namespace dl::cuda {
 
 class CudnnConv2d {
  public:
@@ -52,21 +47,21 @@ class CudnnConv2d {
   // Bytes of workspace that each of forward, backward_data and backward_filter needs for shape s
   // (the largest of the three; 256-byte aligned regions inside). Builds and caches the plan.
   template <class T>
-  size_t workspace_bytes(const ConvShape& s);
+  size_t workspace_bytes(const Conv2dShape& s);
 
   // y[n, ho, wo, c_out] = bias + sum x * weight. bias may be null (e.g. fused into a later
   // kernel).
   template <class T>
-  void forward(const ConvShape& s, const T* x, const float* weight, const float* bias, T* y,
+  void forward(const Conv2dShape& s, const T* x, const float* weight, const float* bias, T* y,
                void* workspace, size_t workspace_bytes, cudaStream_t stream);
   // dx[n, h, w, c_in] from dy[n, ho, wo, c_out].
   template <class T>
-  void backward_data(const ConvShape& s, const T* dy, const float* weight, T* dx, void* workspace,
+  void backward_data(const Conv2dShape& s, const T* dy, const float* weight, T* dx, void* workspace,
                      size_t workspace_bytes, cudaStream_t stream);
   // dweight[c_out, c_in, kh, kw] (fp32, KCRS) and, if non-null, dbias[c_out] = sum of dy over
   // n, ho, wo. With bf16 activations cuDNN's dW is bf16 before the conversion to fp32.
   template <class T>
-  void backward_filter(const ConvShape& s, const T* x, const T* dy, float* dweight, float* dbias,
+  void backward_filter(const Conv2dShape& s, const T* x, const T* dy, float* dweight, float* dbias,
                        void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
  private:

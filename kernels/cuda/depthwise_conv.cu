@@ -18,6 +18,12 @@ constexpr int kWeightStride = kChannels + 1;
 // The weight gradient aims at about this many blocks (channel tiles x slots).
 constexpr int64_t kWeightGradBlocks = 1024;
 
+// What the kernels take: n images of h x w pixels and c channels, a k x k kernel (stride 1 and
+// padding k / 2 implied).
+struct DepthwiseDims {
+  int64_t n, h, w, c, k;
+};
+
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) {
   return a < b ? a : b;
 }
@@ -27,7 +33,7 @@ __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) {
 // the last channel. With `vec` (c a multiple of the pack size, src 16-byte aligned) each thread
 // moves 16-byte packs; else one element. Called by every thread of the block.
 template <class T>
-__device__ void load_tile(const T* src, const DepthwiseShape& s, int64_t n, int64_t h0, int64_t w0,
+__device__ void load_tile(const T* src, const DepthwiseDims& s, int64_t n, int64_t h0, int64_t w0,
                           int rows, int cols, int64_t c0, bool vec, float* dst) {
   const int tid = threadIdx.y * blockDim.x + threadIdx.x;
   const int threads = blockDim.x * blockDim.y;
@@ -75,7 +81,7 @@ __device__ void load_tile(const T* src, const DepthwiseShape& s, int64_t n, int6
 // 2 k^2 FLOPs per output.
 template <class T>
 __global__ void __launch_bounds__(kChannels* kTile)
-    dw_forward_kernel(const T* x, const float* weight, const float* bias, DepthwiseShape s,
+    dw_forward_kernel(const T* x, const float* weight, const float* bias, DepthwiseDims s,
                       bool rotate, bool vec, T* y) {
   extern __shared__ float4 smem4[];
   const int k = static_cast<int>(s.k), pad = k / 2, span = kTile + k - 1, taps = k * k;
@@ -133,7 +139,7 @@ __global__ void __launch_bounds__(kChannels* kTile)
 // From DRAM: reads 2 m sizeof(T) bytes (halos re-read from L2); 2 k^2 FLOPs per output element.
 template <class T>
 __global__ void __launch_bounds__(kChannels* kMaxK)
-    dw_weight_partial_kernel(const T* x, const T* dy, DepthwiseShape s, int64_t tiles_per_slot,
+    dw_weight_partial_kernel(const T* x, const T* dy, DepthwiseDims s, int64_t tiles_per_slot,
                              bool vec, float* partials) {
   extern __shared__ float4 smem4[];
   const int k = static_cast<int>(s.k), pad = k / 2, span = kTile + k - 1, taps = k * k;
@@ -207,7 +213,15 @@ __global__ void dw_weight_reduce_kernel(const float* partials, int64_t slots, in
 // ----------------------------------------------------------------------------------------------
 // kernel launchers
 
-void check_shape(const DepthwiseShape& s) {
+// The kernels' sizes for shape s, which must be a depthwise convolution that they take.
+DepthwiseDims dims_of(const Conv2dShape& s) {
+  DL_CUDA_REQUIRE(s.depthwise() && s.kh == s.kw && s.stride == 1 && s.pad == s.kh / 2,
+                  "depthwise conv: needs groups = c_in = c_out, a square kernel, stride 1 and "
+                  "padding kernel / 2");
+  return {s.n, s.h, s.w, s.c_in, s.kh};
+}
+
+void check_shape(const DepthwiseDims& s) {
   DL_CUDA_REQUIRE(s.k >= 3 && s.k <= kMaxK && s.k % 2 == 1,
                   "depthwise conv: kernel size must be 3, 5, 7 or 9, got " + std::to_string(s.k));
   DL_CUDA_REQUIRE(s.n >= 1 && s.h >= 1 && s.w >= 1 && s.c >= 1, "depthwise conv: empty shape");
@@ -217,7 +231,7 @@ void check_shape(const DepthwiseShape& s) {
 
 // 16-byte loads of `p`: every pixel's channel vector starts on a 16-byte boundary.
 template <class T>
-bool vectorisable(const DepthwiseShape& s, const T* p) {
+bool vectorisable(const DepthwiseDims& s, const T* p) {
   return s.c % Pack16<T>::size == 0 && aligned16(p);
 }
 
@@ -227,7 +241,7 @@ struct SlotSplit {
 };
 
 // Depends only on the shape, so the summation order is the same on every GPU.
-SlotSplit split_slots(const DepthwiseShape& s) {
+SlotSplit split_slots(const DepthwiseDims& s) {
   const int64_t tiles = s.n * ceil_div(s.h, kTile) * ceil_div(s.w, kTile);
   const int64_t channel_tiles = ceil_div(s.c, kChannels);
   int64_t wanted = kWeightGradBlocks / channel_tiles;
@@ -237,7 +251,7 @@ SlotSplit split_slots(const DepthwiseShape& s) {
 }
 
 template <class T>
-void forward_impl(const DepthwiseShape& s, const T* x, const float* weight, const float* bias,
+void forward_impl(const DepthwiseDims& s, const T* x, const float* weight, const float* bias,
                   bool rotate, T* y, cudaStream_t stream) {
   check_shape(s);
   DL_CUDA_REQUIRE(x && weight && y, "depthwise conv: null tensor argument");
@@ -254,28 +268,30 @@ void forward_impl(const DepthwiseShape& s, const T* x, const float* weight, cons
 }  // namespace
 
 template <class T>
-void depthwise_conv_forward(const DepthwiseShape& s, const T* x, const float* weight,
+void depthwise_conv_forward(const Conv2dShape& s, const T* x, const float* weight,
                             const float* bias, T* y, cudaStream_t stream) {
-  forward_impl(s, x, weight, bias, false, y, stream);
+  forward_impl(dims_of(s), x, weight, bias, false, y, stream);
 }
 
 template <class T>
-void depthwise_conv_backward_data(const DepthwiseShape& s, const T* dy, const float* weight, T* dx,
+void depthwise_conv_backward_data(const Conv2dShape& s, const T* dy, const float* weight, T* dx,
                                   cudaStream_t stream) {
   // Stride 1 and same padding with odd k: the transposed convolution is the forward one with
   // the taps rotated by 180 degrees.
-  forward_impl(s, dy, weight, nullptr, true, dx, stream);
+  forward_impl(dims_of(s), dy, weight, nullptr, true, dx, stream);
 }
 
-size_t depthwise_conv_backward_weight_workspace_bytes(const DepthwiseShape& s) {
+size_t depthwise_conv_backward_weight_workspace_bytes(const Conv2dShape& shape) {
+  const DepthwiseDims s = dims_of(shape);
   check_shape(s);
   return static_cast<size_t>(split_slots(s).slots * (s.k * s.k + 1) * s.c) * sizeof(float);
 }
 
 template <class T>
-void depthwise_conv_backward_weight(const DepthwiseShape& s, const T* x, const T* dy,
+void depthwise_conv_backward_weight(const Conv2dShape& shape, const T* x, const T* dy,
                                     float* dweight, float* dbias, void* workspace,
                                     cudaStream_t stream) {
+  const DepthwiseDims s = dims_of(shape);
   check_shape(s);
   DL_CUDA_REQUIRE(x && dy && dweight && workspace, "depthwise conv: null tensor argument");
   DL_CUDA_REQUIRE(aligned16(workspace), "depthwise conv: workspace must be 16-byte aligned");
@@ -295,13 +311,13 @@ void depthwise_conv_backward_weight(const DepthwiseShape& s, const T* x, const T
   DL_CUDA_CHECK_LAUNCH();
 }
 
-#define DL_INSTANTIATE_DEPTHWISE(T)                                                                \
-  template void depthwise_conv_forward<T>(const DepthwiseShape&, const T*, const float*,           \
-                                          const float*, T*, cudaStream_t);                         \
-  template void depthwise_conv_backward_data<T>(const DepthwiseShape&, const T*, const float*, T*, \
-                                                cudaStream_t);                                     \
-  template void depthwise_conv_backward_weight<T>(const DepthwiseShape&, const T*, const T*,       \
-                                                  float*, float*, void*, cudaStream_t);
+#define DL_INSTANTIATE_DEPTHWISE(T)                                                               \
+  template void depthwise_conv_forward<T>(const Conv2dShape&, const T*, const float*,             \
+                                          const float*, T*, cudaStream_t);                        \
+  template void depthwise_conv_backward_data<T>(const Conv2dShape&, const T*, const float*, T*,   \
+                                                cudaStream_t);                                    \
+  template void depthwise_conv_backward_weight<T>(const Conv2dShape&, const T*, const T*, float*, \
+                                                  float*, void*, cudaStream_t);
 DL_INSTANTIATE_DEPTHWISE(float)
 DL_INSTANTIATE_DEPTHWISE(__nv_bfloat16)
 #undef DL_INSTANTIATE_DEPTHWISE

@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "kernels/shapes.h"
+
 namespace dl::cuda {
 
 // y[b, j] = mean over the hw pixels p of x[b, p, j], accumulated in fp32 in a fixed order (the CPU
@@ -19,12 +21,6 @@ void global_avg_pool_forward(const T* x, int64_t n, int64_t hw, int64_t c, T* y,
 template <class T>
 void global_avg_pool_backward(const T* dy, int64_t n, int64_t hw, int64_t c, T* dx,
                               cudaStream_t stream);
-
-struct Pool2dShape {
-  int64_t n = 1, h = 1, w = 1, c = 1, k = 2, stride = 2, pad = 0;
-  int64_t h_out() const { return (h + 2 * pad - k) / stride + 1; }
-  int64_t w_out() const { return (w + 2 * pad - k) / stride + 1; }
-};
 
 // y[b, oh, ow, j] = max over the k x k window (padding never wins; a NaN propagates, the last NaN
 // of the window is the argmax); argmax = the input pixel ih * w + iw within its image of the
