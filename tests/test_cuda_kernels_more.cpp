@@ -396,6 +396,30 @@ TEMPLATE_TEST_CASE("CUDA mul, scale_by, fill_with and ReLU are bit-identical to 
     for (size_t offset : {0, 1}) check_more_map_ops<TestType>(n, offset, rng);
 }
 
+TEST_CASE("CUDA clip_scale scales by a coefficient below 1 and leaves every bit alone at 1",
+          "[cuda][elementwise]") {
+  Rng rng(fresh_seed());
+  const auto stream = dl::cuda::stream();
+  for (int64_t n : {1, 9, 4099}) {
+    INFO("n = " << n);
+    std::vector<float> x = rng.normal(static_cast<size_t>(n));
+    uint32_t payload_nan_bits = 0x7fa00001u;  // a NaN with a payload, not the canonical one
+    std::memcpy(&x[static_cast<size_t>(n) / 2], &payload_nan_bits, sizeof(float));
+    for (const float coefficient : {1.0f, 0.375f}) {
+      INFO("coefficient " << coefficient);
+      DeviceArray<float> d_x(x), d_coefficient(std::vector<float>{coefficient});
+      dl::cuda::clip_scale(d_x.get(), d_coefficient.get(), n, stream);
+      const std::vector<float> got = d_x.download();
+      if (coefficient == 1.0f) {
+        CHECK(std::memcmp(got.data(), x.data(), x.size() * sizeof(float)) == 0);
+      } else {
+        for (size_t i = 0; i < x.size(); ++i)
+          if (!std::isnan(x[i])) CHECK(got[i] == x[i] * coefficient);
+      }
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("CUDA transpose_batched moves every element unchanged", "[cuda][elementwise]",
                    float, Bf16) {
   const uint64_t seed = fresh_seed();

@@ -324,8 +324,7 @@ class CudaOps final : public DeviceOps {
     cuda::clip_coefficient(squares.as<double>(), static_cast<int64_t>(grads.size()), max_norm,
                            ptr<float>(total_norm), coefficient.as<float>(), cuda::stream());
     for (const Tensor& g : grads)
-      cuda::scale_by(ptr<float>(g), coefficient.as<float>(), ptr<float>(g), g.numel(),
-                     cuda::stream());
+      cuda::clip_scale(ptr<float>(g), coefficient.as<float>(), g.numel(), cuda::stream());
   }
   void transpose_batched(const Tensor& in, int64_t batch, int64_t rows, int64_t cols,
                          Tensor& out) override {

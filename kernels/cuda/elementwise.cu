@@ -8,7 +8,8 @@ namespace dl::cuda {
 
 namespace {
 
-enum class Op { add, mul, scale, axpy, fill, relu, relu_backward };
+// clip_scale: scale, but a factor of exactly 1 writes nothing (see clip_scale in the header).
+enum class Op { add, mul, scale, clip_scale, axpy, fill, relu, relu_backward };
 
 // The value an Op writes, from a[i], b[i] (when the Op reads them) and alpha.
 template <Op op>
@@ -17,7 +18,7 @@ __device__ __forceinline__ float apply(float a, float b, float alpha) {
     return a + b;
   } else if constexpr (op == Op::mul) {
     return a * b;
-  } else if constexpr (op == Op::scale) {
+  } else if constexpr (op == Op::scale || op == Op::clip_scale) {
     return alpha * a;
   } else if constexpr (op == Op::axpy) {
     return fmaf(alpha, a, b);
@@ -100,6 +101,8 @@ __global__ void map_kernel(const T* a, const T* b, T* out, float alpha_value,
                            const float* alpha_ptr, int64_t n, bool vec) {
   using P = Pack16<T>;
   const float alpha = alpha_ptr != nullptr ? *alpha_ptr : alpha_value;
+  if constexpr (op == Op::clip_scale)
+    if (alpha == 1.0f) return;
   const int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t packs = vec ? n / P::size : 0;
   if (t < packs) {
@@ -434,6 +437,11 @@ void clip_coefficient(const double* squares, int64_t count, double max_norm, flo
                       float* coefficient, cudaStream_t stream) {
   clip_coefficient_kernel<<<1, 1, 0, stream>>>(squares, count, max_norm, total_norm, coefficient);
   DL_CUDA_CHECK_LAUNCH();
+}
+
+void clip_scale(float* x, const float* coefficient, int64_t n, cudaStream_t stream) {
+  DL_CUDA_REQUIRE(coefficient != nullptr || n == 0, "coefficient is null");
+  launch_map<float, Op::clip_scale>(x, nullptr, x, 0.0f, coefficient, n, stream);
 }
 
 #define DL_INSTANTIATE_ELEMENTWISE(T)                                                        \

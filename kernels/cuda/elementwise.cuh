@@ -80,8 +80,12 @@ void squared_norm(const float* x, int64_t n, double* out, void* workspace, cudaS
 // Gradient clipping's scalars (torch.nn.utils.clip_grad_norm_), in one thread: total = sqrt of
 // the sum of squares[0..count) added in order in fp64; *total_norm = total rounded to fp32;
 // *coefficient = max_norm / (total + 1e-6) rounded to fp32 when that is below 1 and total is
-// finite, else 1 (scaling by 1 changes nothing). Reads count doubles, writes 8 bytes.
+// finite, else 1. Reads count doubles, writes 8 bytes.
 void clip_coefficient(const double* squares, int64_t count, double max_norm, float* total_norm,
                       float* coefficient, cudaStream_t stream);
+// x[i] *= coefficient[0] over n fp32 elements, unless coefficient[0] is exactly 1: then nothing
+// is read or written (as the CPU, which does not scale then; a GPU multiply would also replace a
+// NaN's payload by the canonical NaN). Moves 8 n bytes when it scales, none otherwise.
+void clip_scale(float* x, const float* coefficient, int64_t n, cudaStream_t stream);
 
 }  // namespace dl::cuda
