@@ -4,8 +4,16 @@
 // (engine/cuda/registry.h). Asking for a device with none throws one error that says why and what
 // to do.
 #pragma once
+#include <string>
+
 #include "engine/dtype.h"
 #include "engine/error.h"
+
+#ifdef DL_HAVE_CUDA
+namespace dl::cuda {
+std::string absence_reason();  // engine/cuda/cuda_backend.h
+}
+#endif
 
 namespace dl {
 
@@ -21,9 +29,8 @@ class DeviceRegistry {
   Interface& get(Device device) const {
     Interface* impl = slots_[static_cast<int>(device.kind)];
 #ifdef DL_HAVE_CUDA
-    DL_CHECK(impl != nullptr, "device ", device.str(),
-             " is not available: no GPU was found (the CUDA driver reports none); use the CPU "
-             "device");
+    DL_CHECK(impl != nullptr, "device ", device.str(), " is not available: no usable GPU (",
+             cuda::absence_reason(), "); use the CPU device");
 #else
     DL_CHECK(impl != nullptr, "device ", device.str(),
              " is not available: this build has no CUDA path (configure on a machine with nvcc); "

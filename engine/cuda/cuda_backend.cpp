@@ -213,12 +213,17 @@ DeviceBackend* backend_if_available() {
 }
 
 bool device_present() {
+  return absence_reason().empty();
+}
+
+std::string absence_reason() {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status != cudaSuccess) {
     cudaGetLastError();  // clear the error: "no device" is an answer here, not a failure
-    return false;
+    return cudaGetErrorString(status);
   }
-  return count > 0;
+  return count > 0 ? "" : "the CUDA driver reports no GPU";
 }
 
 cudaStream_t stream() {

@@ -13,6 +13,7 @@
 #include <cudnn.h>
 
 #include <cstddef>
+#include <string>
 
 namespace dl::cuda {
 
@@ -29,6 +30,9 @@ bool available();
 // Whether the machine has a CUDA device (cudaGetDeviceCount > 0). Loads the driver but creates no
 // context; never throws. The registries get the CUDA DeviceBackend and DeviceOps when it holds.
 bool device_present();
+// Why device_present() is false, in words (the CUDA runtime's message, or "the CUDA driver reports
+// no GPU"); empty when a GPU is present. Never throws.
+std::string absence_reason();
 
 // The stream that every kernel, copy and library call of the engine is queued on.
 cudaStream_t stream();
