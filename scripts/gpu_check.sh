@@ -5,15 +5,15 @@
 # PyTorch, train the recipe with both when DATA names CIFAR-10, and print a short summary last.
 # SKIP_SANITIZER=1, SKIP_KERNEL_BENCH=1 and SKIP_STEP_BENCH=1 leave those parts out.
 #
-# On this workplace's lent GPU (a bare image: no Catch2, stb, oneDNN or system cuDNN), from the
-# repository root with .carry/ holding the Debian packages (catch2 libstb-dev libstb0 libdnnl-dev
-# libdnnl2 ocl-icd-libopencl1 zlib1g-dev libjpeg62-turbo-dev libjpeg62-turbo, from
-# `apt-get download`) and cifar10-jpeg.tar.gz:
+# On this workplace's lent GPU (a bare image: no Catch2, stb, oneDNN, MPI or system cuDNN and
+# NCCL): scripts/gpu_carry.sh here fills .carry/ with the Debian packages and the CIFAR-10 archive;
+# then the device tool runs, with carry [".carry"], from the repository root:
 #   mkdir -p /tmp/deps /tmp/data && for f in .carry/*.deb; do dpkg -x $f /tmp/deps; done
 #   tar xzf .carry/cifar10-jpeg.tar.gz -C /tmp/data
-#   DEPS_PREFIX=/tmp/deps DATA=/tmp/data/cifar10 EPOCHS=25 OUT=/tmp/gc scripts/gpu_check.sh
+#   SKIP_SANITIZER=1 DEPS_PREFIX=/tmp/deps DATA=/tmp/data/cifar10 OUT=$OUT/gc scripts/gpu_check.sh
 # Logs go to $OUT (default gpu_check_out/). DEPS_PREFIX names a prefix of unpacked packages for
-# CMake; without a system cuDNN, the one PyTorch's wheels ship is used. Seen on an H100: build
+# CMake (and OpenMPI, when it holds one: the distributed tests run with it); without a system
+# cuDNN or NCCL, the ones PyTorch's wheels ship are used. Seen on an H100: build
 # about 1 min, tests 0.5 min, 25 epochs 1.5 min (engine) and 2.5 min (PyTorch), bench_kernels
 # 1 min; with everything on, a 10-minute call may be too short: split it (e.g. SKIP_SANITIZER=1
 # in one call, SKIP_STEP_BENCH=1 SKIP_KERNEL_BENCH=1 without DATA in the next).
@@ -51,6 +51,30 @@ if [[ -n ${DEPS_PREFIX:-} ]]; then
   export LD_LIBRARY_PATH="$DEPS_PREFIX$multiarch${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   # Multiarch headers (libjpeg's jconfig.h) beside the plain ones.
   export CPATH="$DEPS_PREFIX/usr/include/x86_64-linux-gnu${CPATH:+:$CPATH}"
+  # OpenMPI unpacked there: its programs, libraries, plugins and help files are found through
+  # OPAL_PREFIX (PMIx's and hwloc's through their own variables).
+  mpi=$DEPS_PREFIX/usr
+  if [[ -x $mpi/bin/mpirun.openmpi ]]; then
+    export OPAL_PREFIX=$mpi PATH="$mpi/bin:$PATH"
+    export LD_LIBRARY_PATH="$mpi/lib/x86_64-linux-gnu/openmpi/lib:$LD_LIBRARY_PATH"
+    export PMIX_INSTALL_PREFIX=$mpi/lib/x86_64-linux-gnu/pmix2
+    export PMIX_MCA_mca_base_component_path=$PMIX_INSTALL_PREFIX/lib/pmix
+    export HWLOC_PLUGINS_PATH=$mpi/lib/x86_64-linux-gnu/hwloc
+    cmake_args+=(-DMPI_CXX_COMPILER="$mpi/bin/mpicxx.openmpi"
+                 -DMPIEXEC_EXECUTABLE="$mpi/bin/mpirun.openmpi")
+  fi
+fi
+# NCCL: the system's if it has one, else the one PyTorch's wheels ship (nvidia-nccl-*).
+if ! ls /usr/include/nccl.h /usr/local/cuda/include/nccl.h >/dev/null 2>&1; then
+  nccl_h=$(python3 -c 'import glob, os, nvidia
+print(next((h for p in nvidia.__path__
+            for h in glob.glob(os.path.join(p, "**", "include", "nccl.h"), recursive=True)), ""))' \
+    2>/dev/null)
+  if [[ -n $nccl_h ]]; then
+    nccl_lib=$(ls "$(dirname "$(dirname "$nccl_h")")"/lib/libnccl.so* 2>/dev/null | head -1)
+    cmake_args+=(-DNCCL_INCLUDE_DIR="$(dirname "$nccl_h")" -DNCCL_LIBRARY="$nccl_lib")
+    export LD_LIBRARY_PATH="$(dirname "$nccl_lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  fi
 fi
 # cuDNN: the system's if it has one, else the one PyTorch's wheels ship (nvidia-cudnn-*).
 if ! ls /usr/include/cudnn.h /usr/include/*/cudnn.h /usr/local/cuda/include/cudnn.h >/dev/null 2>&1; then
@@ -129,7 +153,8 @@ PY
 [[ -n ${DATA:-} ]] && step predict-parity predict_parity
 step tests ctest --test-dir "$build" --output-on-failure -j 8
 # The CUDA tests must have run, not skipped.
-cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_trainer test_cuda_augment)
+cuda_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_trainer test_cuda_augment
+            test_distributed_cuda)
 # Under the sanitizers: the kernel and op tests (the trainer test's thousands of launches would take
 # longer than the sanitizer's timeout, and it runs the same kernels).
 sanitized_tests=(test_cuda_kernels test_cuda_kernels_more test_cuda_ops test_cuda_augment)
@@ -161,6 +186,12 @@ if [[ ${SKIP_KERNEL_BENCH:-0} != 1 && -x $build/examples/bench_kernels ]]; then
 fi
 # Augmentation on the GPU (issue 16's bar: 200k images/s at 32x32, RandAugment N 2 M 12).
 step bench-augment "$build/tests/test_cuda_augment" "[.bench]"
+# Issue 14's bar: a step with the NCCL gradient sum within 2% of one without (one rank).
+if [[ -x $build/tests/test_distributed_cuda ]]; then
+  mpiexec=$(sed -n 's/^MPIEXEC_EXECUTABLE:FILEPATH=//p' "$build/CMakeCache.txt")
+  step bench-nccl env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    "$mpiexec" -np 1 "$build/tests/test_distributed_cuda" "[.bench]"
+fi
 if [[ ${SKIP_STEP_BENCH:-0} != 1 ]]; then
   step bench-step scripts/bench_gpu.sh "$build"
   # Where a step's time goes, op by op (each op synchronized: see engine/profile.h).
