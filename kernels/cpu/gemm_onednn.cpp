@@ -28,6 +28,14 @@ constexpr int64_t kRowsPerTask = 64;
 // Row blocks from which B is packed once per call. With few blocks the one reorder costs more
 // than the copies it saves (backward-weight's 4 blocks of a 16 MB B: measured).
 constexpr int64_t kMinTasksToPackB = 16;
+// A bf16 GEMM with fewer row blocks than that and K of at least two chunks (a weight gradient: C
+// is [c_out, c_in], K the batch's pixels) splits K instead: chunks of about kChunkK (at most
+// kMaxChunks), each a matmul over all of C's rows into its own f32 partial, and the partials are
+// summed in chunk order. Each block of rows would otherwise reorder all of B into the bf16 dot
+// products' pair-interleaved layout; each chunk reorders its share once. (In f32 oneDNN reads B
+// as stored and the split measured no faster.) The split depends on K alone.
+constexpr int64_t kChunkK = 2048;
+constexpr int64_t kMaxChunks = 64;
 
 struct MatmulKey {
   bool trans_a, trans_b, bias, bf16_in, bf16_out, packed_b;
@@ -104,18 +112,99 @@ const Matmul& matmul_for(const MatmulKey& key) {
 }
 
 // The calling thread's buffers, kept from call to call so that a training step's GEMMs allocate
-// nothing once each shape has run: each OpenMP thread's scratch, and B packed (for the full blocks
-// and, when its layout differs, for the last).
+// nothing once each shape has run: each OpenMP thread's scratch, B packed (for the full blocks
+// and, when its layout differs, for the last), and the partial products of a K split.
 struct Buffers {
   std::vector<std::vector<char>> scratch;
-  std::vector<char> packed_full, packed_last;
+  std::vector<char> packed_full, packed_last, partials;
 };
+
+Buffers& thread_buffers() {
+  thread_local Buffers buffers;
+  return buffers;
+}
 
 // `buffer` grown (never shrunk) to hold `bytes` from a 64-byte boundary, which it returns.
 void* aligned_room(std::vector<char>& buffer, size_t bytes) {
   if (buffer.size() < bytes + 64) buffer.resize(bytes + 64);
   const auto start = reinterpret_cast<uintptr_t>(buffer.data());
   return reinterpret_cast<void*>((start + 63) & ~uintptr_t{63});
+}
+
+// Each OpenMP thread's scratch memory, large enough for both matmuls, sized before the parallel
+// loop so that nothing inside it allocates.
+std::vector<std::vector<char>>& thread_scratch(Buffers& buffers, const Matmul& full,
+                                               const Matmul& last) {
+  buffers.scratch.resize(static_cast<size_t>(omp_get_max_threads()));
+  const size_t bytes = std::max(full.scratchpad.get_size(), last.scratchpad.get_size());
+  for (std::vector<char>& s : buffers.scratch)
+    if (s.size() < bytes) s.resize(bytes);
+  return buffers.scratch;
+}
+
+// Runs run(t) for t in [0, tasks) on the OpenMP threads. An exception there (oneDNN's) is carried
+// out of the loop and rethrown, not left to end the process.
+template <class F>
+void for_each_task(int64_t tasks, const F& run) {
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t t = 0; t < tasks; ++t) {
+    try {
+      run(t);
+    } catch (...) {
+      std::lock_guard lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
+// One single-threaded matmul: C = A B with the given operands' handles.
+void execute(const Matmul& mm, const void* a, const void* b, const float* bias, void* c,
+             void* scratch) {
+  // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
+  dnnl::stream stream(cpu_engine());
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), const_cast<void*>(a))},
+      {DNNL_ARG_WEIGHTS, dnnl::memory(mm.b, cpu_engine(), const_cast<void*>(b))},
+      {DNNL_ARG_DST, dnnl::memory(mm.c, cpu_engine(), c)},
+      {DNNL_ARG_SCRATCHPAD, dnnl::memory(mm.scratchpad, cpu_engine(), scratch)}};
+  if (bias)
+    args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.bias, cpu_engine(), const_cast<float*>(bias)));
+  mm.primitive.execute(stream, args);
+  stream.wait();
+}
+
+// C = bias + op(A) op(B) with K split into `chunks` (see kChunkK): chunk q covers K from q * step
+// on, each into its own m x n f32 partial; C[i][j] = bias[j] + the partials' sum in chunk order.
+template <class In, class C>
+void gemm_k_chunks(int64_t chunks, bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k,
+                   const In* a, int64_t lda, const In* b, int64_t ldb, const float* bias, C* c,
+                   int64_t ldc) {
+  constexpr bool bf16_in = std::is_same_v<In, bf16>;
+  const int64_t step = (k + chunks - 1) / chunks, tail = k - (chunks - 1) * step;
+  const Matmul& full =
+      matmul_for({trans_a, trans_b, false, bf16_in, false, false, m, n, step, lda, ldb, n});
+  const Matmul& last =
+      matmul_for({trans_a, trans_b, false, bf16_in, false, false, m, n, tail, lda, ldb, n});
+  Buffers& buffers = thread_buffers();
+  std::vector<std::vector<char>>& scratch = thread_scratch(buffers, full, last);
+  auto* partials = static_cast<float*>(
+      aligned_room(buffers.partials, static_cast<size_t>(chunks * m * n) * sizeof(float)));
+  for_each_task(chunks, [&](int64_t q) {
+    const int64_t k0 = q * step;
+    execute(q + 1 == chunks ? last : full, trans_a ? a + k0 * lda : a + k0,
+            trans_b ? b + k0 : b + k0 * ldb, nullptr, partials + q * m * n,
+            scratch[omp_get_thread_num()].data());
+  });
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = partials[i * n + j];
+      for (int64_t q = 1; q < chunks; ++q) sum += partials[(q * m + i) * n + j];
+      store(c + i * ldc + j, bias ? sum + bias[j] : sum);
+    }
 }
 
 template <class In, class C>
@@ -130,14 +219,17 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   }
   constexpr bool bf16_in = std::is_same_v<In, bf16>, bf16_out = std::is_same_v<C, bf16>;
   const int64_t tasks = (m + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t chunks = std::min((k + kChunkK - 1) / kChunkK, kMaxChunks);
+  if (bf16_in && tasks < kMinTasksToPackB && chunks >= 2)
+    return gemm_k_chunks(chunks, trans_a, trans_b, m, n, k, a, lda, b, ldb, bias, c, ldc);
   const int64_t tail = m - (tasks - 1) * kRowsPerTask;
   const bool has_bias = bias != nullptr, pack_b = tasks >= kMinTasksToPackB;
   const Matmul& full = matmul_for({trans_a, trans_b, has_bias, bf16_in, bf16_out, pack_b,
                                    std::min(m, kRowsPerTask), n, k, lda, ldb, ldc});
   const Matmul& last = matmul_for(
       {trans_a, trans_b, has_bias, bf16_in, bf16_out, pack_b, tail, n, k, lda, ldb, ldc});
-  // oneDNN's memory objects take non-const handles; it only reads A, B and the bias.
-  thread_local Buffers buffers;
+  Buffers& buffers = thread_buffers();
+  // oneDNN's memory objects take non-const handles; it only reads B.
   dnnl::memory stored_b(full.stored_b, cpu_engine(), const_cast<In*>(b));
   const auto b_for = [&](const Matmul& mm, std::vector<char>& buffer) {
     if (!pack_b) return stored_b;
@@ -149,39 +241,14 @@ void gemm_blocks(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, co
   };
   const dnnl::memory full_b = b_for(full, buffers.packed_full);
   const dnnl::memory last_b = last.b == full.b ? full_b : b_for(last, buffers.packed_last);
-  void* bias_handle = const_cast<float*>(bias);
-  // One scratch buffer per thread, sized here: nothing inside the parallel loop allocates, and an
-  // exception there (oneDNN's) is carried out of it and rethrown, not left to end the process.
-  std::vector<std::vector<char>>& scratch = buffers.scratch;
-  scratch.resize(static_cast<size_t>(omp_get_max_threads()));
-  const size_t scratch_bytes = std::max(full.scratchpad.get_size(), last.scratchpad.get_size());
-  for (std::vector<char>& s : scratch)
-    if (s.size() < scratch_bytes) s.resize(scratch_bytes);
-  std::exception_ptr failure;
-  std::mutex failure_mutex;
-#pragma omp parallel for schedule(dynamic)
-  for (int64_t t = 0; t < tasks; ++t) {
-    try {
-      const Matmul& mm = t + 1 == tasks ? last : full;
-      const int64_t row = t * kRowsPerTask;
-      void* a_block = const_cast<In*>(trans_a ? a + row : a + row * lda);
-      void* b_handle = (t + 1 == tasks ? last_b : full_b).get_data_handle();
-      dnnl::stream stream(cpu_engine());
-      std::unordered_map<int, dnnl::memory> args{
-          {DNNL_ARG_SRC, dnnl::memory(mm.a, cpu_engine(), a_block)},
-          {DNNL_ARG_WEIGHTS, dnnl::memory(mm.b, cpu_engine(), b_handle)},
-          {DNNL_ARG_DST, dnnl::memory(mm.c, cpu_engine(), c + row * ldc)},
-          {DNNL_ARG_SCRATCHPAD,
-           dnnl::memory(mm.scratchpad, cpu_engine(), scratch[omp_get_thread_num()].data())}};
-      if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(mm.bias, cpu_engine(), bias_handle));
-      mm.primitive.execute(stream, args);
-      stream.wait();
-    } catch (...) {
-      std::lock_guard lock(failure_mutex);
-      if (!failure) failure = std::current_exception();
-    }
-  }
-  if (failure) std::rethrow_exception(failure);
+  std::vector<std::vector<char>>& scratch = thread_scratch(buffers, full, last);
+  for_each_task(tasks, [&](int64_t t) {
+    const bool is_last = t + 1 == tasks;
+    const int64_t row = t * kRowsPerTask;
+    execute(is_last ? last : full, trans_a ? a + row : a + row * lda,
+            (is_last ? last_b : full_b).get_data_handle(), bias, c + row * ldc,
+            scratch[omp_get_thread_num()].data());
+  });
 }
 
 }  // namespace
