@@ -131,10 +131,6 @@ void for_each_strided_offset(const Tensor& t, F&& f) {
   }
 }
 
-}  // namespace
-
-namespace {
-
 std::atomic<bool> g_fill_uninitialized_memory{false};
 
 // NaN for the floating types, the largest value for the integer ones.

@@ -109,8 +109,9 @@ inline void require_close(const Tensor& actual, const Tensor& expected, double r
   require_close(actual.to_vector(), std::vector<double>(e.begin(), e.end()), rtol, atol, what);
 }
 
-// max |got - want| / max |want| over two tensors of one shape (got converted to f32 where it is
-// bf16 on the CPU); infinity when got has a value that is not finite.
+// max |got - want| / max |want| over the finite values of two tensors of one shape (got converted
+// to f32 where it is bf16 on the CPU); infinity where got is not finite and want is, or where want
+// is NaN or an infinity and got is not the same.
 inline double max_rel_error(const Tensor& got, const Tensor& want) {
   REQUIRE(got.shape() == want.shape());
   const std::vector<float> g =
@@ -118,6 +119,10 @@ inline double max_rel_error(const Tensor& got, const Tensor& want) {
   const std::vector<float> w = want.to_vector();
   double err = 0, scale = 0;
   for (size_t i = 0; i < w.size(); ++i) {
+    if (!std::isfinite(w[i])) {  // only the same NaN or infinity matches
+      if (!(std::isnan(w[i]) ? std::isnan(g[i]) : g[i] == w[i])) return INFINITY;
+      continue;
+    }
     if (!std::isfinite(g[i])) return INFINITY;
     err = std::max(err, std::abs(double(g[i]) - w[i]));
     scale = std::max(scale, std::abs(double(w[i])));

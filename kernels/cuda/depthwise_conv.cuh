@@ -3,7 +3,7 @@
 // groups == c_in == c_out. Weights keep PyTorch's layout [c, 1, k, k] and, with the bias and both
 // weight gradients, stay fp32 (the master weights); T (activations) is float or __nv_bfloat16,
 // accumulated in fp32. Gradient rule: outputs are overwritten (=). Each function takes such a
-// shape (Conv2dShape::depthwise_same) and throws std::runtime_error for any other.
+// shape (Conv2dShape::depthwise_same) and throws std::invalid_argument for any other.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
