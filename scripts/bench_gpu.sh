@@ -12,7 +12,7 @@
 # cudnn.benchmark on, its fastest eager setting for fixed shapes, ~13% faster in fp32 on an H100;
 # 0: PyTorch's own default, off), PART_TIMEOUT (seconds per run, default 600).
 # A part that fails (no build, no PyTorch, torch.compile unavailable...) is reported and the
-# rest still runs; its cells in the table show '-'.
+# rest still runs; its cells in the table show '-', and the script exits with 1.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -57,8 +57,12 @@ run_part() {
   part_out=$(timeout "$part_timeout" "$@" 2>&1)
   part_rc=$?
   sed 's/^/    /' <<<"$part_out" | tail -n 20
-  ((part_rc == 0)) || echo "    ($label failed, exit status $part_rc)"
+  if ((part_rc != 0)); then
+    echo "    ($label failed, exit status $part_rc)"
+    failed_parts=$((failed_parts + 1))
+  fi
 }
+failed_parts=0
 # ratio A B: A / B to two decimals, or '-' when either is missing.
 ratio() {
   if [[ -n $1 && -n $2 ]]; then awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'
@@ -104,3 +108,4 @@ printf '%-9s %10s %8s %8s | %10s %8s %8s | %10s | %7s %7s\n' "precision" "ours" 
 printf '%-9s %10s %8s %8s | %10s %8s %8s | %10s | %7s %7s\n' "" "img/s" "ms" "MB" \
   "img/s" "ms" "MB" "img/s" "eager" "compile"
 printf '%s\n' "${rows[@]}"
+((failed_parts == 0))
