@@ -134,6 +134,8 @@ TEST_CASE("every op of the table: gradients match finite differences on the CPU"
 
 TEST_CASE("fill_uninitialized_memory: new tensors start as NaN or the largest integer",
           "[tensor][table]") {
+  const bool before = dl::fill_uninitialized_memory();  // on in every test binary (main.cpp)
+  dl::set_fill_uninitialized_memory(false);
   {
     dl::test::PoisonNewTensors poison;
     for (const float v : Tensor::empty({5}).to_vector()) CHECK(std::isnan(v));
@@ -146,7 +148,8 @@ TEST_CASE("fill_uninitialized_memory: new tensors start as NaN or the largest in
     CHECK(Tensor::empty({1}, dl::DType::u8).data<uint8_t>()[0] == 255);
     CHECK(Tensor::zeros({4}).to_vector() == std::vector<float>(4, 0.0f));
   }
-  CHECK_FALSE(dl::fill_uninitialized_memory());
+  CHECK_FALSE(dl::fill_uninitialized_memory());  // the guard restores what it found
+  dl::set_fill_uninitialized_memory(before);
 }
 
 }  // namespace
