@@ -8,9 +8,9 @@
 // kernel wrote fails the comparison. The upstream gradient is random, so backward checks every
 // input's gradient with generic values.
 #pragma once
-#include <algorithm>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/ops.h"

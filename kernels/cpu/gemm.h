@@ -1,7 +1,8 @@
 // Row-major GEMMs on oneDNN: C = op(A) * op(B), plus bias[j] on every row when bias is not null.
 // op(A) is M x K, op(B) is K x N, C is M x N; lda/ldb/ldc are row strides of the stored matrices.
 // A and B are f32 (C f32), or bf16 with f32 accumulation (C f32, or bf16 rounded once). C is split
-// into fixed row blocks, so results never depend on the thread count.
+// into fixed row blocks (a bf16 GEMM of few rows and a long K: K into fixed chunks whose partial
+// products are summed in order), so results never depend on the thread count.
 #pragma once
 #include <cstdint>
 

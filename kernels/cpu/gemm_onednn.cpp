@@ -1,6 +1,7 @@
 // The CPU's GEMMs on oneDNN's matmul (its brgemm kernels: AVX-512 FMAs in f32; AVX512-BF16 dot
 // products or AMX tiles in bf16), in fixed row blocks of C: each block is one single-threaded
-// matmul, so the result does not depend on the thread count. Given B as stored, each block's matmul
+// matmul, so the result does not depend on the thread count (a bf16 GEMM of few rows and a long K
+// is split along K instead: see kChunkK). Given B as stored, each block's matmul
 // first copies it into its own blocked layout; when there are many blocks, B is packed into that
 // layout once per call instead (one reorder, the same values). The results stay independent of
 // the thread count; against the unpacked form, a 1-row last block can round differently (oneDNN
